@@ -1,0 +1,172 @@
+"""V-Unet and X-Unet (Cheng & Lam, 2021), and freezing their parts by layer name.
+
+Both models take frames as stored on disk (values 0-255, 1 or 3 channels) and do the paper's
+preprocessing inside the graph: ``Rescaling(1/255)`` and, for gray input, a channel copy to
+three channels. Training, evaluation and inference therefore cannot disagree about it.
+
+Written with ``keras`` only (no TensorFlow import), so the models build on any Keras backend.
+"""
+
+import math
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from lungseg.errors import ConfigError, WeightsUnavailableError
+
+DECODER_FILTERS = (512, 256, 128, 64)
+VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# Layers of VGG16 used as skip connections, deepest first, and the bridge.
+VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
+VUNET_BRIDGE = "block5_conv3"
+
+
+def _check_input_shape(input_shape):
+    if len(input_shape) != 3:
+        raise ConfigError(f"input_shape must be (height, width, channels), got {input_shape}")
+    height, width, channels = input_shape
+    if channels not in (1, 3):
+        raise ConfigError(f"input_shape must have 1 or 3 channels, got {channels}")
+    for side in (height, width):
+        if side is None or side % 16 or side < 16:
+            raise ConfigError(
+                f"input sides must be multiples of 16 (four 2x2 poolings), got {height} x {width}"
+            )
+
+
+def _preprocess(inputs):
+    """0-255 frames -> 0-1, gray copied to 3 channels (the paper's input handling)."""
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if inputs.shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    return x
+
+
+def _conv(x, filters, name):
+    return layers.Conv2D(filters, 3, padding="same", activation="relu", name=name)(x)
+
+
+def _decoder(x, skips):
+    """Four levels: 2x2 transposed conv (linear), concat with the skip, two 3x3 ReLU convs."""
+    for level, (filters, skip) in zip((4, 3, 2, 1), zip(DECODER_FILTERS, skips)):
+        x = layers.Conv2DTranspose(
+            filters, 2, strides=2, padding="same", name=f"decoder{level}_up"
+        )(x)
+        x = layers.Concatenate(name=f"decoder{level}_concat")([x, skip])
+        x = _conv(x, filters, f"decoder{level}_conv1")
+        x = _conv(x, filters, f"decoder{level}_conv2")
+    return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+
+
+def build_vunet(input_shape=(256, 256, 1), encoder_weights="imagenet"):
+    """V-Unet: U-Net decoder on a VGG16 encoder (bridge ``block5_conv3``, last pool unused).
+
+    ``encoder_weights`` is ``"imagenet"`` (downloaded once by Keras into ``~/.keras/models/``),
+    ``None`` (random initialisation) or the path of a local VGG16 no-top weights file.
+    25,854,657 parameters; 14,714,688 of them in the encoder.
+    """
+    _check_input_shape(input_shape)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = _preprocess(inputs)
+    vgg = _vgg16(x, encoder_weights)
+    skips = [vgg.get_layer(name).output for name in VUNET_SKIPS]
+    outputs = _decoder(vgg.get_layer(VUNET_BRIDGE).output, skips)
+    return keras.Model(inputs, outputs, name="vunet")
+
+
+def _vgg16(x, encoder_weights):
+    if encoder_weights is None or encoder_weights == "imagenet":
+        weights = encoder_weights
+    else:
+        weights = Path(encoder_weights).expanduser()
+        if not weights.is_file():
+            raise WeightsUnavailableError(f"{weights}: VGG16 weights file does not exist")
+        weights = str(weights)
+    try:
+        return keras.applications.VGG16(include_top=False, weights=weights, input_tensor=x)
+    except WeightsUnavailableError:
+        raise
+    except Exception as error:  # Keras raises a bare Exception on a failed download
+        if encoder_weights != "imagenet":
+            raise WeightsUnavailableError(
+                f"{weights}: not a VGG16 no-top weights file ({error})"
+            ) from error
+        raise WeightsUnavailableError(
+            "could not download the ImageNet VGG16 weights "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            "To work offline, copy "
+            f"{VGG16_NOTOP_FILE} into ~/.keras/models/, pass its path as the encoder weights "
+            "(--encoder-weights PATH), or pass None (--encoder-weights none) to start from "
+            "random weights"
+        ) from error
+
+
+def build_xunet(input_shape=(256, 256, 1)):
+    """X-Unet: the plain U-Net (64-128-256-512 encoder, 1024 bottleneck). 31,031,745 parameters."""
+    _check_input_shape(input_shape)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = _preprocess(inputs)
+    skips = []
+    for block, filters in enumerate((64, 128, 256, 512), start=1):
+        x = _conv(x, filters, f"block{block}_conv1")
+        x = _conv(x, filters, f"block{block}_conv2")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = _conv(x, 1024, "bottleneck_conv1")
+    x = _conv(x, 1024, "bottleneck_conv2")
+    outputs = _decoder(x, skips[::-1])
+    return keras.Model(inputs, outputs, name="xunet")
+
+
+PARTS = ("encoder", "bottleneck", "decoder")
+
+
+def part_layers(model, part):
+    """Names of the layers with weights that make up ``part`` of a V-Unet or X-Unet.
+
+    ``encoder``: every ``block*`` layer (VGG16's blocks 1-5 in V-Unet, blocks 1-4 in X-Unet).
+    ``bottleneck``: the lowest-resolution convolutions (X-Unet's two 1024-filter convs,
+    V-Unet's ``block5`` convs). ``decoder``: the ``decoder*`` layers and the ``mask`` head.
+    A list of layer names selects exactly those layers.
+    """
+    with_weights = [layer.name for layer in model.layers if layer.weights]
+    if isinstance(part, str):
+        if part not in PARTS:
+            raise ConfigError(f"unknown part {part!r}: use one of {', '.join(PARTS)} or layer names")
+        prefixes = {
+            "encoder": ("block",),
+            "bottleneck": ("bottleneck_", "block5_"),
+            "decoder": ("decoder", "mask"),
+        }[part]
+        return [name for name in with_weights if name.startswith(prefixes)]
+    names = list(part)
+    unknown = [name for name in names if name not in with_weights]
+    if unknown:
+        raise ConfigError(f"no layer with weights named {', '.join(unknown)} in {model.name}")
+    return names
+
+
+def parameter_counts(model):
+    """(trainable, frozen) parameter counts as Keras sees them now."""
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+def freeze(model, part):
+    """Make the layers of ``part`` untrainable; return (trainable, frozen) parameter counts.
+
+    Changing ``trainable`` takes effect in training only after the model is compiled again.
+    """
+    for name in part_layers(model, part):
+        model.get_layer(name).trainable = False
+    return parameter_counts(model)
+
+
+def unfreeze(model, part=None):
+    """Make ``part`` (all layers when ``None``) trainable; return (trainable, frozen) counts."""
+    names = [layer.name for layer in model.layers] if part is None else part_layers(model, part)
+    for name in names:
+        model.get_layer(name).trainable = True
+    return parameter_counts(model)
