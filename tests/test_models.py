@@ -1,0 +1,193 @@
+"""V-Unet and X-Unet: the paper's parameter counts, layer names, freezing, weights loading."""
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from lungseg import build_vunet, build_xunet, freeze, unfreeze
+from lungseg.errors import ConfigError, WeightsUnavailableError
+from lungseg.models import part_layers
+
+VUNET_PARAMS = 25_854_657
+XUNET_PARAMS = 31_031_745
+VGG16_NOTOP_PARAMS = 14_714_688
+
+
+@pytest.fixture(scope="module")
+def vunet():
+    return build_vunet(encoder_weights=None)
+
+
+@pytest.fixture(scope="module")
+def xunet():
+    return build_xunet()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_parameter_counts_match_the_paper(channels):
+    assert build_vunet((256, 256, channels), encoder_weights=None).count_params() == VUNET_PARAMS
+    assert build_xunet((256, 256, channels)).count_params() == XUNET_PARAMS
+
+
+@pytest.mark.parametrize(
+    "builder, part, trainable, frozen",
+    [
+        ("vunet", "encoder", 11_139_969, VGG16_NOTOP_PARAMS),
+        # block5_conv1..3: 3 x (3*3*512*512 + 512)
+        ("vunet", "bottleneck", VUNET_PARAMS - 7_079_424, 7_079_424),
+        ("vunet", "decoder", VGG16_NOTOP_PARAMS, 11_139_969),
+        # blocks 1-4: 1792 + 36928 + 73856 + 147584 + 295168 + 590080 + 1180160 + 2359808
+        ("xunet", "encoder", XUNET_PARAMS - 4_685_376, 4_685_376),
+        # 3*3*512*1024 + 1024 and 3*3*1024*1024 + 1024
+        ("xunet", "bottleneck", XUNET_PARAMS - 14_157_824, 14_157_824),
+        ("xunet", "decoder", 4_685_376 + 14_157_824, XUNET_PARAMS - 4_685_376 - 14_157_824),
+        ("xunet", ["bottleneck_conv1"], XUNET_PARAMS - 4_719_616, 4_719_616),
+    ],
+)
+def test_freeze_splits_trainable_and_frozen_counts(builder, part, trainable, frozen, request):
+    model = request.getfixturevalue(builder)
+    try:
+        assert freeze(model, part) == (trainable, frozen)
+        assert sum(np.prod(w.shape) for w in model.non_trainable_weights) == frozen
+    finally:
+        assert unfreeze(model) == (trainable + frozen, 0)
+
+
+def test_unfreeze_one_part_leaves_the_others_frozen(xunet):
+    freeze(xunet, "encoder")
+    freeze(xunet, "bottleneck")
+    try:
+        assert unfreeze(xunet, "bottleneck") == (XUNET_PARAMS - 4_685_376, 4_685_376)
+    finally:
+        unfreeze(xunet)
+
+
+def test_part_selections_hold_exactly_the_right_layers(vunet, xunet):
+    vgg_convs = [f"block{b}_conv{c}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for c in range(1, n + 1)]
+    decoder = [f"decoder{n}_{kind}" for n in (4, 3, 2, 1) for kind in ("up", "conv1", "conv2")]
+    assert part_layers(vunet, "encoder") == vgg_convs
+    assert part_layers(vunet, "bottleneck") == ["block5_conv1", "block5_conv2", "block5_conv3"]
+    assert part_layers(vunet, "decoder") == decoder + ["mask"]
+    assert part_layers(xunet, "encoder") == [f"block{b}_conv{c}" for b in range(1, 5) for c in (1, 2)]
+    assert part_layers(xunet, "bottleneck") == ["bottleneck_conv1", "bottleneck_conv2"]
+    assert part_layers(xunet, "decoder") == decoder + ["mask"]
+
+
+def test_unknown_part_or_layer_is_a_clear_error(xunet):
+    with pytest.raises(ConfigError, match="unknown part 'middle'"):
+        freeze(xunet, "middle")
+    with pytest.raises(ConfigError, match="no layer with weights named block9_conv1"):
+        freeze(xunet, ["block9_conv1"])
+
+
+@pytest.mark.parametrize("builder", ["vunet", "xunet"])
+def test_layer_names_unique_no_lambda_float32_sigmoid_head(builder, request):
+    model = request.getfixturevalue(builder)
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+    head = model.get_layer("mask")
+    assert head.dtype_policy.compute_dtype == "float32"
+    assert head.activation is keras.activations.sigmoid
+    assert model.output_shape == (None, 256, 256, 1)
+    assert isinstance(model.get_layer("rescale"), keras.layers.Rescaling)
+    assert isinstance(model.get_layer("gray_to_rgb"), keras.layers.Concatenate)
+
+
+def test_models_take_raw_gray_frames_of_any_multiple_of_16():
+    model = build_xunet((48, 32, 1))
+    frame = np.full((1, 48, 32, 1), 255.0, np.float32)
+    # The first layers turn 0-255 gray into 0-1 three-channel input.
+    head = keras.Model(model.input, model.get_layer("gray_to_rgb").output)
+    np.testing.assert_allclose(np.asarray(head(frame)), np.ones((1, 48, 32, 3)), rtol=1e-6)
+    assert model.predict(frame, verbose=0).shape == (1, 48, 32, 1)
+
+
+@pytest.mark.parametrize("shape", [(250, 256, 1), (256, 256, 2), (256, 256)])
+def test_bad_input_shapes_are_refused(shape):
+    with pytest.raises(ConfigError):
+        build_xunet(shape)
+
+
+def test_imagenet_weights_offline_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_vunet((32, 32, 1), encoder_weights="imagenet")
+    message = str(error.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "~/.keras/models/" in message and "None" in message
+
+
+def test_encoder_weights_load_from_a_local_file(tmp_path):
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16_notop.weights.h5"
+    vgg.save_weights(path)
+    model = build_vunet((32, 32, 1), encoder_weights=str(path))
+    for name in ("block1_conv1", "block5_conv3"):
+        for loaded, saved in zip(model.get_layer(name).get_weights(), vgg.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(loaded, saved)
+
+
+def test_missing_local_weights_file_is_named(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="nope.h5: VGG16 weights file does not exist"):
+        build_vunet((32, 32, 1), encoder_weights=tmp_path / "nope.h5")
+
+
+def test_keras_round_trip_in_a_fresh_process(tmp_path):
+    from lungseg import dice_coef, dice_loss, iou
+
+    model = build_xunet((32, 32, 1))
+    model.compile(optimizer="adam", loss=dice_loss, metrics=[dice_coef, iou, "binary_accuracy"])
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype(np.float32)
+    np.save(tmp_path / "frames.npy", frames)
+    np.save(tmp_path / "expected.npy", model.predict(frames, verbose=0))
+    model.save(tmp_path / "model.keras")
+    script = textwrap.dedent(
+        f"""
+        import keras, numpy as np, lungseg
+        model = keras.models.load_model({str(tmp_path / 'model.keras')!r})
+        got = model.predict(np.load({str(tmp_path / 'frames.npy')!r}), verbose=0)
+        np.testing.assert_array_equal(got, np.load({str(tmp_path / 'expected.npy')!r}))
+        assert model.loss.__name__ == "dice_loss", model.loss
+        print("round trip ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "round trip ok" in result.stdout
+
+
+def _imports(path):
+    """Top-level module names imported by a source file, and the lungseg modules it imports."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def test_model_and_loss_code_never_imports_tensorflow():
+    """Models and losses, and every lungseg module they import, run on any Keras backend."""
+    root = Path(__file__).resolve().parents[1]
+    todo, seen = ["lungseg", "lungseg.models", "lungseg.losses"], set()
+    while todo:
+        module = todo.pop()
+        path = root / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / module.replace(".", "/") / "__init__.py"
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        imported = _imports(path)
+        assert not any(m.split(".")[0] == "tensorflow" for m in imported), f"{path} imports tensorflow"
+        todo += [m for m in imported if m.startswith("lungseg")]
+    assert {"lungseg", "lungseg.models", "lungseg.losses", "lungseg.errors"} <= seen
