@@ -1,0 +1,236 @@
+"""Per-image segmentation metrics, the paper's batch-global Dice, and their summaries.
+
+The paper reports one Dice over a whole batch of frames, which hides how often a model fails
+on single frames and says nothing about the stray blobs that separate V-Unet from X-Unet
+(finding 2 in ``PAPER.md``). This module therefore measures every frame on its own (overlap,
+boundary distance, connected components) and aggregates with the empty-mask rule below,
+and keeps the paper's batch-global Dice beside it so results still compare with the paper.
+
+NumPy, SciPy and scikit-image only (no TensorFlow), so evaluation runs anywhere.
+"""
+
+import math
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import KDTree
+from skimage.measure import label
+
+EMPTY_MASK_RULE = (
+    "Per-image metrics; a frame with an empty mask (no rib pixel) is handled as follows: "
+    "Dice and IoU are NaN when both the reference and the prediction are empty and 0 when "
+    "only one of them is; precision is NaN when the prediction is empty; recall is NaN when "
+    "the reference is empty; HD95 is NaN when either mask is empty. Means, SDs and medians "
+    "skip NaN values, and each metric reports how many images it counted."
+)
+
+OVERLAP_METRICS = ("dice", "iou", "accuracy", "precision", "recall")
+COMPONENT_METRICS = ("components_pred", "components_ref", "spurious")
+METRICS = OVERLAP_METRICS + ("hd95",) + COMPONENT_METRICS
+
+# 8-connectivity: pixels touching at a corner belong to one component (skimage's
+# connectivity=2 in 2-D), so a diagonal rib edge is not split into many blobs.
+CONNECTIVITY = 2
+
+
+def _as_binary(array, name):
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D mask, got shape {array.shape}")
+    if array.dtype == bool:
+        return array
+    if not np.isin(array, (0, 1)).all():
+        raise ValueError(
+            f"{name} must be binary (bool or 0/1); threshold probabilities or 0/255 masks first"
+        )
+    return array.astype(bool)
+
+
+def _binary_pair(reference, prediction):
+    reference = _as_binary(reference, "reference")
+    prediction = _as_binary(prediction, "prediction")
+    if reference.shape != prediction.shape:
+        raise ValueError(
+            f"reference and prediction differ in shape: {reference.shape} vs {prediction.shape}"
+        )
+    return reference, prediction
+
+
+def _ratio(numerator, denominator):
+    return float(numerator / denominator) if denominator else math.nan
+
+
+def _boundary_points(mask):
+    """(row, col) of mask pixels with a 4-neighbour outside the mask, as an (n, 2) array.
+
+    Outside the frame counts as background (``border_value=0``), so a mask that reaches the
+    frame edge keeps its contour there, as in MedPy and MONAI.
+    """
+    boundary = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    return np.argwhere(boundary)
+
+
+def hd95(reference, prediction):
+    """95th-percentile Hausdorff distance between two masks' boundaries, in pixels.
+
+    For every boundary pixel of one mask, the Euclidean distance to the nearest boundary
+    pixel of the other mask; the 95th percentile of those distances in each direction; the
+    larger of the two. NaN when either mask is empty. Pixels are taken as square and unit
+    sized, so the value is in pixels of the resolution the masks are given at.
+    """
+    return _hd95(*_binary_pair(reference, prediction))
+
+
+def _hd95(reference, prediction):
+    if not reference.any() or not prediction.any():
+        return math.nan
+    reference_points = _boundary_points(reference)
+    prediction_points = _boundary_points(prediction)
+    # Nearest-neighbour queries between the two boundary point sets: a few thousand points
+    # at most, several times faster than two distance transforms of the whole frame.
+    to_reference = KDTree(reference_points).query(prediction_points)[0]
+    to_prediction = KDTree(prediction_points).query(reference_points)[0]
+    return float(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95)))
+
+
+def image_metrics(reference, prediction):
+    """All per-image metrics of one predicted mask against its reference.
+
+    Both masks are 2-D, of one shape, bool or 0/1. Returns a dict with:
+
+    - ``dice``, ``iou``: overlap, NaN when both masks are empty, 0 when only one is;
+    - ``accuracy``: share of pixels labelled correctly (dominated by background, as the
+      paper's ``binary_accuracy`` is);
+    - ``precision`` (NaN when the prediction is empty), ``recall`` (NaN when the reference
+      is empty);
+    - ``hd95``: see :func:`hd95`, in pixels at the resolution given;
+    - ``components_pred``, ``components_ref``: connected components (8-connectivity);
+    - ``spurious``: predicted components that touch no reference pixel, the stray blobs
+      the paper shows in V-Unet's masks.
+
+    See ``EMPTY_MASK_RULE``.
+    """
+    reference, prediction = _binary_pair(reference, prediction)
+    true_positive = np.count_nonzero(reference & prediction)
+    reference_area = np.count_nonzero(reference)
+    prediction_area = np.count_nonzero(prediction)
+    union = reference_area + prediction_area - true_positive
+    errors = union - true_positive
+
+    prediction_labels, components_pred = label(
+        prediction, connectivity=CONNECTIVITY, return_num=True
+    )
+    components_ref = label(reference, connectivity=CONNECTIVITY, return_num=True)[1]
+    hit_components = np.unique(prediction_labels[reference & prediction])
+    spurious = components_pred - hit_components.size
+
+    return {
+        "dice": _ratio(2 * true_positive, reference_area + prediction_area),
+        "iou": _ratio(true_positive, union),
+        "accuracy": float(1.0 - errors / reference.size),
+        "precision": _ratio(true_positive, prediction_area),
+        "recall": _ratio(true_positive, reference_area),
+        "hd95": _hd95(reference, prediction),
+        "components_pred": int(components_pred),
+        "components_ref": int(components_ref),
+        "spurious": int(spurious),
+    }
+
+
+def evaluate_masks(references, predictions):
+    """:func:`image_metrics` for each (reference, prediction) pair; a list of dicts."""
+    references = list(references)
+    predictions = list(predictions)
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(references)} reference masks but {len(predictions)} predictions")
+    return [image_metrics(ref, pred) for ref, pred in zip(references, predictions)]
+
+
+def batch_dice(references, predictions, smooth=1.0, batch_size=None):
+    """The paper's Dice: ``(2 sum(t p) + smooth) / (sum(t) + sum(p) + smooth)`` over all pixels.
+
+    NumPy twin of ``lungseg.losses.dice_coef``. Arrays are used as given: pass thresholded
+    masks for the Dice of the binary masks, or sigmoid probabilities for the soft Dice that
+    Keras logs as ``dice_coef`` during training (what the paper's tables report). The first
+    axis indexes images; (N, H, W) and (N, H, W, 1) arrays mix freely.
+
+    With ``batch_size=None`` the whole set is one batch. With a batch size, the Dice of each
+    consecutive batch is averaged with equal weight per batch, which is how Keras'
+    ``model.evaluate(..., batch_size=B)`` reports a metric function and so how the paper's
+    numbers were produced; the two differ slightly.
+    """
+    references = np.asarray(references, dtype=np.float64)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if len(references) != len(predictions) or references.size != predictions.size:
+        raise ValueError(
+            f"references and predictions differ in shape: "
+            f"{references.shape} vs {predictions.shape}"
+        )
+    if len(references) == 0:
+        return math.nan
+    references = references.reshape(len(references), -1)
+    predictions = predictions.reshape(len(predictions), -1)
+    if batch_size is None:
+        batch_size = len(references)
+    splits = range(batch_size, len(references), batch_size)
+    values = [
+        _dice(batch_references, batch_predictions, smooth)
+        for batch_references, batch_predictions in zip(
+            np.split(references, splits), np.split(predictions, splits)
+        )
+    ]
+    return float(np.mean(values))
+
+
+def _dice(references, predictions, smooth):
+    intersection = np.sum(references * predictions)
+    return (2.0 * intersection + smooth) / (np.sum(references) + np.sum(predictions) + smooth)
+
+
+def summarize(rows):
+    """Aggregate per-image metric rows (as from :func:`image_metrics`) into one summary.
+
+    Keys of the rows that are not metrics (a file name, a model name) are ignored. Returns::
+
+        {"images": N, "empty_reference": k, "empty_prediction": k,
+         "empty_mask_rule": EMPTY_MASK_RULE,
+         "metrics": {name: {"mean", "sd", "median", "count"}}}
+
+    ``count`` is how many images had a value (not NaN) for that metric; ``mean``, ``sd``
+    (sample SD, ddof=1) and ``median`` are over those images and NaN when there are too few.
+    """
+    rows = list(rows)
+    summary = {
+        "images": len(rows),
+        "empty_reference": sum(1 for row in rows if row.get("components_ref") == 0),
+        "empty_prediction": sum(1 for row in rows if row.get("components_pred") == 0),
+        "empty_mask_rule": EMPTY_MASK_RULE,
+        "metrics": {},
+    }
+    for name in METRICS:
+        if not any(name in row for row in rows):
+            continue
+        values = np.array([row.get(name, math.nan) for row in rows], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        summary["metrics"][name] = {
+            "mean": float(values.mean()) if values.size else math.nan,
+            "sd": float(values.std(ddof=1)) if values.size > 1 else math.nan,
+            "median": float(np.median(values)) if values.size else math.nan,
+            "count": int(values.size),
+        }
+    return summary
+
+
+def nan_to_none(value):
+    """Copy of nested dicts/lists with NaN floats replaced by ``None``, for strict JSON.
+
+    ``json.dumps`` writes NaN as the bare word ``NaN``, which Python reads back but most
+    other JSON readers reject.
+    """
+    if isinstance(value, dict):
+        return {key: nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -1,0 +1,231 @@
+"""Per-image metrics against values worked out by hand on small masks."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lungseg.evaluation import (
+    EMPTY_MASK_RULE,
+    METRICS,
+    batch_dice,
+    evaluate_masks,
+    hd95,
+    image_metrics,
+    nan_to_none,
+    summarize,
+)
+
+
+def square(shape=(30, 30), rows=(10, 20), cols=(10, 20)):
+    mask = np.zeros(shape, np.uint8)
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = 1
+    return mask
+
+
+def test_both_masks_empty():
+    empty = np.zeros((8, 8), bool)
+    metrics = image_metrics(empty, empty)
+    for name in ("dice", "iou", "precision", "recall", "hd95"):
+        assert math.isnan(metrics[name]), name
+    assert metrics["accuracy"] == 1.0
+    assert (metrics["components_pred"], metrics["components_ref"], metrics["spurious"]) == (0, 0, 0)
+
+
+def test_empty_reference_with_a_prediction():
+    metrics = image_metrics(np.zeros((30, 30), np.uint8), square())
+    assert metrics["dice"] == 0.0 and metrics["iou"] == 0.0
+    assert metrics["precision"] == 0.0
+    assert math.isnan(metrics["recall"])
+    assert math.isnan(metrics["hd95"])
+    assert metrics["spurious"] == 1
+    assert metrics["accuracy"] == pytest.approx(1 - 100 / 900)
+
+
+def test_empty_prediction_with_a_reference():
+    metrics = image_metrics(square(), np.zeros((30, 30), np.uint8))
+    assert metrics["dice"] == 0.0 and metrics["iou"] == 0.0
+    assert math.isnan(metrics["precision"])
+    assert metrics["recall"] == 0.0
+    assert math.isnan(metrics["hd95"])
+    assert (metrics["components_pred"], metrics["components_ref"]) == (0, 1)
+
+
+def test_identical_masks():
+    metrics = image_metrics(square(), square().astype(bool))
+    assert metrics["dice"] == metrics["iou"] == metrics["precision"] == metrics["recall"] == 1.0
+    assert metrics["hd95"] == 0.0
+    assert metrics["spurious"] == 0
+
+
+def test_half_overlap_precision_recall():
+    # Reference 10x10 = 100 px; prediction 10x10 shifted right by half: 50 px in, 50 px out.
+    metrics = image_metrics(square(), square(cols=(15, 25)))
+    assert metrics["precision"] == pytest.approx(0.5)
+    assert metrics["recall"] == pytest.approx(0.5)
+    assert metrics["dice"] == pytest.approx(0.5)
+    assert metrics["iou"] == pytest.approx(50 / 150)
+    assert metrics["accuracy"] == pytest.approx(1 - 100 / 900)
+
+
+def test_precision_differs_from_recall():
+    # Prediction is the left 4 columns of the 10x10 reference: all correct, 40 % found.
+    metrics = image_metrics(square(), square(cols=(10, 14)))
+    assert metrics["precision"] == 1.0
+    assert metrics["recall"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("shift", [1, 3, 5])
+def test_hd95_of_a_shifted_square_is_the_shift(shift):
+    reference = square(shape=(40, 40))
+    prediction = square(shape=(40, 40), cols=(10 + shift, 20 + shift))
+    assert hd95(reference, prediction) == pytest.approx(shift)
+    assert hd95(prediction, reference) == pytest.approx(shift)
+    assert image_metrics(reference, prediction)["hd95"] == pytest.approx(shift)
+
+
+def test_hd95_counts_the_frame_edge_as_boundary():
+    full = np.ones((20, 20), bool)
+    cut = full.copy()
+    cut[:, 17:] = False  # three columns fewer on the right
+    assert hd95(full, cut) == pytest.approx(3)
+
+
+def test_hd95_ignores_a_few_outlying_pixels():
+    # One stray pixel far away is under 5 % of the boundary: the 95th percentile skips it,
+    # where the plain Hausdorff distance would be about 35.
+    reference = square(shape=(60, 60), rows=(5, 35), cols=(5, 35))
+    prediction = reference.copy()
+    prediction[55, 55] = 1
+    assert hd95(reference, prediction) == 0.0
+
+
+def test_spurious_component_counted():
+    reference = square(shape=(40, 40))
+    prediction = square(shape=(40, 40), rows=(12, 18), cols=(12, 18))
+    prediction[30:33, 30:33] = 1  # a blob away from the rib
+    metrics = image_metrics(reference, prediction)
+    assert metrics["components_pred"] == 2
+    assert metrics["components_ref"] == 1
+    assert metrics["spurious"] == 1
+
+
+def test_components_use_8_connectivity():
+    diagonal = np.eye(5, dtype=bool)
+    metrics = image_metrics(diagonal, diagonal)
+    assert metrics["components_pred"] == metrics["components_ref"] == 1
+
+
+def test_every_metric_is_reported():
+    assert set(image_metrics(square(), square())) == set(METRICS)
+
+
+def test_rejects_non_binary_and_mismatched_masks():
+    with pytest.raises(ValueError, match="binary"):
+        image_metrics(square() * 255, square())
+    with pytest.raises(ValueError, match="shape"):
+        image_metrics(square(), square(shape=(31, 30)))
+    with pytest.raises(ValueError, match="2-D"):
+        image_metrics(np.zeros((2, 3, 3)), np.zeros((2, 3, 3)))
+
+
+def test_batch_dice_matches_the_training_metric():
+    from lungseg.losses import dice_coef
+
+    rng = np.random.default_rng(0)
+    references = (rng.random((6, 16, 16, 1)) > 0.7).astype(np.float32)
+    probabilities = rng.random((6, 16, 16, 1)).astype(np.float32)
+    masks = (probabilities > 0.5).astype(np.float32)
+    for predictions in (probabilities, masks):
+        expected = float(dice_coef(references, predictions))
+        assert batch_dice(references, predictions) == pytest.approx(expected, rel=1e-5)
+    # (N, H, W) references against (N, H, W, 1) model outputs.
+    assert batch_dice(references[..., 0], masks) == pytest.approx(batch_dice(references, masks))
+
+
+def test_batch_dice_per_batch_mean_like_keras_evaluate():
+    rng = np.random.default_rng(1)
+    references = (rng.random((5, 8, 8)) > 0.5).astype(np.float32)
+    predictions = rng.random((5, 8, 8))
+    expected = np.mean(
+        [batch_dice(references[:2], predictions[:2]),
+         batch_dice(references[2:4], predictions[2:4]),
+         batch_dice(references[4:], predictions[4:])]
+    )
+    assert batch_dice(references, predictions, batch_size=2) == pytest.approx(expected)
+
+
+def test_batch_dice_smoothing_with_empty_masks():
+    empty = np.zeros((2, 4, 4))
+    assert batch_dice(empty, empty) == 1.0  # (0 + 1) / (0 + 0 + 1)
+    assert batch_dice(empty, empty, smooth=0.5) == 1.0
+
+
+def test_summarize_counts_and_skips_nan():
+    empty = np.zeros((30, 30), np.uint8)
+    rows = evaluate_masks(
+        [square(), square(), empty, square()],
+        [square(), square(cols=(15, 25)), empty, empty],
+    )
+    for name, row in zip("abcd", rows):
+        row["name"] = name  # non-metric keys are ignored
+    summary = summarize(rows)
+    assert summary["images"] == 4
+    assert summary["empty_reference"] == 1
+    assert summary["empty_prediction"] == 2
+    assert summary["empty_mask_rule"] == EMPTY_MASK_RULE
+    dice = summary["metrics"]["dice"]
+    assert dice["count"] == 3  # both-empty image has no Dice
+    assert dice["mean"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert dice["median"] == pytest.approx(0.5)
+    assert dice["sd"] == pytest.approx(np.std([1.0, 0.5, 0.0], ddof=1))
+    assert summary["metrics"]["precision"]["count"] == 2
+    assert summary["metrics"]["recall"]["count"] == 3
+    assert summary["metrics"]["hd95"]["count"] == 2
+    assert summary["metrics"]["spurious"]["count"] == 4
+
+
+def test_summarize_all_nan_and_no_rows():
+    empty = np.zeros((4, 4), bool)
+    summary = summarize([image_metrics(empty, empty)])
+    assert summary["metrics"]["dice"]["count"] == 0
+    assert math.isnan(summary["metrics"]["dice"]["mean"])
+    assert math.isnan(summary["metrics"]["accuracy"]["sd"])  # one value: no SD
+    assert summarize([]) == {
+        "images": 0,
+        "empty_reference": 0,
+        "empty_prediction": 0,
+        "empty_mask_rule": EMPTY_MASK_RULE,
+        "metrics": {},
+    }
+
+
+def test_nan_to_none_for_strict_json():
+    assert nan_to_none({"a": [1.0, math.nan], "b": {"c": math.nan}, "d": "x"}) == {
+        "a": [1.0, None],
+        "b": {"c": None},
+        "d": "x",
+    }
+
+
+def test_evaluate_masks_length_mismatch():
+    with pytest.raises(ValueError, match="2 reference masks but 1"):
+        evaluate_masks([square(), square()], [square()])
+
+
+def test_batch_dice_per_batch_equals_keras_evaluate():
+    """The claim in batch_dice's docstring: Keras averages a metric over batches, unweighted."""
+    import keras
+
+    from lungseg.losses import dice_coef
+
+    rng = np.random.default_rng(2)
+    images = rng.random((5, 8, 8, 1)).astype(np.float32)
+    references = (rng.random((5, 8, 8, 1)) > 0.5).astype(np.float32)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Identity()(inputs))
+    model.compile(loss="mse", metrics=[dice_coef])
+    result = model.evaluate(images, references, batch_size=2, verbose=0, return_dict=True)
+    expected = batch_dice(references, images, batch_size=2)
+    assert result["dice_coef"] == pytest.approx(expected, rel=1e-5)
+    assert batch_dice(references, images) != pytest.approx(expected, rel=1e-5)
