@@ -4,6 +4,11 @@ Reproduces Cheng & Lam (2021), "Transfer Learning U-Net Deep Learning for Lung U
 Segmentation", with Keras 3.
 """
 
+import os
+
+# Quiet TensorFlow's C++ start-up logging (imported with Keras), unless the user chose a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from lungseg.losses import dice_coef, dice_loss, iou
 from lungseg.models import build_vunet, build_xunet, freeze, parameter_counts, unfreeze
 

@@ -128,7 +128,7 @@ def part_layers(model, part):
     ``encoder``: every ``block*`` layer (VGG16's blocks 1-5 in V-Unet, blocks 1-4 in X-Unet).
     ``bottleneck``: the lowest-resolution convolutions (X-Unet's two 1024-filter convs,
     V-Unet's ``block5`` convs). ``decoder``: the ``decoder*`` layers and the ``mask`` head.
-    A list of layer names selects exactly those layers.
+    A list selects the layers it names, and the parts it names.
     """
     with_weights = [layer.name for layer in model.layers if layer.weights]
     if isinstance(part, str):
@@ -140,7 +140,9 @@ def part_layers(model, part):
             "decoder": ("decoder", "mask"),
         }[part]
         return [name for name in with_weights if name.startswith(prefixes)]
-    names = list(part)
+    names = []
+    for item in part:
+        names += part_layers(model, item) if item in PARTS else [item]
     unknown = [name for name in names if name not in with_weights]
     if unknown:
         raise ConfigError(f"no layer with weights named {', '.join(unknown)} in {model.name}")

@@ -1,0 +1,49 @@
+"""Data: reading and checking image/mask pairs, look-alike data, tf.data batches, splits.
+
+Data flows one way through this package::
+
+    find_pairs(root)           -> [Pair]        files on disk, checked, with their groups
+    load_frames(pairs, size)   -> FrameSet      decoded and resized once (the cache)
+    select_lus_frames(...)     -> FrameSet      the paper's 200 / 400 / 600-frame sets
+    kfold_splits / holdout_split                frame names per fold, saved as JSON
+    make_dataset(frames, ...)  -> tf.data       batches, shuffled and augmented for training
+
+``synthetic`` makes LUS phantoms and salient-object composites in the same layouts, and
+``python -m lungseg.data`` generates or checks a data set from the command line.
+"""
+
+from lungseg.data.augment import PaperAugmentation
+from lungseg.data.frames import FrameSet, load_frames, select_lus_frames
+from lungseg.data.pairs import LUS_FRAME_WINDOW, Pair, default_group, find_pairs
+from lungseg.data.pipeline import make_dataset
+from lungseg.data.splits import holdout_split, kfold_splits, read_splits, write_splits
+from lungseg.data.synthetic import (
+    ensure_dataset,
+    lus_phantom,
+    lus_sequence,
+    salient_composite,
+    write_lus_dataset,
+    write_salient_dataset,
+)
+
+__all__ = [
+    "Pair",
+    "find_pairs",
+    "default_group",
+    "LUS_FRAME_WINDOW",
+    "FrameSet",
+    "load_frames",
+    "select_lus_frames",
+    "PaperAugmentation",
+    "make_dataset",
+    "kfold_splits",
+    "holdout_split",
+    "write_splits",
+    "read_splits",
+    "lus_phantom",
+    "lus_sequence",
+    "salient_composite",
+    "write_lus_dataset",
+    "write_salient_dataset",
+    "ensure_dataset",
+]

@@ -1,0 +1,158 @@
+"""What the command-line scripts share: training options, and turning errors into one line."""
+
+import argparse
+import sys
+import traceback
+
+from lungseg.config import INTERPOLATIONS, PRESETS, SPLITS, make_config
+from lungseg.errors import LungsegError
+
+
+def run_main(main, argv=None, resume_hint=None):
+    """Call ``main(argv)``; print user errors as one ``error:`` line and return an exit code.
+
+    ``main``'s own return value (0 or None on success), 2 on a user error (bad input, file or
+    option), 130 on Ctrl-C. With ``--debug`` in ``argv`` the full traceback is printed too.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        return main(argv) or 0
+    except LungsegError as error:
+        if debug:
+            traceback.print_exc()
+        lines = str(error).splitlines() or [type(error).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("\ninterrupted." + (f" {resume_hint}" if resume_hint else ""), file=sys.stderr)
+        return 130
+    except OSError as error:  # unwritable folder, full disk, ...
+        if debug:
+            traceback.print_exc()
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
+
+
+def positive_int(text):
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = _number(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _number(kind, text):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
+
+
+def image_size(text):
+    """``256`` (square) or ``HxW`` such as ``256x64``."""
+    try:
+        sides = tuple(int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(sides) == 1:
+        sides = sides * 2
+    if len(sides) != 2 or any(side < 16 or side % 16 for side in sides):
+        raise argparse.ArgumentTypeError(f"sides must be multiples of 16 (at least 16), got {text!r}")
+    return sides
+
+
+def freeze_spec(text):
+    """``none`` -> [], a part name -> [part], ``a,b`` -> the layer names a and b."""
+    if text == "none":
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected none, a part or layer names, got {text!r}")
+    return names
+
+
+def training_parser(model, description):
+    """The options both training scripts share; each overrides the chosen preset."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--preset", choices=sorted(PRESETS), default="paper",
+        help="paper: the paper's protocol exactly; quick: a CPU-sized version for the demo")
+    add("--data", metavar="DIR", help="LUS frames (IMG/ + MASK/, or images/ + masks/); "
+        "default: generated phantom frames, cached under --out")
+    add("--groups", metavar="REGEX|CSV", help="group of each frame for --split grouped: a regex "
+        "whose first group is taken from the file stem, or a CSV of stem,group")
+    add("--lus-frames", type=positive_int, metavar="N", help="training frames "
+        "(paper: 200, 400 or 600; with flips N/2 frames plus their mirror images)")
+    add("--no-flips", dest="flips", action="store_false", default=None,
+        help="use N original frames without mirror copies (the paper's 200-frame set)")
+    add("--split", choices=SPLITS, help="paper: shuffled k-fold over all frames, flipped copies "
+        "included, as the authors did; grouped: a frame, its flip and its neighbours stay in one fold")
+    add("--folds", type=positive_int, metavar="N", help="number of cross-validation folds")
+    add("--fold", type=positive_int, metavar="K", help="run only fold K (1-based); other "
+        "folds can run as separate jobs, and each job gathers the finished folds into summary.json")
+    add("--epochs", type=positive_int, nargs="+", metavar="N",
+        help="epochs of stage 1 and fine-tuning (one value: both)")
+    add("--batch-size", type=positive_int, nargs="+", metavar="N",
+        help="batch size of stage 1 and fine-tuning (one value: both)")
+    add("--lr", type=positive_float, nargs="+", metavar="X",
+        help="Adam learning rate of stage 1 and fine-tuning (one value: both)")
+    add("--image-size", type=image_size, metavar="N|HxW", help="model input size, sides multiples of 16")
+    add("--interpolation", choices=INTERPOLATIONS, help="how frames are resized (the paper: nearest)")
+    add("--no-augment", dest="augment", action="store_false", default=None,
+        help="no augmentation of the LUS training folds")
+    add("--seed", type=int, help="seed for data generation, splits, augmentation and weights")
+    add("--name", help=f"run folder name (default: {model}_<preset>)")
+    add("--out", metavar="DIR", help="folder holding run folders (default: weights)")
+    add("--overwrite", action="store_true", help="replace a finished run of the same name")
+    add("--mixed-precision", action="store_true", default=None,
+        help="mixed float16 (GPU); the head and Dice sums stay float32")
+    add("--jit-compile", action="store_true", default=None, help="compile training steps with XLA")
+    add("--deterministic", action="store_true", default=None,
+        help="TensorFlow op determinism: same seed, same result (slower)")
+    add("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def _stage_values(values, key, parser, option):
+    if values is None:
+        return {}, {}
+    if len(values) > 2:
+        parser.error(f"{option} takes one or two values (stage 1, fine-tuning), got {len(values)}")
+    first, second = values[0], values[-1]
+    return {key: first}, {key: second}
+
+
+def config_from_args(model, args, parser, extra=()):
+    """RunConfig from the preset and the options given; ``extra`` names model-specific fields."""
+    overrides = {}
+    for field in ("data", "groups", "lus_frames", "flips", "split", "folds", "image_size",
+                  "interpolation", "augment", "seed", "out", "mixed_precision", "jit_compile",
+                  "deterministic", *extra):
+        value = getattr(args, field)
+        if value is not None:
+            overrides[field] = value
+    stage1, finetune = {}, {}
+    for key, option in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("learning_rate", "--lr")):
+        first, second = _stage_values(getattr(args, key if key != "learning_rate" else "lr"), key, parser, option)
+        stage1.update(first)
+        finetune.update(second)
+    if stage1:
+        overrides["stage1"] = stage1
+    if finetune:
+        overrides["finetune"] = finetune
+    name = args.name or f"{model}_{args.preset}"
+    return make_config(model, name, args.preset, **overrides)

@@ -1,0 +1,169 @@
+"""One configuration object per run: the paper's protocol by default, presets as data.
+
+The command line fills a ``RunConfig`` (preset first, then each option given), the run folder
+stores it as ``config.json``, and everything downstream reads only the config.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lungseg.errors import ConfigError
+
+MODELS = ("vunet", "xunet")
+SPLITS = ("paper", "grouped")
+INTERPOLATIONS = ("nearest", "area", "bilinear")
+PAPER_LUS_FRAMES = (200, 400, 600)
+
+
+@dataclass
+class StageConfig:
+    """Optimiser settings of one training stage."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Defaults are the paper's (see PAPER.md).
+
+    ``stage1`` is V-Unet's decoder-only stage or X-Unet's salient-object pre-training;
+    ``finetune`` is the 5-fold stage 2 on LUS frames.
+    """
+
+    model: str
+    name: str
+    preset: str = "paper"
+    out: str = "weights"
+    data: Optional[str] = None  # LUS folder; None: generated phantom frames
+    salient: Optional[str] = None  # salient-object folder (X-Unet); None: generated composites
+    groups: Optional[str] = None  # regex or CSV giving each frame's group
+    lus_frames: int = 400
+    flips: bool = True  # 400 = 200 frames + their mirror images, as in the paper
+    split: str = "paper"
+    folds: int = 5
+    image_size: tuple = (256, 256)
+    interpolation: str = "nearest"
+    augment: bool = True
+    encoder_weights: Optional[str] = "imagenet"  # V-Unet only
+    fallback_to_random_weights: bool = False  # quick preset: warn instead of failing offline
+    freeze: list = field(default_factory=list)  # stage-2 frozen parts or layer names
+    pretrained: Optional[str] = None  # X-Unet: reuse this pre-trained model, skip pre-training
+    stage1: StageConfig = None
+    finetune: StageConfig = None
+    validation_fraction: float = 0.2
+    synthetic_lus: int = 300  # phantom frames generated when no --data is given
+    synthetic_salient: int = 10_000  # composites generated when no --salient is given
+    seed: int = 0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self):
+        if self.stage1 is None or self.finetune is None:
+            paper = paper_stages(self.model)
+            self.stage1 = self.stage1 or paper[0]
+            self.finetune = self.finetune or paper[1]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        for key in ("stage1", "finetune"):
+            if isinstance(data.get(key), dict):
+                data[key] = StageConfig(**data[key])
+        if "image_size" in data:
+            data["image_size"] = tuple(data["image_size"])
+        return cls(**data)
+
+    def validate(self):
+        """Raise ConfigError naming the first invalid option."""
+        if self.model not in MODELS:
+            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if self.folds < 2:
+            raise ConfigError(f"--folds must be at least 2, got {self.folds}")
+        if self.lus_frames < self.folds:
+            raise ConfigError(f"--lus-frames ({self.lus_frames}) must be at least --folds ({self.folds})")
+        if self.flips and self.lus_frames % 2:
+            raise ConfigError(
+                f"--lus-frames must be even with flipped copies (half originals, half mirrors), "
+                f"got {self.lus_frames}"
+            )
+        if len(self.image_size) != 2 or any(s < 16 or s % 16 for s in self.image_size):
+            raise ConfigError(
+                f"--image-size sides must be multiples of 16, got {'x'.join(map(str, self.image_size))}"
+            )
+        for label, stage in (("stage 1", self.stage1), ("fine-tuning", self.finetune)):
+            if stage.epochs < 1:
+                raise ConfigError(f"--epochs must be positive, got {stage.epochs} for {label}")
+            if stage.batch_size < 1:
+                raise ConfigError(f"--batch-size must be positive, got {stage.batch_size} for {label}")
+            if not stage.learning_rate > 0:
+                raise ConfigError(f"--lr must be positive, got {stage.learning_rate} for {label}")
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+        return self
+
+
+def paper_stages(model):
+    """The paper's (stage 1, fine-tuning) optimiser settings for each model."""
+    if model == "xunet":
+        return StageConfig(100, 30, 1e-5), StageConfig(100, 20, 5e-6)
+    return StageConfig(100, 20, 1e-5), StageConfig(100, 20, 5e-6)
+
+
+# Presets are data: overrides of RunConfig's paper defaults. "quick" is sized for the
+# 2-core demo machine: smaller frames (aspect of the 960 x 128 LUS frames kept), fewer frames,
+# epochs and folds, and a larger learning rate so the models visibly learn in minutes.
+PRESETS = {
+    "paper": {},
+    "quick": {
+        "image_size": (128, 64),
+        "lus_frames": 80,
+        "folds": 2,
+        "synthetic_lus": 120,
+        "synthetic_salient": 160,
+        "fallback_to_random_weights": True,
+        "stage1": {"epochs": 12, "batch_size": 8, "learning_rate": 3e-4},
+        # Unfreezing a random (offline) VGG16 encoder at 1e-4 collapsed to all background.
+        "finetune": {"epochs": 5, "batch_size": 8, "learning_rate": 3e-5},
+    },
+}
+
+
+def make_config(model, name, preset="paper", **overrides):
+    """RunConfig for ``model`` from ``preset``, then ``overrides`` (options given by the user).
+
+    Stage overrides may be partial dicts, e.g. ``stage1={"epochs": 3}``.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    stage1, finetune = paper_stages(model)
+    values = {"model": model, "name": name, "preset": preset}
+    for source in (PRESETS[preset], overrides):
+        for key, value in source.items():
+            if key in ("stage1", "finetune"):
+                base = stage1 if key == "stage1" else finetune
+                base = dataclasses.replace(base, **value)
+                stage1, finetune = (base, finetune) if key == "stage1" else (stage1, base)
+            else:
+                values[key] = value
+    return RunConfig(stage1=stage1, finetune=finetune, **values).validate()

@@ -1,0 +1,195 @@
+"""Decoded, resized frames and masks in memory, and the paper's training-set sizes.
+
+``load_frames`` reads every pair once, checks it and resizes it to the network's input size;
+the resulting ``FrameSet`` of uint8 arrays is the cache that every epoch, fold and evaluation
+reuses, so no file is decoded twice.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from lungseg.data.io import read_image, read_mask
+from lungseg.data.progress import progress as progress_bar
+from lungseg.errors import ConfigError, DataError
+
+# Frame resampling when resizing; masks always use nearest. INTER_NEAREST_EXACT picks the
+# same pixels as PIL's nearest, which Keras' image loader used.
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST_EXACT,
+    "area": cv2.INTER_AREA,
+    "bilinear": cv2.INTER_LINEAR,
+}
+FLIP_SUFFIX = "_flip"
+
+
+@dataclass
+class FrameSet:
+    """Frames and masks of one data set, in memory.
+
+    ``images`` are uint8 ``[N, H, W, 1]`` with values 0-255, ``masks`` uint8 ``[N, H, W, 1]``
+    of 0 and 1; ``names`` and ``groups`` give each frame's name and split group.
+    """
+
+    names: list
+    groups: list
+    images: np.ndarray
+    masks: np.ndarray
+
+    def __post_init__(self):
+        self.names = list(self.names)
+        self.groups = list(self.groups)
+        n = len(self.names)
+        if len(self.groups) != n or len(self.images) != n or len(self.masks) != n:
+            raise ValueError(
+                f"FrameSet needs as many groups, images and masks as names ({n}); got "
+                f"{len(self.groups)}, {len(self.images)}, {len(self.masks)}"
+            )
+        if self.images.shape != self.masks.shape or self.images.ndim != 4:
+            raise ValueError(
+                f"images and masks must both be [N, H, W, 1]; got {self.images.shape} and "
+                f"{self.masks.shape}"
+            )
+
+    def __len__(self):
+        return len(self.names)
+
+    @property
+    def image_size(self):
+        """(height, width) of every frame."""
+        return tuple(self.images.shape[1:3])
+
+    def subset(self, names):
+        """The frames called ``names``, in that order; ``DataError`` lists unknown names."""
+        position = {name: index for index, name in enumerate(self.names)}
+        unknown = [name for name in names if name not in position]
+        if unknown:
+            raise DataError([f"{name}: no frame of that name in this data set" for name in unknown])
+        return self._select([position[name] for name in names])
+
+    def take(self, n):
+        """The first ``n`` frames."""
+        return self._select(list(range(min(n, len(self)))))
+
+    def with_flips(self):
+        """These frames followed by their horizontal mirror images, ``<name>_flip``.
+
+        The paper doubled its training data this way before training (400 = 200 + flips). A
+        mirror image keeps its original's group, so grouped splits never separate the two.
+        """
+        return FrameSet(
+            names=self.names + [name + FLIP_SUFFIX for name in self.names],
+            groups=self.groups + self.groups,
+            images=np.concatenate([self.images, self.images[:, :, ::-1]]),
+            masks=np.concatenate([self.masks, self.masks[:, :, ::-1]]),
+        )
+
+    def _select(self, indices):
+        return FrameSet(
+            names=[self.names[i] for i in indices],
+            groups=[self.groups[i] for i in indices],
+            images=self.images[indices],
+            masks=self.masks[indices],
+        )
+
+
+def load_frames(pairs, image_size, interpolation="nearest", progress=False):
+    """Read, check and resize every pair into a ``FrameSet``.
+
+    ``image_size`` is ``(height, width)``. Frames are resized with ``interpolation``
+    (``"nearest"``, as Keras' loader did in the paper, ``"area"`` or ``"bilinear"``), masks with
+    nearest so they stay binary. Every problem (unreadable, empty or corrupt file, frame and mask
+    of different sizes, mask that is not binary) is collected and raised together as one
+    ``DataError``. ``progress=True`` draws a progress bar on stderr.
+    """
+    height, width = _check_size(image_size)
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"unknown interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}"
+        )
+    pairs = list(pairs)
+    if not pairs:
+        raise DataError("no image/mask pairs to load")
+    images = np.zeros((len(pairs), height, width, 1), np.uint8)
+    masks = np.zeros((len(pairs), height, width, 1), np.uint8)
+
+    def load(index):
+        pair = pairs[index]
+        problems = []
+        image = mask = None
+        try:
+            image = read_image(pair.image)
+        except DataError as error:
+            problems += error.problems
+        try:
+            mask = read_mask(pair.mask)
+        except DataError as error:
+            problems += error.problems
+        if image is not None and mask is not None:
+            if image.shape != mask.shape:
+                problems.append(
+                    f"{pair.mask}: size {_size(mask)} (height x width) differs from its "
+                    f"image {pair.image} ({_size(image)})"
+                )
+            else:
+                images[index, :, :, 0] = cv2.resize(
+                    image, (width, height), interpolation=INTERPOLATIONS[interpolation]
+                )
+                masks[index, :, :, 0] = cv2.resize(
+                    mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT
+                )
+        return problems
+
+    # OpenCV decodes without holding the GIL, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(load, range(len(pairs)))
+        problems = [
+            line
+            for lines in progress_bar(results, len(pairs), "loading frames", enabled=progress)
+            for line in lines
+        ]
+    if problems:
+        raise DataError(problems)
+    return FrameSet(
+        names=[pair.name for pair in pairs],
+        groups=[pair.group for pair in pairs],
+        images=images,
+        masks=masks,
+    )
+
+
+def select_lus_frames(frames, n_frames, flips=True):
+    """The paper's LUS training sets: ``n_frames`` frames from the first originals.
+
+    With ``flips`` (the paper's "400 LUS" and "600 LUS"), the first ``n_frames / 2`` frames
+    and their mirror images; without, the first ``n_frames`` frames ("200 LUS").
+    """
+    if not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+        raise ConfigError(f"n_frames must be a positive integer, got {n_frames!r}")
+    if flips and n_frames % 2:
+        raise ConfigError(f"n_frames must be even with flips (half originals), got {n_frames}")
+    originals = n_frames // 2 if flips else n_frames
+    if len(frames) < originals:
+        raise DataError(
+            f"{n_frames} training frames{' with flips' if flips else ''} need {originals} "
+            f"original frames, but the data set has only {len(frames)}"
+        )
+    chosen = frames.take(originals)
+    return chosen.with_flips() if flips else chosen
+
+
+def _check_size(image_size):
+    try:
+        height, width = (int(side) for side in image_size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_size must be (height, width), got {image_size!r}") from None
+    if height < 1 or width < 1:
+        raise ConfigError(f"image_size must be positive, got {image_size!r}")
+    return height, width
+
+
+def _size(array):
+    return f"{array.shape[0]} x {array.shape[1]}"

@@ -1,0 +1,211 @@
+"""Finding image/mask pairs on disk and the group each pair belongs to.
+
+Three folder layouts are understood (``find_pairs(root, layout=...)``):
+
+``lus``
+    The paper's LUS data: ``IMG/img_<name>.tif`` with ``MASK/mask_<name>.tif``; the pair's name
+    is what follows the prefix, e.g. ``lung_pos2_5``.
+``salient``
+    Salient-object data such as gray XPIE: ``images/<name>.jpg`` with ``masks/<name>.png``.
+``generic``
+    ``images/`` and ``masks/`` holding files with the same stem, any of the extensions in
+    ``io.IMAGE_SUFFIXES``.
+
+A *group* is a set of frames too alike to be split between training and validation (a frame,
+its mirror image and its neighbours in a clip); grouped cross-validation keeps each group on
+one side. Without instructions, LUS names ``<sequence>pos<k>_<frame>`` are grouped by probe
+position and windows of ``LUS_FRAME_WINDOW`` frame numbers; any other name is its own group.
+"""
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungseg.data.io import IMAGE_SUFFIXES
+from lungseg.errors import ConfigError, DataError
+
+LAYOUTS = ("auto", "lus", "salient", "generic")
+# Frame numbers per default LUS group: 10 stored frames at the paper's every-5th-frame sampling.
+LUS_FRAME_WINDOW = 50
+_LUS_NAME = re.compile(r"^(?P<sequence>.*pos\d+)_(?P<frame>\d+)")
+
+# (image folder, mask folder, image prefix, mask prefix, image suffixes, mask suffixes)
+_LAYOUT_RULES = {
+    "lus": ("IMG", "MASK", "img_", "mask_", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
+    "salient": ("images", "masks", "", "", (".jpg", ".jpeg"), (".png",)),
+    "generic": ("images", "masks", "", "", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A frame and its mask on disk; ``name`` is their shared stem, ``group`` its split group."""
+
+    image: Path
+    mask: Path
+    name: str
+    group: str
+
+
+def natural_key(name):
+    """Sort key that orders embedded numbers by value: ``pos2_5`` before ``pos2_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def default_group(name):
+    """``lung_pos2_35`` -> ``lung_pos2:0-49`` (probe position and frame-number window).
+
+    Names that do not look like LUS frames (``...pos<k>_<frame>``) are their own group. A
+    suffix after the frame number, such as ``_flip``, keeps the original's group.
+    """
+    match = _LUS_NAME.search(name)
+    if match is None:
+        return name
+    start = int(match["frame"]) // LUS_FRAME_WINDOW * LUS_FRAME_WINDOW
+    return f"{match['sequence']}:{start}-{start + LUS_FRAME_WINDOW - 1}"
+
+
+def find_pairs(root, layout="auto", groups=None):
+    """All image/mask pairs under ``root``, sorted naturally by name.
+
+    ``layout`` is ``"lus"``, ``"salient"``, ``"generic"`` or ``"auto"`` (``lus`` when ``IMG/``
+    or ``MASK/`` exists, else ``generic`` when ``images/`` or ``masks/`` does; folder names
+    match case-insensitively). ``groups`` is ``None`` (``default_group``), a regular
+    expression whose first capture group (or whole match) in each name is the group, or the
+    path of a CSV file of ``stem,group`` rows (an optional ``stem,group`` header allowed).
+
+    Raises ``DataError`` listing every problem found, one line each naming its file: missing
+    folders, no images, an image without a mask or a mask without an image, two files with the
+    same name, misnamed files, names the group pattern or the CSV file does not cover.
+    """
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder does not exist")
+    if layout == "auto":
+        layout = _detect_layout(root)
+    image_dir_name, mask_dir_name, image_prefix, mask_prefix, image_suffixes, mask_suffixes = (
+        _LAYOUT_RULES[layout]
+    )
+    problems = []
+    image_dir = _subfolder(root, image_dir_name)
+    mask_dir = _subfolder(root, mask_dir_name)
+    for folder, wanted in ((image_dir, image_dir_name), (mask_dir, mask_dir_name)):
+        if folder is None:
+            problems.append(f"{root / wanted}: folder missing (layout {layout!r})")
+    if problems:
+        raise DataError(problems)
+
+    images = _files_by_name(image_dir, image_prefix, image_suffixes, layout, problems)
+    masks = _files_by_name(mask_dir, mask_prefix, mask_suffixes, layout, problems)
+    if not images and not problems:
+        problems.append(f"{image_dir}: no images ({', '.join(image_suffixes)})")
+    for name in sorted(images.keys() - masks.keys(), key=natural_key):
+        problems.append(f"{images[name]}: no mask {mask_dir / (mask_prefix + name)}.* found")
+    for name in sorted(masks.keys() - images.keys(), key=natural_key):
+        problems.append(f"{masks[name]}: mask without an image in {image_dir}")
+
+    names = sorted(images.keys() & masks.keys(), key=natural_key)
+    group_of = _group_function(groups, problems)
+    pairs = [Pair(images[name], masks[name], name, group_of(name, images[name])) for name in names]
+    if problems:
+        raise DataError(problems)
+    return pairs
+
+
+def _detect_layout(root):
+    # One folder of a pair is enough to tell the layout; the other is then reported missing.
+    if _subfolder(root, "IMG") or _subfolder(root, "MASK"):
+        return "lus"
+    if _subfolder(root, "images") or _subfolder(root, "masks"):
+        return "generic"
+    raise DataError(
+        f"{root}: no IMG/ + MASK/ folders (LUS layout) and no images/ + masks/ folders "
+        "(salient or generic layout)"
+    )
+
+
+def _subfolder(root, name):
+    """The sub-folder of ``root`` called ``name``, ignoring case; exact case preferred."""
+    exact = root / name
+    if exact.is_dir():
+        return exact
+    matches = [p for p in root.iterdir() if p.is_dir() and p.name.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _files_by_name(folder, prefix, suffixes, layout, problems):
+    """Map each file's name (stem without ``prefix``) to its path, noting misfits in problems."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            continue  # notes, thumbnails, CSV files and the like are not data
+        if suffix not in suffixes:
+            problems.append(
+                f"{path}: {layout} layout expects {' or '.join(suffixes)} files here "
+                "(use layout 'generic' for mixed file types)"
+            )
+            continue
+        if not path.stem.startswith(prefix):
+            problems.append(f"{path}: name does not start with {prefix!r} ({layout} layout)")
+            continue
+        name = path.stem[len(prefix):]
+        if name in found:
+            problems.append(f"{path}: same name as {found[name].name}; keep only one of them")
+            continue
+        found[name] = path
+    return found
+
+
+def _group_function(groups, problems):
+    """A function (name, image path) -> group, recording unmatched names in ``problems``."""
+    if groups is None:
+        return lambda name, image: default_group(name)
+    text = str(groups)
+    if isinstance(groups, Path) or text.lower().endswith(".csv") or Path(text).is_file():
+        return _csv_groups(Path(text), problems)
+    try:
+        pattern = re.compile(text)
+    except re.error as error:
+        raise ConfigError(f"invalid group pattern {text!r}: {error}") from error
+
+    def from_pattern(name, image):
+        match = pattern.search(name)
+        group = None if match is None else match.group(1 if pattern.groups else 0)
+        if not group:
+            problems.append(f"{image}: group pattern {text!r} does not match the name {name!r}")
+        return group
+
+    return from_pattern
+
+
+def _csv_groups(path, problems):
+    if not path.is_file():
+        raise DataError(f"{path}: groups file does not exist")
+    table = {}
+    with path.open(newline="") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            row = [cell.strip() for cell in row]
+            is_header = line == 1 and [cell.lower() for cell in row] == ["stem", "group"]
+            if not any(row) or is_header:
+                continue
+            if len(row) != 2 or not all(row):
+                problems.append(f"{path}:{line}: expected 'stem,group', got {','.join(row)!r}")
+                continue
+            stem, group = row
+            if table.get(stem, group) != group:
+                problems.append(f"{path}:{line}: {stem!r} is given two groups")
+            table[stem] = group
+
+    def from_table(name, image):
+        if name not in table:
+            problems.append(f"{image}: name {name!r} missing from groups file {path}")
+            return None
+        return table[name]
+
+    return from_table

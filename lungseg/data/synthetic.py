@@ -1,0 +1,512 @@
+"""Look-alike data: lung-ultrasound phantoms with rib masks, and gray salient-object composites.
+
+Neither the authors' LUS frames nor XPIE can be downloaded here, so the package generates
+stand-ins with the same layouts, sizes and file types, good enough to exercise and compare
+the whole pipeline (not to reproduce the paper's numbers).
+
+LUS phantom (``lus_phantom``): a 960 x 128 B-mode frame (depth samples x scan lines) built
+the way the image forms: an echogenicity map (skin, fat, fascia, striated muscle, the bright
+pleural line, A-line reverberations at multiples of the pleural depth, optional B-lines, and
+0-2 ribs as bright convex arcs casting an acoustic shadow), depth attenuation, multiplicative
+Rayleigh speckle, log compression and a light smoothing in the log domain (the paper's frames
+were speckle-reduced). The mask is the rib's bright arc band. ``write_lus_dataset`` writes
+sequences per probe position whose neighbouring frames drift smoothly, named as in the paper.
+
+Salient composites (``salient_composite``): a photograph from ``skimage.data`` as background,
+1-3 objects (random smooth blobs, ellipses, polygons, the ``skimage.data.horse`` silhouette)
+filled with another photograph, and their union as the mask.
+
+Everything is drawn from ``numpy.random.Generator`` seeded by the caller: the same seed gives
+byte-identical files.
+"""
+
+import functools
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.special import expit
+
+from lungseg.data.io import write_image
+from lungseg.data.progress import progress as progress_bar
+from lungseg.errors import ConfigError, DataError
+from lungseg.files import read_json, write_json
+
+LUS_SHAPE = (960, 128)  # depth samples x scan lines, as the paper's frames
+LUS_FRAME_STEP = 5  # the paper kept every 5th frame: img_lung_pos2_5, _10, ...
+SALIENT_SIDES = (300, 500)  # XPIE-like image sides in pixels
+MANIFEST = "synthetic.json"
+GENERATOR_VERSION = 1  # bump when the generated pictures change, so old sets are regenerated
+KINDS = ("lus", "salient")
+
+# ---------------------------------------------------------------------------------------------
+# Lung-ultrasound phantom
+
+
+@dataclass(frozen=True)
+class Rib:
+    """A rib seen in cross-section: a bright arc whose ends sit ``sag`` samples below its apex."""
+
+    centre: float  # scan line of the apex
+    half_width: float  # scan lines from the apex to either end
+    top: float  # depth sample of the apex
+    sag: float  # samples
+    thickness: float  # samples of the bright band, i.e. of the mask
+
+
+@dataclass(frozen=True)
+class LusScene:
+    """Everything that stays fixed while the probe rests: depths in samples, positions in lines."""
+
+    pleura: float  # depth of the pleural line
+    skin: float  # depth where the skin ends
+    fascia: float  # depth of the fascia between fat and muscle
+    septum: float = 0.5  # where a bright septum crosses the fat, as a fraction of fascia depth
+    ribs: tuple = ()
+    b_lines: tuple = ()  # scan lines of B-line streaks
+    wave_phase: float = 0.0  # phase of the gentle waviness of tissue layers
+    gain_db: float = 0.0
+    texture_seed: int = 0  # muscle fibre pattern, fixed while the probe rests
+
+
+def random_lus_scene(rng, n_ribs=None, shape=LUS_SHAPE):
+    """A random scene; ``n_ribs`` (0, 1 or 2) is drawn when not given (mostly 1 or 2)."""
+    rng = np.random.default_rng(rng)
+    width = shape[1]
+    scale = shape[0] / LUS_SHAPE[0]
+    if n_ribs is None:
+        n_ribs = int(rng.choice(3, p=[0.1, 0.35, 0.55]))
+    if n_ribs not in (0, 1, 2):
+        raise ConfigError(f"a phantom has 0, 1 or 2 ribs, not {n_ribs}")
+    pleura = rng.uniform(240, 300) * scale
+    apex = pleura - rng.uniform(45, 80) * scale
+
+    def rib(centre, half_width):
+        return Rib(
+            centre=centre,
+            half_width=half_width,
+            top=apex + rng.uniform(-6, 6) * scale,
+            sag=rng.uniform(10, 24) * scale,
+            thickness=rng.uniform(16, 28) * scale,
+        )
+
+    if n_ribs == 1:
+        half_width = rng.uniform(20, 38) / 128 * width
+        ribs = (rib(rng.uniform(half_width, width - half_width), half_width),)
+    elif n_ribs == 2:
+        left, right = rng.uniform(20, 27, size=2) / 128 * width
+        ribs = (
+            rib(left + rng.uniform(-3, 4), left),
+            rib(width - right - rng.uniform(-3, 4), right),
+        )
+    else:
+        ribs = ()
+    gaps = _uncovered_lines(ribs, width)
+    b_lines = ()
+    if rng.random() < 0.3 and len(gaps) > 8:
+        chosen = rng.choice(gaps[4:-4], size=rng.integers(1, 3), replace=False)
+        b_lines = tuple(float(line) for line in chosen)
+    return LusScene(
+        pleura=pleura,
+        skin=rng.uniform(18, 30) * scale,
+        fascia=rng.uniform(80, 120) * scale,
+        septum=rng.uniform(0.4, 0.6),
+        ribs=ribs,
+        b_lines=b_lines,
+        wave_phase=rng.uniform(0, 2 * np.pi),
+        gain_db=rng.uniform(-2, 2),
+        texture_seed=int(rng.integers(2**31)),
+    )
+
+
+def lus_phantom(rng, scene=None, speckle=None, shape=LUS_SHAPE):
+    """One B-mode frame and its rib mask: (uint8 image 0-255, uint8 mask 0/1), ``shape`` sized.
+
+    ``rng`` is a seed or ``numpy.random.Generator``; ``scene`` defaults to a random one;
+    ``speckle`` is a complex field from ``speckle_field`` (fresh when not given), which a
+    sequence correlates from frame to frame.
+    """
+    rng = np.random.default_rng(rng)
+    scene = random_lus_scene(rng, shape=shape) if scene is None else scene
+    speckle = speckle_field(rng, shape) if speckle is None else speckle
+    height, width = shape
+    scale = height / LUS_SHAPE[0]
+    depth = np.arange(height, dtype=np.float32)[:, None]
+    lines = np.arange(width, dtype=np.float32)[None, :]
+    wave = np.sin(2 * np.pi * lines / (1.7 * width) + scene.wave_phase)
+
+    # Soft tissue: skin, hypoechoic fat with a bright septum, fascia, striated muscle; lung below.
+    skin_end = scene.skin + 3 * scale * wave
+    fascia = scene.fascia + 6 * scale * wave
+    pleura = scene.pleura + 2 * scale * wave
+    fibre_noise = np.random.default_rng(scene.texture_seed).standard_normal(shape, np.float32)
+    fibres = cv2.GaussianBlur(fibre_noise, (0, 0), 6, sigmaY=1.2)
+    muscle = 0.45 * np.clip(1 + 0.45 * fibres / (fibres.std() + 1e-6), 0.2, None)
+    lung = 0.05  # aerated lung shows nothing but reverberations and noise
+    tissue = np.select(
+        [depth < skin_end, depth < fascia, depth < pleura], [0.9, 0.28, muscle], lung
+    ).astype(np.float32)
+    _add_line(tissue, fascia * scene.septum, 2 * scale, 0.5)
+    _add_line(tissue, fascia, 2.5 * scale, 1.1)
+
+    # Pleural line, A-lines (its reverberations at multiples of its depth, fading) and B-lines.
+    _add_line(tissue, pleura, 3 * scale, 1.9)
+    b_line_profile = np.zeros((1, width), np.float32)
+    for b_line in scene.b_lines:
+        b_line_profile = np.maximum(b_line_profile, np.exp(-0.5 * ((lines - b_line) / 1.8) ** 2))
+    a_lines = np.zeros(shape, np.float32)
+    for repeat in range(2, int(height / scene.pleura) + 1):
+        _add_line(a_lines, repeat * pleura, (3 + repeat) * scale, 1.6 * 0.6 ** (repeat - 1))
+    tissue += a_lines * (1 - b_line_profile)
+    if scene.b_lines:
+        fading = np.exp(-np.clip(depth - pleura, 0, None) / (900 * scale))
+        tissue += (depth > pleura) * b_line_profile * 1.3 * fading
+
+    # Ribs: a bright band (brightest at the surface) and an acoustic shadow beneath it, worked
+    # out only on the scan lines near each rib.
+    mask = np.zeros(shape, bool)
+    for rib in scene.ribs:
+        near = slice(
+            max(int(rib.centre - rib.half_width) - 8, 0),
+            min(int(rib.centre + rib.half_width) + 9, width),
+        )
+        u = (lines[:, near] - rib.centre) / rib.half_width
+        surface = rib.top + rib.sag * u**2
+        thickness = rib.thickness * (1 - 0.1 * np.minimum(u**2, 1))
+        into = depth - surface
+        band = (np.abs(u) <= 1) & (into >= 0) & (into < thickness)
+        mask[:, near] |= band
+        glow = 2.6 * np.exp(-np.clip(into, 0, None) / (0.7 * thickness)) + 0.7
+        tissue[:, near] = np.where(band, glow, tissue[:, near])
+        # The shadow starts at the band's lower edge, with soft sides.
+        side = expit((1 - np.abs(u)) * rib.half_width / 1.5)
+        beneath = expit((into - thickness) / (2 * scale))
+        tissue[:, near] *= 1 - 0.999 * side * beneath
+
+    attenuation = 10 ** ((scene.gain_db - 14 * depth / height) / 20)
+    noise_floor = rng.rayleigh(0.007 / np.sqrt(2), shape).astype(np.float32)  # electronic noise
+    amplitude = tissue * attenuation * np.abs(speckle) + noise_floor
+    image = (20 * np.log10(amplitude + 1e-6) + 45) / 51  # 51 dB range, 6 dB above a unit echo
+    image = cv2.GaussianBlur(image, (0, 0), 0.7, sigmaY=1.4)  # speckle reduction (log domain)
+    image = np.clip(image * 255, 0, 255).round().astype(np.uint8)
+    return image, mask.astype(np.uint8)
+
+
+def speckle_field(rng, shape=LUS_SHAPE, previous=None, correlation=0.5):
+    """Complex Gaussian speckle whose magnitude is Rayleigh with unit mean square.
+
+    Blurring white noise gives speckle grains about 3 samples deep and 1.5 lines wide. With
+    ``previous``, the new field keeps ``correlation`` of it: neighbouring frames share part of
+    their speckle pattern, as consecutive frames of a clip do.
+    """
+    rng = np.random.default_rng(rng)
+    noise = rng.standard_normal((2, *shape), np.float32)
+    real, imaginary = (cv2.GaussianBlur(part, (0, 0), 0.8, sigmaY=1.6) for part in noise)
+    field = real + 1j * imaginary
+    field /= np.sqrt(np.mean(np.abs(field) ** 2))
+    if previous is not None:
+        field = correlation * previous + np.sqrt(1 - correlation**2) * field
+    return field.astype(np.complex64)
+
+
+def lus_sequence(rng, n_frames, shape=LUS_SHAPE, n_ribs=None):
+    """Yield ``n_frames`` (image, mask) pairs of one probe position, drifting smoothly.
+
+    Rib position, width, depth, curvature and thickness, the pleural depth and the layers wander
+    along smooth random paths (breathing and hand motion); speckle is half renewed per frame.
+    """
+    rng = np.random.default_rng(rng)
+    if n_ribs is None:
+        n_ribs = int(rng.choice([1, 2], p=[0.4, 0.6]))
+    base = random_lus_scene(rng, n_ribs=n_ribs, shape=shape)
+    scale = shape[0] / LUS_SHAPE[0]
+
+    smoothing = 8.0  # frames
+    unit = np.sqrt(2 * np.sqrt(np.pi) * smoothing)  # makes smoothed white noise unit variance
+
+    def path(amplitude):
+        """A smooth random path of ``n_frames`` steps, standard deviation ``amplitude``."""
+        noise = rng.standard_normal(n_frames + 8 * int(smoothing))
+        smooth = gaussian_filter1d(noise, sigma=smoothing)[4 * int(smoothing):][:n_frames]
+        return amplitude * unit * smooth
+
+    slide, breathe = path(4.0), path(10.0 * scale)
+    rib_paths = [
+        {"centre": path(1.5), "half_width": path(2.0), "top": path(4.0 * scale),
+         "sag": path(3.0 * scale), "thickness": path(2.5 * scale)}
+        for _ in base.ribs
+    ]
+    b_line_path = path(2.0)
+    speckle = None
+    for t in range(n_frames):
+        ribs = tuple(
+            Rib(
+                centre=rib.centre + slide[t] + p["centre"][t],
+                half_width=max(rib.half_width + p["half_width"][t], 15.0 / 128 * shape[1]),
+                top=rib.top + breathe[t] + p["top"][t],
+                sag=max(rib.sag + p["sag"][t], 4 * scale),
+                thickness=float(np.clip(rib.thickness + p["thickness"][t], 15 * scale, 30 * scale)),
+            )
+            for rib, p in zip(base.ribs, rib_paths)
+        )
+        scene = replace(
+            base,
+            pleura=base.pleura + breathe[t],
+            skin=base.skin + 0.1 * breathe[t],
+            fascia=base.fascia + 0.4 * breathe[t],
+            ribs=ribs,
+            b_lines=tuple(x + slide[t] + b_line_path[t] for x in base.b_lines),
+        )
+        speckle = speckle_field(rng, shape, previous=speckle)
+        yield lus_phantom(rng, scene=scene, speckle=speckle, shape=shape)
+
+
+def write_lus_dataset(out, n=200, seed=0, positions=("pos2", "pos3"), progress=False):
+    """Write ``n`` phantom frames in the paper's layout and return ``out``.
+
+    Frames are split evenly over ``positions`` (earlier positions get any remainder), each a
+    drifting sequence numbered every 5th frame: ``IMG/img_lung_pos2_5.tif``,
+    ``MASK/mask_lung_pos2_5.tif`` (mask 0/255), ... All files are 8-bit TIFF, 960 x 128.
+    """
+    out = Path(out)
+    n = _check_count(n)
+    positions = (positions,) if isinstance(positions, str) else tuple(positions)
+    if not positions:
+        raise ConfigError("at least one probe position is needed")
+    counts = [len(part) for part in np.array_split(np.arange(n), len(positions))]
+    jobs = [
+        (position, index, count)
+        for index, (position, count) in enumerate(zip(positions, counts))
+        if count
+    ]
+
+    def frames():
+        for position, index, count in jobs:
+            sequence = lus_sequence(np.random.default_rng([seed, index]), count)
+            for t, (image, mask) in enumerate(sequence):
+                yield f"lung_{position}_{(t + 1) * LUS_FRAME_STEP}", image, mask
+
+    for name, image, mask in progress_bar(frames(), n, "LUS phantoms", enabled=progress):
+        write_image(out / "IMG" / f"img_{name}.tif", image)
+        write_image(out / "MASK" / f"mask_{name}.tif", mask * 255)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Salient-object composites
+
+# skimage.data photographs bundled with scikit-image (no download needed).
+PHOTOS = (
+    "astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "grass", "gravel",
+    "moon", "coins", "hubble_deep_field", "immunohistochemistry", "clock", "cell",
+)
+SHAPES = ("blob", "ellipse", "polygon", "horse")
+
+
+@functools.lru_cache(maxsize=1)
+def photographs():
+    """The gray ``skimage.data`` photographs used as textures, as uint8 arrays."""
+    import skimage.data
+
+    gray = []
+    for name in PHOTOS:
+        photo = getattr(skimage.data, name)()
+        if photo.ndim == 3:
+            photo = cv2.cvtColor(photo[..., :3], cv2.COLOR_RGB2GRAY)
+        gray.append(np.ascontiguousarray(photo))
+    return tuple(gray)
+
+
+def salient_composite(rng, size=None):
+    """A gray composite and its salient-object mask: (uint8 image, uint8 mask 0/1).
+
+    ``size`` is (height, width); by default each side is drawn from 300-500 pixels.
+    """
+    rng = np.random.default_rng(rng)
+    photos = photographs()
+    if size is None:
+        size = rng.integers(*SALIENT_SIDES, endpoint=True, size=2)
+    height, width = (int(side) for side in size)
+    background_index = rng.integers(len(photos))
+    image = _crop(rng, photos[background_index], height, width).astype(np.float32)
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 2.5))  # a softer background
+    image = 0.6 * image + 0.4 * image.mean()  # ... with less contrast than the objects
+    mask = np.zeros((height, width), bool)
+    for _ in range(rng.integers(1, 4)):
+        shape = _object_shape(rng, SHAPES[rng.integers(len(SHAPES))], height, width)
+        texture_index = (background_index + rng.integers(1, len(photos))) % len(photos)
+        texture = _crop(rng, photos[texture_index], height, width).astype(np.float32)
+        # Push the object's brightness away from the background's so that it stands out.
+        offset = rng.uniform(30, 60) * (1 if image.mean() < 128 else -1)
+        texture = np.clip(texture - texture.mean() + image.mean() + offset, 0, 255)
+        alpha = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 0.8)  # anti-aliased edge
+        image = alpha * texture + (1 - alpha) * image
+        mask |= shape
+    return np.clip(image, 0, 255).round().astype(np.uint8), mask.astype(np.uint8)
+
+
+def write_salient_dataset(out, n=100, seed=0, progress=False):
+    """Write ``n`` composites as ``images/salient_0000.jpg`` + ``masks/salient_0000.png``."""
+    out = Path(out)
+    n = _check_count(n)
+    rngs = np.random.default_rng(seed).spawn(n)
+    for index in progress_bar(range(n), n, "salient composites", enabled=progress):
+        image, mask = salient_composite(rngs[index])
+        write_image(out / "images" / f"salient_{index:04d}.jpg", image)
+        write_image(out / "masks" / f"salient_{index:04d}.png", mask * 255)
+    return out
+
+
+def _crop(rng, photo, height, width):
+    """A random crop of at least half the photo's shorter side, resized to height x width."""
+    rows, cols = photo.shape
+    side_scale = rng.uniform(0.5, 1.0)
+    crop_rows = max(8, int(rows * side_scale))
+    crop_cols = max(8, min(cols, int(crop_rows * width / height)))
+    top = rng.integers(0, rows - crop_rows + 1)
+    left = rng.integers(0, cols - crop_cols + 1)
+    crop = photo[top:top + crop_rows, left:left + crop_cols]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return cv2.resize(crop, (int(width), int(height)), interpolation=cv2.INTER_AREA)
+
+
+def _object_shape(rng, kind, height, width):
+    """A boolean object silhouette, placed around the centre as salient objects usually are."""
+    radius = rng.uniform(0.12, 0.28) * min(height, width)
+    centre = np.array([width, height]) * rng.uniform(0.3, 0.7, size=2)
+    canvas = np.zeros((height, width), np.uint8)
+    if kind == "horse":
+        import skimage.data
+
+        silhouette = (~skimage.data.horse()).astype(np.uint8)
+        scale = 2.2 * radius / max(silhouette.shape)
+        silhouette = cv2.resize(
+            silhouette, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST
+        )
+        if rng.random() < 0.5:
+            silhouette = silhouette[:, ::-1]
+        rows, cols = silhouette.shape
+        top = int(np.clip(centre[1] - rows / 2, 0, height - rows))
+        left = int(np.clip(centre[0] - cols / 2, 0, width - cols))
+        canvas[top:top + rows, left:left + cols] = silhouette
+        return canvas.astype(bool)
+    if kind == "ellipse":
+        axes = (int(radius), int(radius * rng.uniform(0.4, 1.0)))
+        cv2.ellipse(canvas, tuple(int(c) for c in centre), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+        return canvas.astype(bool)
+    if kind == "blob":
+        angles = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+        harmonics = np.arange(2, 6)[:, None]
+        weights = rng.uniform(0, 0.3, size=(4, 1)) / harmonics * 2
+        phases = rng.uniform(0, 2 * np.pi, size=(4, 1))
+        radii = radius * (1 + (weights * np.cos(harmonics * angles + phases)).sum(axis=0))
+    else:  # polygon
+        corners = rng.integers(3, 9)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+        radii = radius * rng.uniform(0.6, 1.0, corners)
+    points = centre + np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii[:, None]
+    cv2.fillPoly(canvas, [points.round().astype(np.int32)], 1)
+    return canvas.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generating a data set once
+
+
+_WRITERS = {"lus": write_lus_dataset, "salient": write_salient_dataset}
+
+
+def ensure_dataset(kind, out_dir, n, seed=0, progress=False):
+    """Generate a ``kind`` (``"lus"`` or ``"salient"``) data set in ``out_dir`` unless it is there.
+
+    The set is written to a temporary folder beside ``out_dir`` and renamed into place, so an
+    interrupted generation never leaves half a data set. ``out_dir/synthetic.json`` records
+    ``kind``, ``n``, ``seed`` and the generator version: a matching set is reused as it is, a
+    different generated set is replaced, and a folder holding anything else is left alone
+    (``DataError``).
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown data set kind {kind!r}: use one of {', '.join(KINDS)}")
+    n = _check_count(n)
+    out_dir = Path(out_dir)
+    wanted = {"kind": kind, "n": n, "seed": int(seed), "generator_version": GENERATOR_VERSION}
+    if _manifest(out_dir) == wanted:
+        return out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and _manifest(out_dir) is None and any(out_dir.iterdir()):
+        raise DataError(
+            f"{out_dir}: folder already holds files that the generator did not write; "
+            "choose another output folder or empty this one"
+        )
+    temporary = out_dir.with_name(f".tmp-{os.getpid()}-{out_dir.name}")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+        _WRITERS[kind](temporary, n=n, seed=seed, progress=progress)
+        write_json(temporary / MANIFEST, wanted)
+        _replace_folder(temporary, out_dir)
+    except OSError as error:
+        if _manifest(out_dir) == wanted:  # another process finished the same set first
+            return out_dir
+        reason = error.strerror or str(error)
+        raise DataError(f"{out_dir}: cannot write the data set there ({reason})") from error
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return out_dir
+
+
+def _manifest(folder):
+    try:
+        return read_json(Path(folder) / MANIFEST)
+    except (OSError, ValueError):
+        return None
+
+
+def _replace_folder(new, target):
+    """Move ``new`` onto ``target``, removing an old generated set only once ``new`` is in place."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".old-{os.getpid()}-{target.name}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_count(n):
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"the number of frames must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _uncovered_lines(ribs, width):
+    """Scan lines not under any rib (where the pleural line and B-lines show)."""
+    lines = np.arange(width)
+    covered = np.zeros(width, bool)
+    for rib in ribs:
+        covered |= np.abs(lines - rib.centre) <= rib.half_width + 2
+    return lines[~covered]
+
+
+def _add_line(canvas, at, sigma, amplitude):
+    """Add a bright horizontal line to ``canvas``: a Gaussian profile in depth around ``at``.
+
+    ``at`` gives the line's depth per scan line (shape [1, W]); only rows within 4 sigma of it
+    are computed.
+    """
+    reach = 4 * sigma
+    top = max(int(np.min(at) - reach), 0)
+    bottom = min(int(np.max(at) + reach) + 2, canvas.shape[0])
+    if top < bottom:
+        rows = np.arange(top, bottom, dtype=np.float32)[:, None]
+        canvas[top:bottom] += amplitude * np.exp(-0.5 * ((rows - at) / sigma) ** 2)

@@ -1,0 +1,83 @@
+"""Configuration: the paper's defaults, presets as overrides, JSON round trip, option parsing."""
+
+import json
+
+import pytest
+
+from lungseg.cli import config_from_args, freeze_spec, image_size, training_parser
+from lungseg.config import RunConfig, StageConfig, make_config
+from lungseg.errors import ConfigError
+
+
+def test_paper_preset_is_the_papers_protocol():
+    vunet = make_config("vunet", "v")
+    assert vunet.stage1 == StageConfig(epochs=100, batch_size=20, learning_rate=1e-5)
+    assert vunet.finetune == StageConfig(epochs=100, batch_size=20, learning_rate=5e-6)
+    assert (vunet.image_size, vunet.folds, vunet.lus_frames, vunet.flips) == ((256, 256), 5, 400, True)
+    assert (vunet.encoder_weights, vunet.split, vunet.interpolation) == ("imagenet", "paper", "nearest")
+    xunet = make_config("xunet", "x")
+    assert xunet.stage1 == StageConfig(epochs=100, batch_size=30, learning_rate=1e-5)
+    assert xunet.finetune == StageConfig(epochs=100, batch_size=20, learning_rate=5e-6)
+    assert xunet.freeze == []
+
+
+def test_quick_preset_and_user_options_override_in_order():
+    config = make_config("vunet", "q", "quick", folds=3, stage1={"epochs": 2})
+    assert config.folds == 3  # the option beats the preset
+    assert config.stage1.epochs == 2
+    assert config.stage1.learning_rate == 3e-4  # the rest of the preset's stage stays
+    assert config.image_size == (128, 64)
+
+
+def test_config_json_round_trip():
+    config = make_config("xunet", "x", "quick", freeze=["bottleneck"], image_size=(64, 32))
+    again = RunConfig.from_dict(json.loads(config.to_json()))
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"folds": 1}, "--folds must be at least 2"),
+        ({"image_size": (250, 256)}, "--image-size sides must be multiples of 16"),
+        ({"lus_frames": 201}, "--lus-frames must be even"),
+        ({"stage1": {"epochs": 0}}, "--epochs must be positive"),
+        ({"split": "random"}, "--split must be one of paper, grouped"),
+    ],
+)
+def test_invalid_values_name_the_option(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        make_config("vunet", "v", **overrides)
+
+
+def test_unknown_preset_and_unknown_saved_keys():
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        make_config("vunet", "v", "fast")
+    with pytest.raises(ConfigError, match="unknown configuration keys: colour"):
+        RunConfig.from_dict({"model": "vunet", "name": "v", "colour": "red"})
+
+
+def test_command_line_stage_values_one_for_both_or_one_each():
+    parser = training_parser("xunet", "test")
+    args = parser.parse_args(["--epochs", "7", "--lr", "1e-3", "2e-4", "--image-size", "64x32"])
+    config = config_from_args("xunet", args, parser)
+    assert (config.stage1.epochs, config.finetune.epochs) == (7, 7)
+    assert (config.stage1.learning_rate, config.finetune.learning_rate) == (1e-3, 2e-4)
+    assert config.image_size == (64, 32)
+    assert config.name == "xunet_paper"
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "-3"], ["--preset", "fast"], ["--lr", "0"], ["--image-size", "100"]])
+def test_bad_options_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        training_parser("vunet", "test").parse_args(argv)
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_option_types():
+    assert image_size("128") == (128, 128)
+    assert image_size("256x64") == (256, 64)
+    assert freeze_spec("none") == []
+    assert freeze_spec("bottleneck") == ["bottleneck"]
+    assert freeze_spec("block1_conv1, block1_conv2") == ["block1_conv1", "block1_conv2"]

@@ -1,0 +1,140 @@
+"""PaperAugmentation draws what ImageDataGenerator draws, moves pixels as it does, and keeps
+frame and mask aligned and the mask binary."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras.src.legacy.preprocessing.image import ImageDataGenerator
+from scipy.stats import ks_2samp
+
+from lungseg.data import PaperAugmentation
+
+PAPER_SETTINGS = dict(
+    rotation_range=0.15,
+    width_shift_range=0.05,
+    height_shift_range=0.05,
+    shear_range=0.05,
+    zoom_range=0.05,
+    horizontal_flip=True,
+)
+EXAGGERATED = PaperAugmentation(
+    rotation_range=30, width_shift_range=0.2, height_shift_range=0.2, shear_range=15, zoom_range=0.3
+)
+
+
+def keras_draws(n, shape):
+    state = np.random.get_state()
+    try:
+        generator = ImageDataGenerator(**PAPER_SETTINGS, fill_mode="nearest")
+        np.random.seed(0)
+        draws = [generator.get_random_transform(shape) for _ in range(n)]
+    finally:
+        np.random.set_state(state)
+    return {key: np.array([float(d[key]) for d in draws]) for key in draws[0] if draws[0][key] is not None}
+
+
+def test_parameters_follow_image_data_generator_distributions():
+    n, height, width = 3000, 256, 192
+    ours = {k: v.numpy() for k, v in PaperAugmentation().random_parameters(n, height, width, 7).items()}
+    theirs = keras_draws(n, (height, width, 1))
+    theirs["flip"] = theirs.pop("flip_horizontal")
+    bounds = {
+        "theta": 0.15, "shear": 0.05, "tx": 0.05 * height, "ty": 0.05 * width,
+    }
+    for key, bound in bounds.items():
+        assert np.abs(ours[key]).max() <= bound + 1e-6
+        assert np.abs(ours[key]).max() > 0.95 * bound  # the whole range is used
+    for key in ("zx", "zy"):
+        assert 0.95 - 1e-6 <= ours[key].min() and ours[key].max() <= 1.05 + 1e-6
+    for key in ("theta", "tx", "ty", "shear", "zx", "zy", "flip"):
+        assert ks_2samp(ours[key], theirs[key]).pvalue > 1e-3, key
+    assert not np.allclose(ours["zx"], ours["zy"])  # x and y zoom drawn apart
+    again = PaperAugmentation().random_parameters(n, height, width, 7)
+    np.testing.assert_array_equal(again["theta"].numpy(), ours["theta"])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras' legacy scipy import
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"tx": 3.0},
+        {"ty": -2.0},
+        {"flip_horizontal": True},
+        {"tx": -2.0, "ty": 1.0, "flip_horizontal": True},
+        {"theta": 9.0, "tx": 2.3, "ty": -1.6, "shear": 4.0, "zx": 1.1, "zy": 0.9, "flip_horizontal": True},
+    ],
+)
+def test_matrices_move_pixels_as_image_data_generator_does(parameters):
+    rng = np.random.default_rng(1)
+    height, width = 14, 22  # not square: catches swapped axes
+    image = rng.integers(0, 256, (height, width, 1)).astype(np.float32)
+    generator = ImageDataGenerator(fill_mode="nearest", interpolation_order=0)
+    expected = generator.apply_transform(image, parameters)
+    full = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0}
+    full.update({k: v for k, v in parameters.items() if k != "flip_horizontal"})
+    full["flip"] = float(parameters.get("flip_horizontal", False))
+    tensors = {key: tf.constant([value], tf.float32) for key, value in full.items()}
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=PaperAugmentation.matrices(tensors, height, width),
+        output_shape=[height, width],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="NEAREST",
+    )
+    np.testing.assert_array_equal(moved[0].numpy(), expected)
+
+
+def shapes_batch(n=12, size=64, seed=0):
+    """Frames with a bright ellipse on textured background, and the ellipse as the mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    images, masks = [], []
+    for _ in range(n):
+        centre = rng.uniform(0.3, 0.7, 2) * size
+        radii = rng.uniform(0.1, 0.25, 2) * size
+        inside = ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1
+        image = rng.integers(0, 100, (size, size))
+        image[inside] = rng.integers(200, 256, inside.sum())
+        images.append(image)
+        masks.append(inside)
+    images = np.stack(images)[..., None].astype(np.uint8)
+    return images, np.stack(masks)[..., None].astype(np.uint8)
+
+
+def iou(a, b):
+    return np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1)
+
+
+@pytest.mark.parametrize("augmentation", [PaperAugmentation(), EXAGGERATED], ids=["paper", "exaggerated"])
+def test_masks_stay_binary_and_aligned(augmentation):
+    images, masks = shapes_batch()
+    for seed in range(5):
+        new_images, new_masks = augmentation(images, masks, seed=seed)
+        assert new_images.dtype == tf.uint8 and new_masks.dtype == tf.uint8
+        assert new_images.shape == images.shape and new_masks.shape == masks.shape
+        new_images, new_masks = new_images.numpy(), new_masks.numpy()
+        assert set(np.unique(new_masks)) <= {0, 1}
+        for image, mask in zip(new_images, new_masks):
+            assert iou(image > 150, mask > 0) >= 0.95
+    moved = EXAGGERATED(images, masks, seed=1)[0].numpy()
+    assert np.mean(moved != images) > 0.2  # the exaggerated ranges really move things
+
+
+def test_other_dtypes_and_channels_take_the_general_path():
+    images, masks = shapes_batch(n=4)
+    rgb = np.repeat(images, 3, axis=-1)
+    new_rgb, new_masks = EXAGGERATED(rgb, masks.astype(np.float32), seed=3)
+    assert new_rgb.dtype == tf.uint8 and new_masks.dtype == tf.float32
+    new_gray, gray_masks = EXAGGERATED(images, masks, seed=3)
+    np.testing.assert_array_equal(new_rgb.numpy()[..., :1], new_gray.numpy())
+    np.testing.assert_array_equal(new_masks.numpy(), gray_masks.numpy().astype(np.float32))
+
+
+def test_seeds_decide_the_draws():
+    images, masks = shapes_batch(n=4)
+    first = EXAGGERATED(images, masks, seed=tf.constant([5, 6], tf.int64))[0].numpy()
+    same = EXAGGERATED(images, masks, seed=tf.constant([5, 6], tf.int64))[0].numpy()
+    other = EXAGGERATED(images, masks, seed=tf.constant([5, 7], tf.int64))[0].numpy()
+    np.testing.assert_array_equal(first, same)
+    assert not np.array_equal(first, other)

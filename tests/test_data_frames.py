@@ -1,0 +1,113 @@
+"""load_frames checks and resizes; FrameSet subsets and mirror images; the paper's set sizes."""
+
+import numpy as np
+import pytest
+
+from lungseg.data import FrameSet, Pair, find_pairs, load_frames, select_lus_frames
+from lungseg.data.io import write_image
+from lungseg.errors import ConfigError, DataError
+
+
+def frame(height=12, width=8, value=100):
+    image = np.full((height, width), value, np.uint8)
+    image[: height // 2] = 200  # top half brighter: resizing and flips can be checked
+    return image
+
+
+def rib_mask(height=12, width=8):
+    mask = np.zeros((height, width), np.uint8)
+    mask[2:5, : width // 2] = 255
+    return mask
+
+
+def write_pair(root, name, image, mask):
+    write_image(root / "IMG" / f"img_{name}.tif", image)
+    write_image(root / "MASK" / f"mask_{name}.tif", mask)
+
+
+def test_frames_are_resized_once_to_uint8_arrays(tmp_path):
+    for index in (5, 10, 15):
+        write_pair(tmp_path, f"lung_pos2_{index}", frame(), rib_mask())
+    frames = load_frames(find_pairs(tmp_path), (24, 16))
+    assert len(frames) == 3 and frames.image_size == (24, 16)
+    assert frames.images.shape == frames.masks.shape == (3, 24, 16, 1)
+    assert frames.images.dtype == frames.masks.dtype == np.uint8
+    assert set(np.unique(frames.images)) == {100, 200}  # nearest: no new grey levels
+    assert set(np.unique(frames.masks)) == {0, 1}
+    assert frames.masks[0, 4:10, :8].all() and not frames.masks[0, :, 8:].any()
+    assert frames.names == ["lung_pos2_5", "lung_pos2_10", "lung_pos2_15"]
+    assert frames.groups == ["lung_pos2:0-49"] * 3
+    smooth = load_frames(find_pairs(tmp_path), (5, 5), interpolation="area")
+    assert len(np.unique(smooth.images)) > 2
+    with pytest.raises(ConfigError, match="unknown interpolation"):
+        load_frames(find_pairs(tmp_path), (8, 8), interpolation="cubic")
+
+
+def test_all_bad_files_are_reported_together(tmp_path):
+    write_pair(tmp_path, "good", frame(), rib_mask())
+    write_pair(tmp_path, "mismatch", frame(), rib_mask(height=10))
+    grey_mask = np.tile(np.arange(0, 240, 30, dtype=np.uint8), (12, 1))
+    write_pair(tmp_path, "grey", frame(), grey_mask)
+    write_image(tmp_path / "MASK" / "mask_empty.tif", rib_mask())
+    (tmp_path / "IMG" / "img_empty.tif").write_bytes(b"")
+    write_image(tmp_path / "MASK" / "mask_text.tif", rib_mask())
+    (tmp_path / "IMG" / "img_text.tif").write_text("not an image")
+    with pytest.raises(DataError) as error:
+        load_frames(find_pairs(tmp_path), (8, 8))
+    problems = error.value.problems
+    assert len(problems) == 4, problems
+    expected = {
+        "img_empty.tif": "file is empty (0 bytes)",
+        "img_text.tif": "not a readable image",
+        "mask_mismatch.tif": "size 10 x 8 (height x width) differs from its image",
+        "mask_grey.tif": "mask is not binary",
+    }
+    for file_name, message in expected.items():
+        assert any(file_name in line and message in line for line in problems), (file_name, problems)
+    grey_line = next(line for line in problems if "mask_grey.tif" in line)
+    assert "thresholded at 105" in grey_line
+
+
+def test_no_pairs_and_bad_sizes_are_refused():
+    with pytest.raises(DataError, match="no image/mask pairs"):
+        load_frames([], (8, 8))
+    pair = Pair("a.tif", "b.tif", "a", "a")
+    with pytest.raises(ConfigError, match="image_size"):
+        load_frames([pair], (8,))
+    with pytest.raises(ConfigError, match="positive"):
+        load_frames([pair], (0, 8))
+
+
+def small_set(n=4):
+    images = np.arange(n * 2 * 3, dtype=np.uint8).reshape(n, 2, 3, 1)
+    masks = np.zeros_like(images)
+    masks[:, :, 0] = 1
+    return FrameSet([f"f{i}" for i in range(n)], [f"g{i // 2}" for i in range(n)], images, masks)
+
+
+def test_subset_take_and_flips():
+    frames = small_set()
+    chosen = frames.subset(["f3", "f0"])
+    assert chosen.names == ["f3", "f0"] and chosen.groups == ["g1", "g0"]
+    np.testing.assert_array_equal(chosen.images, frames.images[[3, 0]])
+    with pytest.raises(DataError, match="f9: no frame of that name"):
+        frames.subset(["f0", "f9"])
+    assert frames.take(2).names == ["f0", "f1"]
+    doubled = frames.take(2).with_flips()
+    assert doubled.names == ["f0", "f1", "f0_flip", "f1_flip"]
+    assert doubled.groups == ["g0", "g0", "g0", "g0"]  # a mirror image keeps its group
+    np.testing.assert_array_equal(doubled.images[2], frames.images[0][:, ::-1])
+    np.testing.assert_array_equal(doubled.masks[2, :, 2], np.ones((2, 1)))
+    with pytest.raises(ValueError):
+        FrameSet(["a"], [], frames.images[:1], frames.masks[:1])
+
+
+def test_paper_training_set_sizes():
+    frames = small_set(6)
+    with_flips = select_lus_frames(frames, 4)
+    assert with_flips.names == ["f0", "f1", "f0_flip", "f1_flip"]
+    assert select_lus_frames(frames, 5, flips=False).names == ["f0", "f1", "f2", "f3", "f4"]
+    with pytest.raises(DataError, match="need 7 original frames, but the data set has only 6"):
+        select_lus_frames(frames, 14)
+    with pytest.raises(ConfigError, match="even"):
+        select_lus_frames(frames, 3)

@@ -1,0 +1,129 @@
+"""find_pairs: the three layouts, every kind of bad input named, and split groups."""
+
+import numpy as np
+import pytest
+
+from lungseg.data import LUS_FRAME_WINDOW, default_group, find_pairs
+from lungseg.data.io import write_image
+from lungseg.errors import ConfigError, DataError
+
+FRAME = np.full((12, 8), 100, np.uint8)
+MASK = np.zeros((12, 8), np.uint8)
+
+
+def write_lus(root, names, ext=".tif"):
+    for name in names:
+        write_image(root / "IMG" / f"img_{name}{ext}", FRAME)
+        write_image(root / "MASK" / f"mask_{name}{ext}", MASK)
+    return root
+
+
+def write_flat(root, stems, image_ext=".jpg", mask_ext=".png"):
+    for stem in stems:
+        write_image(root / "images" / f"{stem}{image_ext}", FRAME)
+        write_image(root / "masks" / f"{stem}{mask_ext}", MASK)
+    return root
+
+
+def test_lus_layout_pairs_share_the_name_after_the_prefix(tmp_path):
+    write_lus(tmp_path, ["lung_pos2_10", "lung_pos2_5", "lung_pos3_5", "lung_pos2_100"])
+    pairs = find_pairs(tmp_path)  # auto-detected
+    assert [p.name for p in pairs] == ["lung_pos2_5", "lung_pos2_10", "lung_pos2_100", "lung_pos3_5"]
+    assert pairs[0].image == tmp_path / "IMG" / "img_lung_pos2_5.tif"
+    assert pairs[0].mask == tmp_path / "MASK" / "mask_lung_pos2_5.tif"
+    assert find_pairs(tmp_path, layout="lus") == pairs
+
+
+def test_salient_and_generic_layouts(tmp_path):
+    write_flat(tmp_path / "salient", ["b", "a"])
+    pairs = find_pairs(tmp_path / "salient", layout="salient")
+    assert [(p.name, p.image.suffix, p.mask.suffix) for p in pairs] == [
+        ("a", ".jpg", ".png"), ("b", ".jpg", ".png")
+    ]
+    write_flat(tmp_path / "generic", ["x"], image_ext=".bmp", mask_ext=".tif")
+    assert [p.name for p in find_pairs(tmp_path / "generic")] == ["x"]
+    with pytest.raises(DataError, match=r"x\.bmp: salient layout expects \.jpg"):
+        find_pairs(tmp_path / "generic", layout="salient")
+
+
+def test_every_problem_is_reported_together_with_its_file(tmp_path):
+    write_lus(tmp_path, ["lung_pos2_5"])
+    write_image(tmp_path / "IMG" / "img_lung_pos2_10.tif", FRAME)  # no mask
+    write_image(tmp_path / "MASK" / "mask_lung_pos2_15.tif", MASK)  # no image
+    write_image(tmp_path / "IMG" / "frame_7.tif", FRAME)  # misnamed
+    (tmp_path / "IMG" / "notes.txt").write_text("ignored")
+    with pytest.raises(DataError) as error:
+        find_pairs(tmp_path)
+    problems = error.value.problems
+    assert len(problems) == 3
+    assert any("img_lung_pos2_10.tif: no mask" in line for line in problems)
+    assert any("mask_lung_pos2_15.tif: mask without an image" in line for line in problems)
+    assert any("frame_7.tif: name does not start with 'img_'" in line for line in problems)
+
+
+def test_missing_root_empty_folder_and_unknown_layout(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        find_pairs(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no IMG/ \\+ MASK/ folders"):
+        find_pairs(tmp_path)
+    (tmp_path / "IMG").mkdir()
+    (tmp_path / "MASK").mkdir()
+    with pytest.raises(DataError, match=r"IMG: no images"):
+        find_pairs(tmp_path)
+    with pytest.raises(DataError, match=r"images: folder missing"):
+        find_pairs(tmp_path, layout="generic")
+    with pytest.raises(ConfigError, match="unknown layout"):
+        find_pairs(tmp_path, layout="xpie")
+
+
+def test_two_files_with_one_name_are_a_problem(tmp_path):
+    write_flat(tmp_path, ["a"])
+    write_image(tmp_path / "images" / "a.png", FRAME)
+    with pytest.raises(DataError, match="same name as"):
+        find_pairs(tmp_path)
+
+
+def test_default_groups_are_position_and_frame_window():
+    assert LUS_FRAME_WINDOW == 50
+    assert default_group("lung_pos2_5") == "lung_pos2:0-49"
+    assert default_group("lung_pos2_45") == "lung_pos2:0-49"
+    assert default_group("lung_pos2_50") == "lung_pos2:50-99"
+    assert default_group("lung_pos3_5") == "lung_pos3:0-49"
+    assert default_group("lung_pos2_35_flip") == default_group("lung_pos2_35")
+    assert default_group("salient_0007") == "salient_0007"
+
+
+def test_groups_from_a_pattern(tmp_path):
+    write_flat(tmp_path, ["patientA_01", "patientA_02", "patientB_01"])
+    pairs = find_pairs(tmp_path, groups=r"^(patient\w)_")
+    assert [p.group for p in pairs] == ["patientA", "patientA", "patientB"]
+    with pytest.raises(DataError) as error:
+        find_pairs(tmp_path, groups=r"^(patientA)")
+    assert error.value.problems == [
+        f"{tmp_path / 'images' / 'patientB_01.jpg'}: group pattern '^(patientA)' does not match "
+        "the name 'patientB_01'"
+    ]
+    with pytest.raises(ConfigError, match="invalid group pattern"):
+        find_pairs(tmp_path, groups="(unclosed")
+
+
+def test_groups_from_a_csv_file(tmp_path):
+    write_flat(tmp_path, ["a", "b", "c"])
+    table = tmp_path / "groups.csv"
+    table.write_text("stem,group\na,left\nb,left\nc,right\n")
+    assert [p.group for p in find_pairs(tmp_path, groups=table)] == ["left", "left", "right"]
+    assert [p.group for p in find_pairs(tmp_path, groups=str(table))] == ["left", "left", "right"]
+    table.write_text("a,left\nb\n")
+    with pytest.raises(DataError) as error:
+        find_pairs(tmp_path, groups=table)
+    problems = "\n".join(error.value.problems)
+    assert "groups.csv:2: expected 'stem,group'" in problems
+    assert "b.jpg: name 'b' missing from groups file" in problems
+    assert "c.jpg: name 'c' missing from groups file" in problems
+    with pytest.raises(DataError, match="groups file does not exist"):
+        find_pairs(tmp_path, groups=tmp_path / "nope.csv")
+
+
+def test_default_groups_on_disk(tmp_path):
+    write_lus(tmp_path, ["lung_pos2_5", "lung_pos2_55", "other"])
+    assert [p.group for p in find_pairs(tmp_path)] == ["lung_pos2:0-49", "lung_pos2:50-99", "other"]

@@ -1,0 +1,125 @@
+"""Look-alike data: shapes, binary masks, ribs where the masks are, seeds, layouts on disk."""
+
+import numpy as np
+import pytest
+from skimage.measure import label, regionprops
+
+from lungseg.data import (
+    ensure_dataset,
+    find_pairs,
+    load_frames,
+    lus_phantom,
+    lus_sequence,
+    salient_composite,
+    write_lus_dataset,
+    write_salient_dataset,
+)
+from lungseg.data import synthetic
+from lungseg.data.synthetic import random_lus_scene
+from lungseg.errors import ConfigError, DataError
+
+
+def folder_bytes(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_phantom_frames_show_bright_rib_arcs_where_the_masks_are(seed):
+    rng = np.random.default_rng(seed)
+    image, mask = lus_phantom(rng, scene=random_lus_scene(rng, n_ribs=seed % 2 + 1))
+    assert image.shape == mask.shape == (960, 128)
+    assert image.dtype == mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+    assert image[mask > 0].mean() > image.mean() + 80
+    for rib in regionprops(label(mask)):
+        top, left, bottom, right = rib.bbox
+        assert 30 <= right - left <= 80, rib.bbox
+        thickness = mask[:, left:right].sum(axis=0)
+        assert 12 <= thickness.min() and thickness.max() <= 31, thickness
+        assert top > 100  # ribs lie below the soft tissue, above the lung
+    # The acoustic shadow: far below a rib it is much darker than the frame on average.
+    assert image[700:, mask.any(axis=0)].mean() < 0.5 * image[700:].mean() + 10
+
+
+def test_frames_without_ribs_have_empty_masks():
+    image, mask = lus_phantom(3, scene=random_lus_scene(np.random.default_rng(3), n_ribs=0))
+    assert not mask.any() and image.std() > 10
+    with pytest.raises(ConfigError):
+        random_lus_scene(0, n_ribs=3)
+
+
+def test_neighbouring_frames_differ_slightly():
+    (first, first_mask), (second, second_mask) = list(lus_sequence(np.random.default_rng(0), 2))
+    other, _ = next(lus_sequence(np.random.default_rng(1), 1))  # another probe position
+    overlap = (first_mask & second_mask).sum() / (first_mask | second_mask).sum()
+    assert 0.5 < overlap < 1  # the rib moved a little
+    assert not np.array_equal(first, second)
+
+    def difference(a, b):
+        return np.abs(a.astype(float) - b).mean()
+
+    assert difference(first, second) < 0.8 * difference(first, other)
+
+
+def test_lus_data_set_has_the_paper_layout_and_is_reproducible(tmp_path):
+    out = write_lus_dataset(tmp_path / "a", n=5, seed=1)
+    pairs = find_pairs(out)
+    assert [p.name for p in pairs] == [
+        "lung_pos2_5", "lung_pos2_10", "lung_pos2_15", "lung_pos3_5", "lung_pos3_10"
+    ]
+    assert pairs[0].image.name == "img_lung_pos2_5.tif"
+    assert pairs[0].mask.name == "mask_lung_pos2_5.tif"
+    frames = load_frames(pairs, (960, 128))
+    assert frames.masks.any(axis=(1, 2, 3)).all()
+    write_lus_dataset(tmp_path / "b", n=5, seed=1)
+    write_lus_dataset(tmp_path / "c", n=5, seed=2)
+    assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
+    assert folder_bytes(tmp_path / "a") != folder_bytes(tmp_path / "c")
+
+
+def test_salient_composites(tmp_path):
+    image, mask = salient_composite(np.random.default_rng(0))
+    assert image.dtype == mask.dtype == np.uint8 and image.shape == mask.shape
+    assert all(300 <= side <= 500 for side in image.shape)
+    assert set(np.unique(mask)) == {0, 1} and 0.01 < mask.mean() < 0.8
+    out = write_salient_dataset(tmp_path / "a", n=2, seed=4)
+    pairs = find_pairs(out, layout="salient")
+    assert [(p.image.name, p.mask.name) for p in pairs] == [
+        ("salient_0000.jpg", "salient_0000.png"), ("salient_0001.jpg", "salient_0001.png")
+    ]
+    load_frames(pairs, (32, 32))  # JPEG frame and PNG mask read back cleanly
+    write_salient_dataset(tmp_path / "b", n=2, seed=4)
+    assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
+
+
+def test_ensure_dataset_generates_once_and_reuses(tmp_path):
+    out = tmp_path / "data" / "lus"
+    assert ensure_dataset("lus", out, n=2, seed=0) == out
+    manifest = (out / "synthetic.json").stat().st_mtime_ns
+    first = folder_bytes(out)
+    ensure_dataset("lus", out, n=2, seed=0)
+    assert (out / "synthetic.json").stat().st_mtime_ns == manifest  # reused, not rewritten
+    ensure_dataset("lus", out, n=3, seed=0)  # a different generated set is replaced
+    assert len(find_pairs(out)) == 3 and folder_bytes(out) != first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lus"]  # no temporary folders left
+
+
+def test_ensure_dataset_never_leaves_half_a_set_or_touches_foreign_files(tmp_path, monkeypatch):
+    def interrupted(out, n, seed, progress):
+        write_lus_dataset(out, n=1, seed=seed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(synthetic._WRITERS, "lus", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_dataset("lus", tmp_path / "lus", n=4, seed=0)
+    assert list(tmp_path.iterdir()) == []
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="did not write"):
+        ensure_dataset("salient", foreign, n=1, seed=0)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="unknown data set kind"):
+        ensure_dataset("xpie", tmp_path / "x", n=1, seed=0)
+    with pytest.raises(ConfigError, match="positive integer"):
+        ensure_dataset("lus", tmp_path / "x", n=0, seed=0)
