@@ -15,7 +15,8 @@ def main(argv):
     parser.add_argument(
         "--encoder-weights", metavar="imagenet|none|PATH",
         help="VGG16 encoder weights: imagenet (downloaded once into ~/.keras/models/), none "
-        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (default: "
+        "imagenet; the quick preset falls back to random weights when offline)",
     )
     args = parser.parse_args(argv)
     config = config_from_args("vunet", args, parser, extra=("encoder_weights",))

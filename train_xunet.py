@@ -14,10 +14,11 @@ from lungseg.cli import config_from_args, freeze_spec, run_main, training_parser
 def main(argv):
     parser = training_parser("xunet", __doc__)
     parser.add_argument("--salient", metavar="DIR", help="salient-object images (images/ + "
-                        "masks/); default: generated composites, cached under --out")
+                        "masks/) (default: generated composites, cached under --out)")
     parser.add_argument("--freeze", type=freeze_spec, metavar="none|bottleneck|encoder|LAYERS",
                         help="what stays frozen in fine-tuning: none (the paper's best), "
-                        "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names")
+                        "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names "
+                        "(default: none)")
     parser.add_argument("--pretrained", metavar="PATH",
                         help="reuse this pre-trained .keras model and skip pre-training")
     args = parser.parse_args(argv)

@@ -82,41 +82,72 @@ def freeze_spec(text):
     return names
 
 
+def preset_defaults(model):
+    """A function giving, for a RunConfig field, its value in each preset as help text."""
+    configs = {preset: make_config(model, "help", preset) for preset in PRESETS}
+
+    def show(getter):
+        values = {preset: getter(config) for preset, config in configs.items()}
+        if len(set(map(str, values.values()))) == 1:
+            return f"(default: {_text(values['paper'])})"
+        return "(" + "; ".join(f"{preset}: {_text(value)}" for preset, value in values.items()) + ")"
+
+    return show
+
+
+def _text(value):
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return "none" if value is None else str(value)
+
+
 def training_parser(model, description):
     """The options both training scripts share; each overrides the chosen preset."""
     parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
+    d = preset_defaults(model)
     add("--preset", choices=sorted(PRESETS), default="paper",
-        help="paper: the paper's protocol exactly; quick: a CPU-sized version for the demo")
-    add("--data", metavar="DIR", help="LUS frames (IMG/ + MASK/, or images/ + masks/); "
-        "default: generated phantom frames, cached under --out")
+        help="paper: the paper's protocol exactly; quick: a CPU-sized version for the demo "
+        "(default: paper)")
+    add("--data", metavar="DIR", help="LUS frames (IMG/ + MASK/, or images/ + masks/) "
+        "(default: generated phantom frames, cached under --out)")
     add("--groups", metavar="REGEX|CSV", help="group of each frame for --split grouped: a regex "
-        "whose first group is taken from the file stem, or a CSV of stem,group")
-    add("--lus-frames", type=positive_int, metavar="N", help="training frames "
-        "(paper: 200, 400 or 600; with flips N/2 frames plus their mirror images)")
+        "whose first group is taken from the file stem, or a CSV of stem,group "
+        "(default: probe position and a window of neighbouring frame numbers)")
+    add("--lus-frames", type=positive_int, metavar="N", help="training frames; with flips N/2 "
+        "frames plus their mirror images (the paper: 200 without flips, 400, 600) "
+        + d(lambda c: c.lus_frames))
     add("--no-flips", dest="flips", action="store_false", default=None,
         help="use N original frames without mirror copies (the paper's 200-frame set)")
     add("--split", choices=SPLITS, help="paper: shuffled k-fold over all frames, flipped copies "
-        "included, as the authors did; grouped: a frame, its flip and its neighbours stay in one fold")
-    add("--folds", type=positive_int, metavar="N", help="number of cross-validation folds")
+        "included, as the authors did; grouped: a frame, its flip and its neighbours stay in "
+        "one fold " + d(lambda c: c.split))
+    add("--folds", type=positive_int, metavar="N", help="cross-validation folds " + d(lambda c: c.folds))
     add("--fold", type=positive_int, metavar="K", help="run only fold K (1-based); other "
         "folds can run as separate jobs, and each job gathers the finished folds into summary.json")
     add("--epochs", type=positive_int, nargs="+", metavar="N",
-        help="epochs of stage 1 and fine-tuning (one value: both)")
+        help="epochs of stage 1 and fine-tuning, one value for both "
+        + d(lambda c: f"{c.stage1.epochs} {c.finetune.epochs}"))
     add("--batch-size", type=positive_int, nargs="+", metavar="N",
-        help="batch size of stage 1 and fine-tuning (one value: both)")
+        help="batch size of stage 1 and fine-tuning, one value for both "
+        + d(lambda c: f"{c.stage1.batch_size} {c.finetune.batch_size}"))
     add("--lr", type=positive_float, nargs="+", metavar="X",
-        help="Adam learning rate of stage 1 and fine-tuning (one value: both)")
-    add("--image-size", type=image_size, metavar="N|HxW", help="model input size, sides multiples of 16")
-    add("--interpolation", choices=INTERPOLATIONS, help="how frames are resized (the paper: nearest)")
+        help="Adam learning rate of stage 1 and fine-tuning, one value for both "
+        + d(lambda c: f"{c.stage1.learning_rate:g} {c.finetune.learning_rate:g}"))
+    add("--image-size", type=image_size, metavar="N|HxW",
+        help="model input size, sides multiples of 16 " + d(lambda c: c.image_size))
+    add("--interpolation", choices=INTERPOLATIONS,
+        help="how frames are resized " + d(lambda c: c.interpolation))
     add("--no-augment", dest="augment", action="store_false", default=None,
-        help="no augmentation of the LUS training folds")
-    add("--seed", type=int, help="seed for data generation, splits, augmentation and weights")
+        help="no augmentation of the LUS training frames (the paper's ImageDataGenerator settings)")
+    add("--seed", type=int, help="seed for data generation, splits, augmentation and weights "
+        + d(lambda c: c.seed))
     add("--name", help=f"run folder name (default: {model}_<preset>)")
-    add("--out", metavar="DIR", help="folder holding run folders (default: weights)")
+    add("--out", metavar="DIR", help="folder holding run folders " + d(lambda c: c.out))
     add("--overwrite", action="store_true", help="replace a finished run of the same name")
     add("--mixed-precision", action="store_true", default=None,
         help="mixed float16 (GPU); the head and Dice sums stay float32")

@@ -140,7 +140,7 @@ PRESETS = {
         "lus_frames": 80,
         "folds": 2,
         "synthetic_lus": 120,
-        "synthetic_salient": 160,
+        "synthetic_salient": 96,
         "fallback_to_random_weights": True,
         "stage1": {"epochs": 12, "batch_size": 8, "learning_rate": 3e-4},
         # Unfreezing a random (offline) VGG16 encoder at 1e-4 collapsed to all background.

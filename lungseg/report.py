@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg import data, figures
+from lungseg.data.io import write_image
 from lungseg.config import RunConfig
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.evaluation import EMPTY_MASK_RULE, batch_dice, image_metrics, nan_to_none, summarize
@@ -122,7 +123,7 @@ def score(experiment, test_frames=None, batch_size=20, save_masks_to=None):
             experiment.rows.append(row)
             experiment.predictions.setdefault(name, (image[..., 0], reference, mask))
             if save_masks_to is not None:
-                data.io.write_image(Path(save_masks_to) / experiment.label / fold / f"{name}.png", mask * 255)
+                write_image(Path(save_masks_to) / experiment.label / fold / f"{name}.png", mask * 255)
         log(f"{experiment.display_name} {fold}: {len(frames)} frames, Dice {experiment.fold_dice[fold]:.4f}")
 
 

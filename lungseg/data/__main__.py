@@ -12,7 +12,7 @@ from collections import Counter
 from lungseg.data.frames import load_frames
 from lungseg.data.pairs import LAYOUTS, find_pairs
 from lungseg.data.synthetic import ensure_dataset
-from lungseg.errors import LungsegError
+from lungseg.cli import run_main
 
 DEFAULTS = {"lus": (200, "data/lus"), "salient": (100, "data/salient")}
 
@@ -36,6 +36,7 @@ def build_parser():
             "made with the same --n and --seed."
         ),
     )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
         "lus": "LUS phantoms: IMG/img_lung_pos2_5.tif + MASK/mask_lung_pos2_5.tif, 960 x 128",
@@ -65,28 +66,25 @@ def build_parser():
     return parser
 
 
+def run(args):
+    if args.command == "check":
+        pairs = find_pairs(args.root, layout=args.layout, groups=args.groups)
+        frames = load_frames(pairs, tuple(args.size), progress=not args.quiet)
+        groups = Counter(frames.groups)
+        rib_share = frames.masks.mean()
+        print(
+            f"{args.root}: {len(frames)} pairs in {len(groups)} groups, all readable; "
+            f"mask pixels {rib_share:.2%} of the total after resizing to "
+            f"{args.size[0]} x {args.size[1]}"
+        )
+    else:
+        out = ensure_dataset(args.command, args.out, args.n, args.seed, progress=not args.quiet)
+        print(f"{args.command} data set of {args.n} frames (seed {args.seed}) in {out}")
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "check":
-            pairs = find_pairs(args.root, layout=args.layout, groups=args.groups)
-            frames = load_frames(pairs, tuple(args.size), progress=not args.quiet)
-            groups = Counter(frames.groups)
-            rib_share = frames.masks.mean()
-            print(
-                f"{args.root}: {len(frames)} pairs in {len(groups)} groups, all readable; "
-                f"mask pixels {rib_share:.2%} of the total after resizing to "
-                f"{args.size[0]} x {args.size[1]}"
-            )
-        else:
-            out = ensure_dataset(args.command, args.out, args.n, args.seed, progress=not args.quiet)
-            print(f"{args.command} data set of {args.n} frames (seed {args.seed}) in {out}")
-    except (LungsegError, OSError) as error:
-        lines = getattr(error, "problems", None) or [str(error)]
-        for line in lines:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    return 0
+    """Entry point; returns the exit status (2 with one ``error:`` line per problem)."""
+    return run_main(lambda arguments: run(build_parser().parse_args(arguments)), argv)
 
 
 if __name__ == "__main__":

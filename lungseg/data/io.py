@@ -1,5 +1,6 @@
 """Reading frames and masks from disk into uint8 arrays, with one clear error per bad file."""
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -7,6 +8,8 @@ import numpy as np
 
 from lungseg.errors import DataError
 from lungseg.files import atomic_path
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -44,21 +47,28 @@ def read_mask(path):
 def binarize_mask(gray, path="<array>", tolerance=0.02):
     """Threshold a gray mask at half its maximum.
 
-    Values other than 0 and the maximum are tolerated (JPEG noise, anti-aliased edges) when
-    they are at most ``tolerance`` of the pixels; more than that means the file is not a
-    binary mask and raises ``DataError``. An all-zero mask is valid (no rib in the frame).
+    Values near 0 or near the maximum (JPEG noise, anti-aliased edges) are thresholded with a
+    warning. More than ``tolerance`` of the pixels in the ambiguous middle band (between a
+    quarter and three quarters of the maximum) means the file is not a binary mask and raises
+    ``DataError``. An all-zero mask is valid (no rib in the frame).
     """
     top = int(gray.max())
     if top == 0:
         return np.zeros(gray.shape, np.uint8)
     threshold = top / 2
     mask = (gray > threshold).astype(np.uint8)
-    off_levels = np.count_nonzero((gray != 0) & (gray != top))
-    if off_levels > tolerance * gray.size:
-        share = off_levels / gray.size
+    ambiguous = np.count_nonzero((gray > top / 4) & (gray < 3 * top / 4))
+    if ambiguous > tolerance * gray.size:
         raise DataError(
-            f"{path}: mask is not binary: {share:.1%} of pixels are neither 0 nor {top} "
-            f"(thresholded at {threshold:g}, half the maximum)"
+            f"{path}: mask is not binary: {ambiguous / gray.size:.1%} of pixels lie between a "
+            f"quarter and three quarters of its maximum {top} (thresholded at {threshold:g}, "
+            "half the maximum)"
+        )
+    off_levels = np.count_nonzero((gray != 0) & (gray != top))
+    if off_levels:
+        logger.warning(
+            "warning: %s: %.1f%% of mask pixels are neither 0 nor %d (compression noise?); "
+            "thresholded at %g, half the maximum", path, 100 * off_levels / gray.size, top, threshold,
         )
     return mask
 

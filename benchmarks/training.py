@@ -1,0 +1,263 @@
+"""Training throughput of V-Unet and X-Unet on this CPU: fed by our pipeline vs in-memory tensors.
+
+For each model (built as ``lungseg.training`` builds it: V-Unet with random VGG16 weights,
+compiled with Adam, ``lungseg.dice_loss`` and the Dice, IoU and accuracy metrics) it times
+training steps at batch 20 two ways, interleaved step by step (ABBA order) so both see the same
+machine load:
+
+* pipeline: each batch drawn from ``lungseg.data.make_dataset(training=True,
+  augment=PaperAugmentation())`` over the paper's 400 LUS frames (200 generated phantoms +
+  mirror images), its iterator prefetching in the background as in ``model.fit``;
+* in-memory: one batch of the same pipeline, kept as fixed tensors and fed again every step.
+
+Both go through ``model.train_on_batch`` (the same compiled step ``model.fit`` runs; one trace,
+warmed up first). Target: pipeline / in-memory >= 0.95. The achieved rate is also set against
+this machine's matrix-multiply peak, measured in the same run (best rep of a 4096^2 float32
+``tf.linalg.matmul``, sampled before and after each model): FLOPs are counted from the model's
+Conv2D / Conv2DTranspose layers, a training step taken as 3x the forward pass.
+
+Defaults (128x128, 3 timed steps per feed) keep the run to a few minutes on a 2-core CPU, where
+a 256x256 batch-20 V-Unet step takes about 30 s; ``--image-size 256`` gives the paper's size.
+
+    python benchmarks/training.py --json /tmp/bench_training.json
+    python benchmarks/training.py --image-size 64 --steps 1 --models xunet   # smoke run
+"""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+common.use_tensorflow_backend()
+common.use_repo_checkout()
+
+TARGET_RATIO = 0.95
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
+    parser.add_argument("--image-size", type=common.image_side, default=128,
+                        help="side of the square frames (default 128; the paper's is 256)")
+    parser.add_argument("--batch-size", type=common.positive_int, default=20,
+                        help="batch size (default 20, the paper's)")
+    parser.add_argument("--steps", type=common.positive_int, default=3,
+                        help="timed steps per feed and model (default 3)")
+    parser.add_argument("--warmup", type=common.positive_int, default=1,
+                        help="untimed warm-up steps per model (default 1; the first traces)")
+    parser.add_argument("--models", type=common.model_list, default=["vunet", "xunet"],
+                        help="vunet,xunet (default both)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="Keras dtype policy (default float32, as lungseg trains; "
+                        "mixed_bfloat16 measures against a bfloat16 matmul peak)")
+    parser.add_argument("--matmul-n", type=common.positive_int, default=4096,
+                        help="side of the matrices of the peak measurement (default 4096)")
+    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE,
+                        help=f"where the generated LUS set is kept (default {common.DEFAULT_CACHE})")
+    return parser.parse_args(argv)
+
+
+def tracing_count(model):
+    """How often the compiled train step was traced (None if Keras hides it)."""
+    function = getattr(model, "train_function", None)
+    step = getattr(function, "__wrapped__", None)
+    for candidate in (function, step):
+        getter = getattr(candidate, "experimental_get_tracing_count", None)
+        if getter:
+            return getter()
+    return None
+
+
+def measure_model(name, args, frames, peak, say):
+    import tensorflow as tf
+
+    from lungseg import data
+
+    batch = args.batch_size
+    t0 = time.perf_counter()
+    model = common.build_compiled_model(name, args.image_size, args.precision)
+    build_s = time.perf_counter() - t0
+    rows, uncounted = common.conv_flops(model)
+    forward = sum(flops for _, flops in rows)
+    params = int(model.count_params())
+
+    dataset = data.make_dataset(
+        frames, batch, training=True, augment=data.PaperAugmentation(), seed=0
+    )
+    # Full batches only (400 frames need not split evenly), endlessly, as epochs follow epochs.
+    dataset = dataset.filter(lambda x, y: tf.shape(x)[0] == batch).repeat()
+    iterator = iter(dataset)
+    fixed_x, fixed_y = next(iterator)  # the in-memory feed: one pipeline batch, kept
+    fixed_x, fixed_y = tf.identity(fixed_x), tf.identity(fixed_y)
+
+    def pipeline_step():
+        x, y = next(iterator)
+        return model.train_on_batch(x, y, return_dict=True)
+
+    def memory_step():
+        return model.train_on_batch(fixed_x, fixed_y, return_dict=True)
+
+    warmup = []
+    for _ in range(args.warmup):
+        t0 = time.perf_counter()
+        pipeline_step()
+        warmup.append(time.perf_counter() - t0)
+    traces_before = tracing_count(model)
+
+    times = {"pipeline": [], "in_memory": []}
+    monitors = []
+    losses = []
+    for step in range(args.steps):
+        order = [("pipeline", pipeline_step), ("in_memory", memory_step)]
+        if step % 2:
+            order.reverse()
+        for feed, function in order:
+            with common.CpuMonitor() as cpu:
+                t0 = time.perf_counter()
+                logs = function()
+                times[feed].append(time.perf_counter() - t0)
+            monitors.append(cpu)
+            losses.append(float(logs["loss"]))
+        say(
+            f"  {name} step {step + 1}/{args.steps}: pipeline {times['pipeline'][-1]:.2f} s, "
+            f"in-memory {times['in_memory'][-1]:.2f} s"
+        )
+    traces_after = tracing_count(model)
+    peak.sample(f"after {name}")
+
+    del model, iterator
+    import keras
+
+    keras.backend.clear_session()
+    pipe_s, memory_s = common.median(times["pipeline"]), common.median(times["in_memory"])
+    return {
+        "model": name,
+        "build_s": round(build_s, 2),
+        "params": params,
+        "gflop_forward_per_frame": forward / 1e9,
+        "gflop_forward_per_frame_at_256": forward / 1e9 * (256 / args.image_size) ** 2,
+        "gflop_train_step_per_frame": common.TRAIN_FLOPS_FACTOR * forward / 1e9,
+        "uncounted_layers_with_weights": uncounted,
+        "warmup_s": [round(t, 3) for t in warmup],
+        "times_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "s_per_step": {"pipeline": pipe_s, "in_memory": memory_s},
+        "frames_per_s": batch / pipe_s,
+        "in_memory_frames_per_s": batch / memory_s,
+        "ratio_vs_in_memory": memory_s / pipe_s,
+        "retraced_while_timing": (
+            None if traces_before is None else traces_after != traces_before
+        ),
+        "losses_finite": all(math.isfinite(v) for v in losses),
+        "cpu": common.merge_cpu(monitors),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.monotonic()
+    import keras
+    import tensorflow as tf
+
+    say = common.say
+    machine = common.machine_info()
+    say(f"lungseg training benchmark: tensorflow {tf.__version__}, keras {keras.__version__}, "
+        f"{args.precision}")
+    say(f"machine: {common.machine_line(machine)}")
+    peak_dtype = "bfloat16" if args.precision == "mixed_bfloat16" else "float32"
+    peak = common.PeakTracker(n=args.matmul_n, repeats=3, dtype=peak_dtype)
+    first = peak.sample("start")
+    say(f"matmul peak ({peak_dtype}, {args.matmul_n}^2): {first['gflop_per_s']} GFLOP/s")
+
+    source, _ = common.lus_dataset(n=200, cache=args.cache)
+    frames, load_s = common.load_lus_400(source, args.image_size)
+    say(f"400 LUS frames at {args.image_size}x{args.image_size} loaded in {load_s:.2f} s")
+
+    results = {
+        "benchmark": "training",
+        "settings": {
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "timed_steps_per_feed": args.steps,
+            "warmup_steps": args.warmup,
+            "precision": args.precision,
+            "models": args.models,
+            "optimizer": "Adam(1e-5)",
+            "loss": "lungseg.dice_loss; metrics dice_coef, iou, binary_accuracy",
+            "vunet_encoder_weights": None,
+            "pipeline_feed": "make_dataset(400 LUS, training=True, augment=PaperAugmentation()) "
+            "iterator, next() inside the timed step",
+            "in_memory_feed": "one pipeline batch kept as fixed tensors",
+            "step": "model.train_on_batch (the step model.fit compiles), steps interleaved "
+            "ABBA, median step time counts",
+            "flops": "Conv2D/Conv2DTranspose layers counted from their shapes; training step "
+            f"= {common.TRAIN_FLOPS_FACTOR} x forward",
+        },
+        "machine": machine,
+    }
+    for name in args.models:
+        say(f"{name}: building, warming up ({args.warmup} step), then {args.steps} steps per feed")
+        results[name] = measure_model(name, args, frames, peak, say)
+
+    best = peak.best
+    for name in args.models:
+        entry = results[name]
+        entry["achieved_gflop_per_s"] = entry["frames_per_s"] * entry["gflop_train_step_per_frame"]
+        entry["fraction_of_matmul_peak"] = entry["achieved_gflop_per_s"] / best
+        entry["target"] = {"ratio_vs_in_memory": TARGET_RATIO,
+                           "pass": entry["ratio_vs_in_memory"] >= TARGET_RATIO}
+    results["matmul_peak"] = peak.as_dict()
+    results["cpu"] = common.merge_cpu_dicts([results[n]["cpu"] for n in args.models])
+    results["elapsed_s"] = round(time.monotonic() - start, 1)
+    report(results, args)
+    if args.json:
+        common.write_json(args.json, results)
+        say(f"JSON written to {args.json}")
+    return 0 if all(results[n]["losses_finite"] for n in args.models) else 1
+
+
+def report(r, args):
+    say = common.say
+    s = r["settings"]
+    say("")
+    say(f"== training, {s['image_size']}x{s['image_size']}, batch {s['batch_size']}, "
+        f"{s['precision']}, {s['timed_steps_per_feed']} timed steps per feed (medians) ==")
+    rows = []
+    for name in args.models:
+        e = r[name]
+        rows.append([
+            name, common.fmt(e["gflop_forward_per_frame"]),
+            f"{e['s_per_step']['pipeline']:.2f}", f"{e['s_per_step']['in_memory']:.2f}",
+            common.fmt(e["frames_per_s"]), common.fmt(e["in_memory_frames_per_s"]),
+            f"{e['ratio_vs_in_memory']:.3f}", common.fmt(e["achieved_gflop_per_s"]),
+            f"{e['fraction_of_matmul_peak']:.2f}",
+        ])
+    say(common.format_table(
+        ["model", "GFLOP/frame fwd", "s/step pipe", "s/step mem", "frames/s pipe",
+         "frames/s mem", "pipe/mem", "GFLOP/s", "of matmul peak"],
+        rows,
+    ))
+    peak = r["matmul_peak"]
+    say(f"matmul peak: best {common.fmt(peak['best_gflop_per_s'])} GFLOP/s, median "
+        f"{common.fmt(peak['median_gflop_per_s'])} ({len(peak['samples'])} samples of 3 reps, "
+        "start and after each model)")
+    for name in args.models:
+        e = r[name]
+        say(f"target {name} pipeline / in-memory >= {TARGET_RATIO}: "
+            f"{common.pass_fail(e['target']['pass'])} ({e['ratio_vs_in_memory']:.3f})"
+            + ("  [step retraced while timing!]" if e["retraced_while_timing"] else ""))
+    say("cpu: " + common.contention_note(r["cpu"], r["machine"]["logical_cpus"]))
+    if s["image_size"] != 256:
+        say(f"note: measured at {s['image_size']}x{s['image_size']}; at 256x256 a step does "
+            f"{(256 / s['image_size']) ** 2:.0f}x the work (GFLOP/frame at 256: "
+            + ", ".join(f"{n} {r[n]['gflop_forward_per_frame_at_256']:.1f}" for n in args.models)
+            + "; the paper: vunet ~102, xunet ~96)")
+    say(f"total {r['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Bad input, interruptions, determinism and safe loading, through the command lines.
+
+Every bad-input case ends with either a documented accepted behaviour or exit code 2, one
+clear message naming the file or option, no traceback, and existing folders unchanged.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY, run_script, snapshot
+from lungseg.data import write_lus_dataset
+from lungseg.data.io import write_image
+from lungseg.files import read_json
+
+
+@pytest.fixture(scope="module")
+def good_lus(tmp_path_factory):
+    return write_lus_dataset(tmp_path_factory.mktemp("good") / "lus", n=6, seed=5)
+
+
+def corrupt(root, case):
+    """Damage a copy of a good LUS data set as ``case`` says; return the file to be named."""
+    image = root / "IMG" / "img_lung_pos2_5.tif"
+    mask = root / "MASK" / "mask_lung_pos2_5.tif"
+    if case == "missing mask":
+        mask.unlink()
+        return image.name
+    if case == "extra mask":
+        shutil.copy(mask, root / "MASK" / "mask_lung_pos9_5.tif")
+        return "mask_lung_pos9_5.tif"
+    if case == "size mismatch":
+        write_image(mask, np.zeros((100, 128), np.uint8))
+        return mask.name
+    if case == "truncated image":
+        image.write_bytes(image.read_bytes()[:300])
+        return image.name
+    if case == "zero-byte file":
+        image.write_bytes(b"")
+        return image.name
+    if case == "text file named .tif":
+        image.write_text("this is not an image\n")
+        return image.name
+    if case == "grey mask":
+        write_image(mask, np.tile(np.linspace(0, 255, 128).astype(np.uint8), (960, 1)))
+        return mask.name
+    if case == "empty folder":
+        for path in root.rglob("*.tif"):
+            path.unlink()
+        return str(root)
+    raise ValueError(case)
+
+
+TRAINING_CASES = {
+    "missing mask": "no mask",
+    "extra mask": "mask without an image",
+    "size mismatch": "differs from its image",
+    "truncated image": "not a readable image",
+    "zero-byte file": "file is empty",
+    "text file named .tif": "not a readable image",
+    "grey mask": "mask is not binary",
+    "empty folder": "no images",
+}
+
+
+def check_failure(code, capsys, *words):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.startswith("error: ") or "\nerror: " in err, err
+    for word in words:
+        assert word in err, (word, err)
+    return err
+
+
+@pytest.mark.parametrize("case", sorted(TRAINING_CASES))
+def test_bad_training_data_is_named_and_leaves_runs_alone(case, good_lus, vunet_run, tmp_path, capsys, copy_of):
+    data = copy_of(good_lus, tmp_path / "lus")
+    named = corrupt(data, case)
+    runs = copy_of(vunet_run["dir"].parent, tmp_path / "runs")
+    before = snapshot(runs)
+    code = run_script("train_xunet", "--data", data, "--out", runs, "--name", "v", "--epochs", "1", *TINY)
+    check_failure(code, capsys, named, TRAINING_CASES[case])
+    assert snapshot(runs) == before
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code = run_script("train_vunet", "--data", tmp_path / "nowhere", "--out", tmp_path, *TINY)
+    check_failure(code, capsys, "nowhere")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--epochs", "-2"], ["--epochs", "must be a positive whole number"]),
+        (["--preset", "fast"], ["--preset", "invalid choice: 'fast'"]),
+        (["--fold", "3"], ["--fold must be between 1 and --folds (2)"]),
+        (["--freeze", "block9_conv1"], ["no layer with weights named block9_conv1"]),
+        (["--image-size", "100"], ["--image-size", "multiples of 16"]),
+    ],
+)
+def test_invalid_options(argv, words, tiny_lus, tmp_path, capsys):
+    code = run_script("train_xunet", "--data", tiny_lus, "--out", tmp_path / "runs", *TINY, *argv)
+    err = check_failure(code, capsys, *words) if code == 2 else pytest.fail(f"exit {code}")
+    assert not (tmp_path / "runs" / "xunet_paper").exists(), err
+
+
+def test_unwritable_output_folder(tiny_lus, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code = run_script("train_vunet", "--data", tiny_lus, "--out", blocker / "runs", "--encoder-weights", "none", *TINY)
+    check_failure(code, capsys, "file")
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_sixteen_bit_rgba_and_all_zero_masks_are_accepted(good_lus, tmp_path, capsys):
+    """Documented: 16-bit frames are scaled to 8 bits, RGBA converted to gray, empty masks kept."""
+    data = shutil.copytree(good_lus, tmp_path / "lus")
+    frame = cv2.imread(str(data / "IMG" / "img_lung_pos2_5.tif"), cv2.IMREAD_UNCHANGED)
+    write_image(data / "IMG" / "img_lung_pos2_5.tif", frame.astype(np.uint16) * 257)
+    write_image(data / "IMG" / "img_lung_pos2_10.png", cv2.cvtColor(frame, cv2.COLOR_GRAY2BGRA))
+    (data / "IMG" / "img_lung_pos2_10.tif").unlink()
+    write_image(data / "MASK" / "mask_lung_pos2_10.tif", np.zeros_like(frame))
+    assert _data_cli("check", str(data)) == 0
+    out = capsys.readouterr().out
+    assert "6 pairs" in out and "all readable" in out
+
+
+def test_jpeg_mask_noise_is_thresholded_with_a_warning(good_lus, tmp_path, caplog):
+    data = shutil.copytree(good_lus, tmp_path / "lus")
+    mask = cv2.imread(str(data / "MASK" / "mask_lung_pos2_5.tif"), 0)
+    (data / "MASK" / "mask_lung_pos2_5.tif").unlink()
+    cv2.imwrite(str(data / "MASK" / "mask_lung_pos2_5.jpg"), mask, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    assert len(np.unique(cv2.imread(str(data / "MASK" / "mask_lung_pos2_5.jpg"), 0))) > 2
+    with caplog.at_level("WARNING"):
+        assert _data_cli("check", str(data)) == 0
+    assert "mask_lung_pos2_5.jpg" in caplog.text and "thresholded at" in caplog.text
+
+
+def _data_cli(*argv):
+    from lungseg.data.__main__ import main
+
+    return main([*argv, "--quiet"])
+
+
+def test_data_generator_rejects_bad_counts_and_paths(tmp_path, capsys):
+    from lungseg.data.__main__ import main
+
+    check_failure(main(["lus", "--n", "0", "--out", str(tmp_path / "x"), "--quiet"]), capsys, "0")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    check_failure(main(["lus", "--n", "2", "--out", str(blocker / "x"), "--quiet"]), capsys, "file")
+
+
+def test_not_a_model_and_lambda_models_are_refused_by_evaluate_and_predict(tmp_path, tiny_lus, capsys):
+    fake = tmp_path / "fake.keras"
+    fake.write_text("not a zip")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.md").write_text("previous results\n")
+    before = snapshot(results)
+    check_failure(run_script("evaluate", fake, "--test", tiny_lus, "--out", results), capsys, "fake.keras")
+    inputs = keras.Input((16, 16, 1))
+    lambda_model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 0 + 1)(inputs))
+    lambda_model.save(tmp_path / "lambda.keras")
+    err = check_failure(run_script("evaluate", tmp_path / "lambda.keras", "--test", tiny_lus, "--out", results), capsys, "lambda.keras")
+    assert "Lambda" in err or "safe" in err
+    from lungseg.predict import main as predict
+
+    frame = tmp_path / "frame.png"
+    write_image(frame, np.zeros((20, 10), np.uint8))
+    check_failure(predict([str(tmp_path / "lambda.keras"), str(frame)]), capsys, "lambda.keras")
+    check_failure(predict([str(tmp_path / "missing.keras"), str(frame)]), capsys, "missing.keras")
+    assert snapshot(results) == before
+
+
+def test_model_of_another_input_size_in_a_run_folder(vunet_run, tmp_path, capsys, copy_of):
+    run = copy_of(vunet_run["dir"], tmp_path / "v")
+    from lungseg.models import build_xunet
+
+    build_xunet((48, 48, 1)).save(run / "fold_1" / "model.keras")
+    results = tmp_path / "results"
+    code = run_script("evaluate", run, "--out", results)
+    check_failure(code, capsys, "fold_1/model.keras", "48x48", "32x32")
+    assert not results.exists()
+
+
+def test_small_frames_are_resized_up_and_masks_come_back_at_their_size(vunet_run, tmp_path):
+    from lungseg.predict import main as predict
+
+    frame = tmp_path / "small.png"
+    write_image(frame, np.full((20, 12), 80, np.uint8))
+    assert predict([str(vunet_run["dir"] / "fold_1" / "model.keras"), str(frame), "--out", str(tmp_path / "o")]) == 0
+    assert cv2.imread(str(tmp_path / "o" / "small_mask.png"), 0).shape == (20, 12)
+
+
+def test_no_source_turns_safe_mode_off():
+    sources = [*ROOT.joinpath("lungseg").rglob("*.py"), *ROOT.glob("*.py")]
+    assert sources
+    for path in sources:
+        assert "safe_mode=False" not in path.read_text(), path
+        assert "enable_unsafe_deserialization" not in path.read_text(), path
+
+
+# --- interruptions ------------------------------------------------------------------------
+
+
+def test_killed_run_resumes_from_its_saved_epoch_and_finishes(xunet_run, tiny_lus, tmp_path):
+    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
+    command = [sys.executable, str(ROOT / "train_xunet.py"), "--data", str(tiny_lus), "--out", str(tmp_path),
+               "--name", "k", "--pretrained", str(pretrained), "--epochs", "4", "--fold", "1", *map(str, TINY)]
+    state = tmp_path / "k" / "fold_1" / "state" / "state.json"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and read_json(state)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved_epoch = read_json(state)["epoch"]
+    assert 2 <= saved_epoch < 4
+    assert not (tmp_path / "k" / "fold_1" / "metrics.json").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming after epoch {saved_epoch} of 4" in again.stdout
+    history = (tmp_path / "k" / "fold_1" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3"]
+    assert not list(tmp_path.rglob(".tmp-*")) and not state.parent.exists()
+    keras.models.load_model(tmp_path / "k" / "fold_1" / "model.keras")
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(xunet_run, tiny_lus, tmp_path):
+    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
+    command = [sys.executable, str(ROOT / "train_xunet.py"), "--data", str(tiny_lus), "--out", str(tmp_path),
+               "--name", "c", "--pretrained", str(pretrained), "--epochs", "50", "--fold", "1", *map(str, TINY)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "c" / "fold_1" / "state" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "Run the same command again to resume" in err
+    assert "Traceback" not in err
+
+
+# --- determinism --------------------------------------------------------------------------
+
+
+def test_same_seed_same_splits_augmentation_and_dice(xunet_run, tiny_lus, tmp_path):
+    from lungseg.data import PaperAugmentation
+
+    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
+    summaries = []
+    for name in ("a", "b"):
+        assert run_script("train_xunet", "--data", tiny_lus, "--out", tmp_path, "--name", name,
+                          "--pretrained", pretrained, "--epochs", "1", "--fold", "1",
+                          "--deterministic", *TINY) == 0
+        summaries.append(read_json(tmp_path / name / "summary.json"))
+    assert (tmp_path / "a" / "splits.json").read_text() == (tmp_path / "b" / "splits.json").read_text()
+    dice = [s["folds"]["fold_1"]["dice"] for s in summaries]
+    assert abs(dice[0] - dice[1]) <= 1e-6
+    draws = [PaperAugmentation().random_parameters(8, 32, 32, seed=3) for _ in range(2)]
+    for key in draws[0]:
+        np.testing.assert_array_equal(np.asarray(draws[0][key]), np.asarray(draws[1][key]))
