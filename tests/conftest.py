@@ -31,7 +31,10 @@ def run_script(name, *argv):
     """Run a script's main like its command line does; return the exit code."""
     from lungseg.cli import run_main
 
-    return run_main(load_script(name).main, [str(a) for a in argv])
+    try:
+        return run_main(load_script(name).main, [str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors
+        return exit_.code
 
 
 @pytest.fixture(scope="session")

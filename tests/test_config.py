@@ -25,8 +25,11 @@ def test_quick_preset_and_user_options_override_in_order():
     config = make_config("vunet", "q", "quick", folds=3, stage1={"epochs": 2})
     assert config.folds == 3  # the option beats the preset
     assert config.stage1.epochs == 2
-    assert config.stage1.learning_rate == 3e-4  # the rest of the preset's stage stays
+    assert config.stage1.learning_rate == 2e-4  # the rest of the preset's stage stays
     assert config.image_size == (128, 64)
+    xunet = make_config("xunet", "q", "quick")
+    assert xunet.stage1.learning_rate == 1e-4  # the preset's model-specific value
+    assert xunet.stage1.batch_size == 8 and xunet.finetune.epochs == 14
 
 
 def test_config_json_round_trip():
