@@ -77,7 +77,8 @@ def check_failure(code, capsys, *words):
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    assert err.startswith("error: ") or "\nerror: " in err, err
+    # Ours: "error: ..."; argparse's usage errors: "usage: ...\nPROG: error: ...".
+    assert err.startswith("error: ") or "error: " in err.splitlines()[-1], err
     for word in words:
         assert word in err, (word, err)
     return err
