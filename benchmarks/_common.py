@@ -80,7 +80,9 @@ from datetime import datetime, timezone  # noqa: E402
 
 # Look-alike LUS data generated once and reused by every benchmark run (ensure_dataset checks
 # its manifest and regenerates only when the generator changed).
-DEFAULT_CACHE = Path(os.environ.get("LUNGSEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "lungseg-bench"))
+DEFAULT_CACHE = Path(
+    os.environ.get("LUNGSEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "lungseg-bench")
+)
 
 
 def use_tensorflow_backend():
@@ -113,6 +115,13 @@ def fmt(value, suffix="", digits=3):
 
 def pass_fail(ok):
     return "PASS" if ok else "FAIL"
+
+
+BEST_OF_NOTE = (
+    "rates come from the best (shortest) of the repeated runs, as timeit does: other jobs only "
+    "ever slow a run down; on a 2-core machine TensorFlow splits each op over 2 threads, so a "
+    "job holding one core makes a run about 2x slower, all or nothing"
+)
 
 
 def median(values):
