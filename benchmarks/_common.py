@@ -117,13 +117,6 @@ def pass_fail(ok):
     return "PASS" if ok else "FAIL"
 
 
-BEST_OF_NOTE = (
-    "rates come from the best (shortest) of the repeated runs, as timeit does: other jobs only "
-    "ever slow a run down; on a 2-core machine TensorFlow splits each op over 2 threads, so a "
-    "job holding one core makes a run about 2x slower, all or nothing"
-)
-
-
 def median(values):
     return statistics.median(values) if values else None
 
