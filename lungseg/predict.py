@@ -35,7 +35,7 @@ import numpy as np
 from lungseg import losses  # noqa: F401  (registers the Dice loss and metrics for loading)
 # Frames are resized exactly as for training (lungseg.data.frames.load_frames).
 from lungseg.data.frames import INTERPOLATIONS
-from lungseg.data.io import IMAGE_SUFFIXES, _to_gray_uint8, read_image, write_image
+from lungseg.data.io import IMAGE_SUFFIXES, to_gray_uint8, read_image, write_image
 from lungseg.cli import run_main
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.figures import blend_mask
@@ -134,7 +134,7 @@ def model_batch(frames, height, width, channels, interpolation="nearest", first_
     flag = INTERPOLATIONS[interpolation]
     batch = np.empty((len(frames), height, width, 1), np.uint8)
     for index, frame in enumerate(frames):
-        gray = _to_gray_uint8(np.asarray(frame), f"frame {first_index + index}")
+        gray = to_gray_uint8(np.asarray(frame), f"frame {first_index + index}")
         batch[index, :, :, 0] = cv2.resize(gray, (width, height), interpolation=flag)
     return np.repeat(batch, channels, axis=3) if channels == 3 else batch
 

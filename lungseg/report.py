@@ -51,6 +51,7 @@ class Experiment:
     rows: list = field(default_factory=list)
     fold_dice: dict = field(default_factory=dict)  # fold name -> paper-style Dice
     predictions: dict = field(default_factory=dict)  # frame name -> (image, reference, mask)
+    masks: dict = field(default_factory=dict)  # (fold, frame name) -> predicted mask
 
     @property
     def display_name(self):
@@ -82,11 +83,8 @@ def open_experiment(path):
     return Experiment(label=path.name, model=config.model, models=models, config=config, training=training)
 
 
-def _frames_for(experiment, test_frames, shape):
-    """(fold -> FrameSet) the experiment's models are scored on."""
-    if test_frames is not None:
-        frames = test_frames(shape)
-        return {fold: frames for fold in experiment.models}
+def _held_out_frames(experiment):
+    """fold -> FrameSet of the frames each fold model did not train on (splits.json)."""
     if experiment.config is None:
         raise ConfigError(f"{experiment.models['model']}: a single .keras model needs --test DIR to be scored")
     from lungseg.training import load_lus_frames  # TensorFlow only when a run is scored
@@ -96,23 +94,26 @@ def _frames_for(experiment, test_frames, shape):
     return {fold: lus.subset(splits["folds"][int(fold.split("_")[1]) - 1]["val"]) for fold in experiment.models}
 
 
-def score(experiment, test_frames=None, batch_size=20, save_masks_to=None):
-    """Predict every frame the experiment's models are scored on and fill its rows."""
-    loaded = {fold: load_model(path) for fold, path in experiment.models.items()}
-    shapes = {fold: input_size(model, str(experiment.models[fold])) for fold, model in loaded.items()}
+def score(experiment, test_frames=None, batch_size=20):
+    """Predict every frame each model of the experiment is scored on and fill its rows.
+
+    Models are loaded one at a time; each is scored at its own input size.
+    """
     expected = tuple(experiment.config.image_size) if experiment.config else None
-    for fold, (height, width, _) in shapes.items():
+    held_out = None
+    for fold, path in experiment.models.items():
+        model = load_model(path)
+        height, width, _ = input_size(model, str(path))
         if expected and (height, width) != expected:
             raise DataError(
-                f"{experiment.models[fold]}: model takes {height}x{width} frames but its run "
+                f"{path}: model takes {height}x{width} frames but its run "
                 f"was trained at {expected[0]}x{expected[1]}"
             )
-    first = next(iter(shapes.values()))[:2]
-    frames_by_fold = _frames_for(experiment, test_frames, first)
-    for fold, model in loaded.items():
-        frames = frames_by_fold[fold]
-        if shapes[fold][:2] != first:
-            frames = test_frames(shapes[fold][:2])
+        if test_frames is not None:
+            frames = test_frames((height, width))
+        else:
+            held_out = held_out or _held_out_frames(experiment)
+            frames = held_out[fold]
         probabilities = predict_probabilities(model, [image[..., 0] for image in frames.images], batch_size)
         references = frames.masks[..., 0]
         experiment.fold_dice[fold] = batch_dice(references, probabilities)
@@ -121,9 +122,8 @@ def score(experiment, test_frames=None, batch_size=20, save_masks_to=None):
             row = {"experiment": experiment.label, "model": experiment.model, "fold": fold, "frame": name}
             row.update(image_metrics(reference, mask))
             experiment.rows.append(row)
+            experiment.masks[fold, name] = mask
             experiment.predictions.setdefault(name, (image[..., 0], reference, mask))
-            if save_masks_to is not None:
-                write_image(Path(save_masks_to) / experiment.label / fold / f"{name}.png", mask * 255)
         log(f"{experiment.display_name} {fold}: {len(frames)} frames, Dice {experiment.fold_dice[fold]:.4f}")
 
 
@@ -262,7 +262,7 @@ def evaluate(runs, out, test=None, batch_size=20, n_frames=4, save_masks=False):
     scored_on = f"the fixed test set {test}" if test else "each fold's held-out frames (splits.json)"
     log(f"scoring {len(experiments)} experiment(s) on {scored_on}")
     for experiment in experiments:
-        score(experiment, test_frames, batch_size, out / "masks" if save_masks else None)
+        score(experiment, test_frames, batch_size)
     summaries = [experiment_summary(e) for e in experiments]
     built = make_figures(experiments, n_frames)
 
@@ -276,6 +276,10 @@ def evaluate(runs, out, test=None, batch_size=20, n_frames=4, save_masks=False):
     write_text(out / "results.md", results_table(summaries, scored_on))
     for name, figure in built.items():
         figures.save_figure(figure, out / f"{name}.png")
+    if save_masks:
+        for experiment in experiments:
+            for (fold, frame), mask in experiment.masks.items():
+                write_image(out / "masks" / experiment.label / fold / f"{frame}.png", mask * 255)
     log(results_table(summaries, scored_on))
     log(f"results: {out / 'results.md'}, per-image metrics: {out / 'per_image.csv'}, "
         f"figures: {', '.join(str(out / f'{n}.png') for n in built)}")

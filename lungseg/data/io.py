@@ -30,7 +30,7 @@ def read_image(path):
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None or array.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt, truncated or not an image file)")
-    return _to_gray_uint8(array, path)
+    return to_gray_uint8(array, path)
 
 
 def read_mask(path):
@@ -73,7 +73,8 @@ def binarize_mask(gray, path="<array>", tolerance=0.02):
     return mask
 
 
-def _to_gray_uint8(array, path):
+def to_gray_uint8(array, path="<array>"):
+    """A decoded array (8/16-bit, gray/RGB/RGBA, OpenCV channel order) as 2-D uint8 gray."""
     if array.dtype == np.uint16:
         array = (array / 257.0).round().astype(np.uint8)
     elif array.dtype != np.uint8:
