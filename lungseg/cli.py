@@ -4,7 +4,7 @@ import argparse
 import sys
 import traceback
 
-from lungseg.config import INTERPOLATIONS, PRESETS, SPLITS, make_config
+from lungseg.config import INITIALIZERS, INTERPOLATIONS, PRESETS, SPLITS, make_config
 from lungseg.errors import LungsegError
 
 
@@ -142,6 +142,11 @@ def training_parser(model, description):
         help="model input size, sides multiples of 16 " + d(lambda c: c.image_size))
     add("--interpolation", choices=INTERPOLATIONS,
         help="how frames are resized " + d(lambda c: c.interpolation))
+    add("--initializer", choices=INITIALIZERS,
+        help="kernel initialiser of the ReLU convolutions trained from scratch (the decoder; "
+        "X-Unet's and a random VGG16's encoder too): glorot_uniform is Keras' default, as the "
+        "authors used; he_normal suits ReLU and keeps a plain U-Net from stalling "
+        + d(lambda c: c.initializer))
     add("--no-augment", dest="augment", action="store_false", default=None,
         help="no augmentation of the LUS training frames (the paper's ImageDataGenerator settings)")
     add("--seed", type=int, help="seed for data generation, splits, augmentation and weights "
@@ -171,7 +176,7 @@ def config_from_args(model, args, parser, extra=()):
     """RunConfig from the preset and the options given; ``extra`` names model-specific fields."""
     overrides = {}
     for field in ("data", "groups", "lus_frames", "flips", "split", "folds", "image_size",
-                  "interpolation", "augment", "seed", "out", "mixed_precision", "jit_compile",
+                  "interpolation", "initializer", "augment", "seed", "out", "mixed_precision", "jit_compile",
                   "deterministic", *extra):
         value = getattr(args, field)
         if value is not None:

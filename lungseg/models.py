@@ -20,6 +20,10 @@ VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # Layers of VGG16 used as skip connections, deepest first, and the bridge.
 VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 VUNET_BRIDGE = "block5_conv3"
+# Kernel initialisers of the 3x3 ReLU convolutions. The authors used Keras' default,
+# glorot_uniform; he_normal (He et al., 2015) keeps the activations' scale through the ReLU
+# layers, without which a plain U-Net trained from scratch with Dice loss stalls or collapses.
+INITIALIZERS = ("glorot_uniform", "he_normal")
 
 
 def _check_input_shape(input_shape):
@@ -43,36 +47,56 @@ def _preprocess(inputs):
     return x
 
 
-def _conv(x, filters, name):
-    return layers.Conv2D(filters, 3, padding="same", activation="relu", name=name)(x)
+def _check_initializer(initializer):
+    if initializer not in INITIALIZERS:
+        raise ConfigError(f"initializer must be one of {', '.join(INITIALIZERS)}, got {initializer!r}")
 
 
-def _decoder(x, skips):
+def _conv(x, filters, name, initializer):
+    return layers.Conv2D(
+        filters, 3, padding="same", activation="relu", kernel_initializer=initializer, name=name
+    )(x)
+
+
+def _decoder(x, skips, initializer):
     """Four levels: 2x2 transposed conv (linear), concat with the skip, two 3x3 ReLU convs."""
     for level, (filters, skip) in zip((4, 3, 2, 1), zip(DECODER_FILTERS, skips)):
         x = layers.Conv2DTranspose(
             filters, 2, strides=2, padding="same", name=f"decoder{level}_up"
         )(x)
         x = layers.Concatenate(name=f"decoder{level}_concat")([x, skip])
-        x = _conv(x, filters, f"decoder{level}_conv1")
-        x = _conv(x, filters, f"decoder{level}_conv2")
+        x = _conv(x, filters, f"decoder{level}_conv1", initializer)
+        x = _conv(x, filters, f"decoder{level}_conv2", initializer)
     return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
 
 
-def build_vunet(input_shape=(256, 256, 1), encoder_weights="imagenet"):
+def build_vunet(input_shape=(256, 256, 1), encoder_weights="imagenet", initializer="glorot_uniform"):
     """V-Unet: U-Net decoder on a VGG16 encoder (bridge ``block5_conv3``, last pool unused).
 
     ``encoder_weights`` is ``"imagenet"`` (downloaded once by Keras into ``~/.keras/models/``),
     ``None`` (random initialisation) or the path of a local VGG16 no-top weights file.
+    ``initializer`` sets the decoder's ReLU convolutions and, with ``encoder_weights=None``,
+    the encoder's too (one of ``INITIALIZERS``; the paper: Keras' default ``glorot_uniform``).
     25,854,657 parameters; 14,714,688 of them in the encoder.
     """
     _check_input_shape(input_shape)
+    _check_initializer(initializer)
     inputs = keras.Input(shape=input_shape, name="image")
     x = _preprocess(inputs)
     vgg = _vgg16(x, encoder_weights)
+    if encoder_weights is None and initializer != "glorot_uniform":
+        _reinitialize_kernels(vgg, initializer)
     skips = [vgg.get_layer(name).output for name in VUNET_SKIPS]
-    outputs = _decoder(vgg.get_layer(VUNET_BRIDGE).output, skips)
+    outputs = _decoder(vgg.get_layer(VUNET_BRIDGE).output, skips, initializer)
     return keras.Model(inputs, outputs, name="vunet")
+
+
+def _reinitialize_kernels(model, initializer):
+    """Draw every convolution kernel of ``model`` afresh from ``initializer``."""
+    draw = keras.initializers.get(initializer)
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            layer.kernel.assign(draw(layer.kernel.shape, layer.kernel.dtype))
 
 
 def _vgg16(x, encoder_weights):
@@ -102,20 +126,25 @@ def _vgg16(x, encoder_weights):
         ) from error
 
 
-def build_xunet(input_shape=(256, 256, 1)):
-    """X-Unet: the plain U-Net (64-128-256-512 encoder, 1024 bottleneck). 31,031,745 parameters."""
+def build_xunet(input_shape=(256, 256, 1), initializer="glorot_uniform"):
+    """X-Unet: the plain U-Net (64-128-256-512 encoder, 1024 bottleneck). 31,031,745 parameters.
+
+    ``initializer`` sets the kernels of its ReLU convolutions (one of ``INITIALIZERS``; the
+    paper: Keras' default ``glorot_uniform``).
+    """
     _check_input_shape(input_shape)
+    _check_initializer(initializer)
     inputs = keras.Input(shape=input_shape, name="image")
     x = _preprocess(inputs)
     skips = []
     for block, filters in enumerate((64, 128, 256, 512), start=1):
-        x = _conv(x, filters, f"block{block}_conv1")
-        x = _conv(x, filters, f"block{block}_conv2")
+        x = _conv(x, filters, f"block{block}_conv1", initializer)
+        x = _conv(x, filters, f"block{block}_conv2", initializer)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    x = _conv(x, 1024, "bottleneck_conv1")
-    x = _conv(x, 1024, "bottleneck_conv2")
-    outputs = _decoder(x, skips[::-1])
+    x = _conv(x, 1024, "bottleneck_conv1", initializer)
+    x = _conv(x, 1024, "bottleneck_conv2", initializer)
+    outputs = _decoder(x, skips[::-1], initializer)
     return keras.Model(inputs, outputs, name="xunet")
 
 

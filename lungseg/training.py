@@ -336,15 +336,19 @@ def build_stage1_model(config):
     """V-Unet with its encoder weights, falling back to random ones only where allowed."""
     shape = (*config.image_size, 1)
     if config.model == "xunet":
-        return build_xunet(shape)
+        return build_xunet(shape, initializer=config.initializer)
     weights = config.encoder_weights
     try:
-        return build_vunet(shape, encoder_weights=None if weights in (None, "none") else weights)
+        return build_vunet(
+            shape,
+            encoder_weights=None if weights in (None, "none") else weights,
+            initializer=config.initializer,
+        )
     except WeightsUnavailableError as error:
         if not config.fallback_to_random_weights:
             raise
         log(f"WARNING: {error}\nWARNING: continuing with a randomly initialised VGG16 encoder")
-        return build_vunet(shape, encoder_weights=None)
+        return build_vunet(shape, encoder_weights=None, initializer=config.initializer)
 
 
 def check_freeze(config):

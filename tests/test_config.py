@@ -15,6 +15,7 @@ def test_paper_preset_is_the_papers_protocol():
     assert vunet.finetune == StageConfig(epochs=100, batch_size=20, learning_rate=5e-6)
     assert (vunet.image_size, vunet.folds, vunet.lus_frames, vunet.flips) == ((256, 256), 5, 400, True)
     assert (vunet.encoder_weights, vunet.split, vunet.interpolation) == ("imagenet", "paper", "nearest")
+    assert vunet.initializer == "glorot_uniform"  # Keras' default, as in the authors' code
     xunet = make_config("xunet", "x")
     assert xunet.stage1 == StageConfig(epochs=100, batch_size=30, learning_rate=1e-5)
     assert xunet.finetune == StageConfig(epochs=100, batch_size=20, learning_rate=5e-6)
@@ -29,7 +30,9 @@ def test_quick_preset_and_user_options_override_in_order():
     assert config.image_size == (128, 64)
     xunet = make_config("xunet", "q", "quick")
     assert xunet.stage1.learning_rate == 1e-4  # the preset's model-specific value
-    assert xunet.stage1.batch_size == 8 and xunet.finetune.epochs == 14
+    assert xunet.stage1.batch_size == 4 and xunet.finetune.epochs == 8
+    assert xunet.initializer == "he_normal"
+    assert make_config("xunet", "q", "quick", initializer="glorot_uniform").initializer == "glorot_uniform"
 
 
 def test_config_json_round_trip():
@@ -46,6 +49,7 @@ def test_config_json_round_trip():
         ({"lus_frames": 201}, "--lus-frames must be even"),
         ({"stage1": {"epochs": 0}}, "--epochs must be positive"),
         ({"split": "random"}, "--split must be one of paper, grouped"),
+        ({"initializer": "zeros"}, "--initializer must be one of glorot_uniform, he_normal"),
     ],
 )
 def test_invalid_values_name_the_option(overrides, words):

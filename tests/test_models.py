@@ -109,6 +109,31 @@ def test_models_take_raw_gray_frames_of_any_multiple_of_16():
     assert model.predict(frame, verbose=0).shape == (1, 48, 32, 1)
 
 
+def _kernel_std(model, name):
+    return float(np.std(keras.ops.convert_to_numpy(model.get_layer(name).kernel)))
+
+
+def test_initializer_sets_the_relu_convolutions_trained_from_scratch():
+    # A 3x3 conv from 128 to 256 channels: fan_in 1152, fan_out 2304. glorot_uniform draws with
+    # SD sqrt(2 / (fan_in + fan_out)) = 0.0241, he_normal with sqrt(2 / fan_in) = 0.0417.
+    glorot, he = (2 / (1152 + 2304)) ** 0.5, (2 / 1152) ** 0.5
+    keras.utils.set_random_seed(0)
+    assert _kernel_std(build_xunet((32, 32, 1)), "block3_conv1") == pytest.approx(glorot, rel=0.03)
+    xunet = build_xunet((32, 32, 1), initializer="he_normal")
+    assert _kernel_std(xunet, "block3_conv1") == pytest.approx(he, rel=0.03)
+    # decoder3_conv2: 256 -> 256 channels, fan_in 2304.
+    assert _kernel_std(xunet, "decoder3_conv2") == pytest.approx((2 / 2304) ** 0.5, rel=0.03)
+    # The linear up-convolutions and the sigmoid head keep Keras' default.
+    assert xunet.get_layer("decoder3_up").kernel_initializer.__class__.__name__ == "GlorotUniform"
+    assert xunet.get_layer("mask").kernel_initializer.__class__.__name__ == "GlorotUniform"
+    # A random VGG16 encoder is redrawn too; the decoder in any case.
+    vunet = build_vunet((32, 32, 1), encoder_weights=None, initializer="he_normal")
+    assert _kernel_std(vunet, "block3_conv1") == pytest.approx(he, rel=0.03)
+    assert _kernel_std(vunet, "decoder3_conv2") == pytest.approx((2 / 2304) ** 0.5, rel=0.03)
+    with pytest.raises(ConfigError, match="initializer must be one of glorot_uniform, he_normal"):
+        build_xunet((32, 32, 1), initializer="zeros")
+
+
 @pytest.mark.parametrize("shape", [(250, 256, 1), (256, 256, 2), (256, 256)])
 def test_bad_input_shapes_are_refused(shape):
     with pytest.raises(ConfigError):
@@ -128,7 +153,8 @@ def test_encoder_weights_load_from_a_local_file(tmp_path):
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "vgg16_notop.weights.h5"
     vgg.save_weights(path)
-    model = build_vunet((32, 32, 1), encoder_weights=str(path))
+    # Loaded weights are kept whatever the initializer of the layers trained from scratch.
+    model = build_vunet((32, 32, 1), encoder_weights=str(path), initializer="he_normal")
     for name in ("block1_conv1", "block5_conv3"):
         for loaded, saved in zip(model.get_layer(name).get_weights(), vgg.get_layer(name).get_weights()):
             np.testing.assert_array_equal(loaded, saved)
