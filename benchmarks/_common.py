@@ -143,6 +143,27 @@ def model_list(text):
     return [v for v in allowed if v in values]
 
 
+def benchmark_parser(doc, image_size, image_help, models=False, matmul=False):
+    """The options every CPU benchmark shares; each script adds its own to the parser returned.
+
+    ``doc`` is the script's docstring (its first paragraph is the description).
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add = parser.add_argument
+    add("--json", metavar="FILE", help="write the results to FILE (JSON)")
+    add("--image-size", type=image_side, default=image_size,
+        help=f"side of the square model input (default {image_size}; {image_help})")
+    add("--batch-size", type=positive_int, default=20, help="batch size (default 20, the paper's)")
+    if models:
+        add("--models", type=model_list, default=["vunet", "xunet"], help="vunet,xunet (default both)")
+    if matmul:
+        add("--matmul-n", type=positive_int, default=4096,
+            help="side of the matrices of the peak measurement (default 4096)")
+    add("--cache", type=Path, default=DEFAULT_CACHE,
+        help=f"where the generated LUS set is kept (default {DEFAULT_CACHE})")
+    return parser
+
+
 # --- the machine ---------------------------------------------------------------------------
 
 

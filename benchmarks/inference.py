@@ -19,7 +19,6 @@ forward FLOPs per frame counted from the Conv2D / Conv2DTranspose layers.
     python benchmarks/inference.py --image-size 64 --frames 20 --repeats 1   # smoke run
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -40,25 +39,13 @@ LABELS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
-    parser.add_argument("--image-size", type=common.image_side, default=128,
-                        help="side of the model input (default 128; the paper's is 256)")
-    parser.add_argument("--frames", type=common.positive_int, default=40,
-                        help="frames per batch-20 pass (default 40)")
-    parser.add_argument("--batch-size", type=common.positive_int, default=20,
-                        help="batch size of the batched paths (default 20)")
-    parser.add_argument("--batch1-frames", type=common.positive_int, default=6,
-                        help="frames timed one at a time, per path (default 6)")
-    parser.add_argument("--repeats", type=common.positive_int, default=3,
-                        help="timed passes of each batched path, the median counts (default 3)")
-    parser.add_argument("--models", type=common.model_list, default=["vunet", "xunet"],
-                        help="vunet,xunet (default both)")
-    parser.add_argument("--matmul-n", type=common.positive_int, default=4096,
-                        help="side of the matrices of the peak measurement (default 4096)")
-    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE,
-                        help="where the generated LUS set is kept "
-                        f"(default {common.DEFAULT_CACHE})")
+    parser = common.benchmark_parser(__doc__, 128, "the paper's is 256", models=True, matmul=True)
+    add = parser.add_argument
+    add("--frames", type=common.positive_int, default=40, help="frames per batched pass (default 40)")
+    add("--batch1-frames", type=common.positive_int, default=6,
+        help="frames timed one at a time, per path (default 6)")
+    add("--repeats", type=common.positive_int, default=3,
+        help="timed passes of each batched path, the median counts (default 3)")
     return parser.parse_args(argv)
 
 

@@ -23,7 +23,6 @@ epochs; the one-time ``load_frames`` cost is reported beside them.
     python benchmarks/pipeline.py --json /tmp/bench_pipeline.json     # about a minute
 """
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -52,22 +51,14 @@ QUIET_OTHER_CORES = 0.25  # "machine otherwise quiet" in the supplementary rate
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
-    parser.add_argument("--image-size", type=common.image_side, default=256,
-                        help="side of the square model input (default 256, the paper's)")
-    parser.add_argument("--batch-size", type=common.positive_int, default=20,
-                        help="batch size (default 20, the paper's)")
-    parser.add_argument("--rounds", type=common.positive_int, default=3,
-                        help="timed rounds; each runs our pipeline --ours-epochs epochs and the "
-                        "paper's --paper-epochs epochs (default 3)")
-    parser.add_argument("--ours-epochs", type=common.positive_int, default=5,
-                        help="our epochs per round (default 5)")
-    parser.add_argument("--paper-epochs", type=common.positive_int, default=1,
-                        help="the paper's epochs per round (default 1)")
-    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE,
-                        help="where the generated LUS set is kept "
-                        f"(default {common.DEFAULT_CACHE})")
+    parser = common.benchmark_parser(__doc__, 256, "the paper's")
+    add = parser.add_argument
+    add("--rounds", type=common.positive_int, default=3,
+        help="timed rounds; each runs our pipeline --ours-epochs epochs and the "
+        "paper's --paper-epochs epochs (default 3)")
+    add("--ours-epochs", type=common.positive_int, default=5, help="our epochs per round (default 5)")
+    add("--paper-epochs", type=common.positive_int, default=1,
+        help="the paper's epochs per round (default 1)")
     return parser.parse_args(argv)
 
 

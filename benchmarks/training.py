@@ -23,7 +23,6 @@ a 256x256 batch-20 V-Unet step takes about 30 s; ``--image-size 256`` gives the 
     python benchmarks/training.py --image-size 64 --steps 1 --models xunet   # smoke run
 """
 
-import argparse
 import math
 import sys
 import time
@@ -41,26 +40,14 @@ PEAK_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float1
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
-    parser.add_argument("--image-size", type=common.image_side, default=128,
-                        help="side of the square frames (default 128; the paper's is 256)")
-    parser.add_argument("--batch-size", type=common.positive_int, default=20,
-                        help="batch size (default 20, the paper's)")
-    parser.add_argument("--steps", type=common.positive_int, default=4,
-                        help="timed steps per feed and model (default 4)")
-    parser.add_argument("--warmup", type=common.positive_int, default=1,
-                        help="untimed warm-up steps per model (default 1; the first traces)")
-    parser.add_argument("--models", type=common.model_list, default=["vunet", "xunet"],
-                        help="vunet,xunet (default both)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="Keras dtype policy (default float32, as lungseg trains by "
-                        "default); the matmul peak is measured in the policy's compute dtype")
-    parser.add_argument("--matmul-n", type=common.positive_int, default=4096,
-                        help="side of the matrices of the peak measurement (default 4096)")
-    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE,
-                        help="where the generated LUS set is kept "
-                        f"(default {common.DEFAULT_CACHE})")
+    parser = common.benchmark_parser(__doc__, 128, "the paper's is 256", models=True, matmul=True)
+    add = parser.add_argument
+    add("--steps", type=common.positive_int, default=4, help="timed steps per feed and model (default 4)")
+    add("--warmup", type=common.positive_int, default=1,
+        help="untimed warm-up steps per model (default 1; the first traces)")
+    add("--precision", choices=PRECISIONS, default="float32",
+        help="Keras dtype policy (default float32, as lungseg trains by default); "
+        "the matmul peak is measured in the policy's compute dtype")
     return parser.parse_args(argv)
 
 
