@@ -156,13 +156,13 @@ PRESETS = {
         "deterministic": True,
         "stage1": {"epochs": 8, "batch_size": 8, "learning_rate": 2e-4},
         # Unfreezing a random (offline) VGG16 encoder at 1e-4 collapsed to all background.
-        "finetune": {"epochs": 4, "batch_size": 8, "learning_rate": 3e-5},
+        "finetune": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-5},
         # X-Unet pre-trains gently: 6 salient epochs at 1e-4 drove its unnormalised activations
         # up until the sigmoid saturated on LUS frames, and fine-tuning from there stalled near
         # Dice 0.5 or collapsed. 3 epochs at 3e-5, then 1e-4 on LUS, learned on both folds.
         "xunet": {
             "stage1": {"epochs": 3, "batch_size": 4, "learning_rate": 3e-5},
-            "finetune": {"epochs": 10, "batch_size": 4, "learning_rate": 1e-4},
+            "finetune": {"epochs": 8, "batch_size": 4, "learning_rate": 1e-4},
         },
     },
 }

@@ -30,7 +30,7 @@ def test_quick_preset_and_user_options_override_in_order():
     assert config.image_size == (128, 64)
     xunet = make_config("xunet", "q", "quick")
     assert xunet.stage1.learning_rate == 3e-5  # the preset's model-specific value
-    assert xunet.stage1.batch_size == 4 and xunet.finetune.epochs == 10
+    assert xunet.stage1.batch_size == 4 and xunet.finetune.epochs == 8
     assert xunet.finetune.learning_rate == 1e-4
     assert xunet.initializer == "he_normal"
     assert make_config("xunet", "q", "quick", initializer="glorot_uniform").initializer == "glorot_uniform"
