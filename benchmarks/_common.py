@@ -143,10 +143,11 @@ def model_list(text):
     return [v for v in allowed if v in values]
 
 
-def benchmark_parser(doc, image_size, image_help, models=False, matmul=False):
+def benchmark_parser(doc, image_size, image_help, models=False):
     """The options every CPU benchmark shares; each script adds its own to the parser returned.
 
-    ``doc`` is the script's docstring (its first paragraph is the description).
+    ``doc`` is the script's docstring (its first paragraph is the description). ``models``
+    adds the options of the model benchmarks: which models, and the matmul peak they compare to.
     """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     add = parser.add_argument
@@ -156,7 +157,6 @@ def benchmark_parser(doc, image_size, image_help, models=False, matmul=False):
     add("--batch-size", type=positive_int, default=20, help="batch size (default 20, the paper's)")
     if models:
         add("--models", type=model_list, default=["vunet", "xunet"], help="vunet,xunet (default both)")
-    if matmul:
         add("--matmul-n", type=positive_int, default=4096,
             help="side of the matrices of the peak measurement (default 4096)")
     add("--cache", type=Path, default=DEFAULT_CACHE,

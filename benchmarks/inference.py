@@ -39,7 +39,7 @@ LABELS = {
 
 
 def parse_args(argv=None):
-    parser = common.benchmark_parser(__doc__, 128, "the paper's is 256", models=True, matmul=True)
+    parser = common.benchmark_parser(__doc__, 128, "the paper's is 256", models=True)
     add = parser.add_argument
     add("--frames", type=common.positive_int, default=40, help="frames per batched pass (default 40)")
     add("--batch1-frames", type=common.positive_int, default=6,

@@ -40,7 +40,7 @@ PEAK_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float1
 
 
 def parse_args(argv=None):
-    parser = common.benchmark_parser(__doc__, 128, "the paper's is 256", models=True, matmul=True)
+    parser = common.benchmark_parser(__doc__, 128, "the paper's is 256", models=True)
     add = parser.add_argument
     add("--steps", type=common.positive_int, default=4, help="timed steps per feed and model (default 4)")
     add("--warmup", type=common.positive_int, default=1,

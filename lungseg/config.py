@@ -157,9 +157,9 @@ PRESETS = {
         "stage1": {"epochs": 8, "batch_size": 8, "learning_rate": 2e-4},
         # Unfreezing a random (offline) VGG16 encoder at 1e-4 collapsed to all background.
         "finetune": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-5},
-        # X-Unet pre-trains gently: 6 salient epochs at 1e-4 drove its unnormalised activations
-        # up until the sigmoid saturated on LUS frames, and fine-tuning from there stalled near
-        # Dice 0.5 or collapsed. 3 epochs at 3e-5, then 1e-4 on LUS, learned on both folds.
+        # X-Unet pre-trains gently: after salient epochs at 1e-4 its unnormalised activations
+        # were inflated and it called much of each LUS frame foreground, and fine-tuning stalled
+        # near Dice 0.5 or collapsed. 3 epochs at 3e-5, then 1e-4 on LUS, learned on both folds.
         "xunet": {
             "stage1": {"epochs": 3, "batch_size": 4, "learning_rate": 3e-5},
             "finetune": {"epochs": 8, "batch_size": 4, "learning_rate": 1e-4},
