@@ -4,7 +4,16 @@ import argparse
 import sys
 import traceback
 
-from lungseg.config import INITIALIZERS, INTERPOLATIONS, PRESETS, SPLITS, make_config
+from lungseg.config import (
+    AUGMENT_INTERPOLATIONS,
+    INITIALIZERS,
+    INTERPOLATIONS,
+    PRECISIONS,
+    PRESETS,
+    SPLITS,
+    STAGE1_STEPS,
+    make_config,
+)
 from lungseg.errors import LungsegError
 
 
@@ -149,13 +158,22 @@ def training_parser(model, description):
         + d(lambda c: c.initializer))
     add("--no-augment", dest="augment", action="store_false", default=None,
         help="no augmentation of the LUS training frames (the paper's ImageDataGenerator settings)")
+    add("--augment-interpolation", choices=AUGMENT_INTERPOLATIONS,
+        help="how augmentation resamples: bilinear with the mask re-thresholded at 0.5, as the "
+        "paper's ImageDataGenerator did, or nearest " + d(lambda c: c.augment_interpolation))
+    add("--stage1-steps", choices=STAGE1_STEPS,
+        help="steps per stage-1 epoch: pool = len(whole pool) // batch, as the notebooks ran "
+        "(1.25 passes over the 80 %% training part); train = one pass " + d(lambda c: c.stage1_steps))
     add("--seed", type=int, help="seed for data generation, splits, augmentation and weights "
         + d(lambda c: c.seed))
     add("--name", help=f"run folder name (default: {model}_<preset>)")
     add("--out", metavar="DIR", help="folder holding run folders " + d(lambda c: c.out))
     add("--overwrite", action="store_true", help="replace a finished run of the same name")
-    add("--mixed-precision", action="store_true", default=None,
-        help="mixed float16 (GPU); the head and Dice sums stay float32")
+    add("--precision", choices=PRECISIONS,
+        help="compute precision; the sigmoid head and Dice sums stay float32 "
+        + d(lambda c: c.precision))
+    add("--mixed-precision", dest="precision", action="store_const", const="mixed_float16",
+        help="same as --precision mixed_float16 (GPU)")
     add("--jit-compile", action="store_true", default=None, help="compile training steps with XLA")
     add("--deterministic", action="store_true", default=None,
         help="TensorFlow op determinism: same seed, same result (slower)")
@@ -176,7 +194,8 @@ def config_from_args(model, args, parser, extra=()):
     """RunConfig from the preset and the options given; ``extra`` names model-specific fields."""
     overrides = {}
     for field in ("data", "groups", "lus_frames", "flips", "split", "folds", "image_size",
-                  "interpolation", "initializer", "augment", "seed", "out", "mixed_precision", "jit_compile",
+                  "interpolation", "initializer", "augment", "augment_interpolation", "stage1_steps",
+                  "seed", "out", "precision", "jit_compile",
                   "deterministic", *extra):
         value = getattr(args, field)
         if value is not None:

@@ -15,7 +15,13 @@ from lungseg.models import INITIALIZERS
 MODELS = ("vunet", "xunet")
 SPLITS = ("paper", "grouped")
 INTERPOLATIONS = ("nearest", "area", "bilinear")
-PAPER_LUS_FRAMES = (200, 400, 600)
+# How augmentation resamples frame and mask: bilinear (then the mask re-thresholded at 0.5) is
+# what the paper's ImageDataGenerator did; nearest keeps masks 0/1 in one pass.
+AUGMENT_INTERPOLATIONS = ("bilinear", "nearest")
+# Steps per stage-1 epoch: "pool" = len(whole pool) // batch, as the notebooks ran stage 1 while
+# training on 80 % of the pool (1.25 passes per epoch); "train" = one pass over the training part.
+STAGE1_STEPS = ("pool", "train")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class RunConfig:
     image_size: tuple = (256, 256)
     interpolation: str = "nearest"
     augment: bool = True
+    augment_interpolation: str = "bilinear"
     encoder_weights: Optional[str] = "imagenet"  # V-Unet only
     initializer: str = "glorot_uniform"  # kernels of new ReLU convolutions (Keras' default)
     fallback_to_random_weights: bool = False  # quick preset: warn instead of failing offline
@@ -57,10 +64,11 @@ class RunConfig:
     stage1: StageConfig = None
     finetune: StageConfig = None
     validation_fraction: float = 0.2
+    stage1_steps: str = "pool"
     synthetic_lus: int = 300  # phantom frames generated when no --data is given
     synthetic_salient: int = 10_000  # composites generated when no --salient is given
     seed: int = 0
-    mixed_precision: bool = False
+    precision: str = "float32"
     jit_compile: bool = False
     deterministic: bool = False
 
@@ -100,6 +108,13 @@ class RunConfig:
             raise ConfigError(
                 f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
+        for option, value, choices in (
+            ("--augment-interpolation", self.augment_interpolation, AUGMENT_INTERPOLATIONS),
+            ("--stage1-steps", self.stage1_steps, STAGE1_STEPS),
+            ("--precision", self.precision, PRECISIONS),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
         if self.initializer not in INITIALIZERS:
             raise ConfigError(
                 f"--initializer must be one of {', '.join(INITIALIZERS)}, got {self.initializer!r}"
@@ -142,8 +157,12 @@ def paper_stages(model):
 # With Keras' default glorot_uniform, X-Unet trained from scratch at 1e-4 collapsed to all
 # background by its sixth epoch, and V-Unet's decoder stalled for five epochs before learning;
 # with he_normal both learn from the first epochs (measured for issue 4, see the README).
+# "by_lus_frames" holds overrides that apply when the run ends up with that many LUS frames:
+# the authors fine-tuned the 600-frame set for 150 epochs (X_Unet_v3_2), not 100.
 PRESETS = {
-    "paper": {},
+    "paper": {
+        "by_lus_frames": {600: {"finetune": {"epochs": 150}}},
+    },
     "quick": {
         "image_size": (128, 64),
         "lus_frames": 80,
@@ -152,6 +171,9 @@ PRESETS = {
         "synthetic_salient": 96,
         "fallback_to_random_weights": True,
         "initializer": "he_normal",
+        # What the preset was tuned with: one pass per stage-1 epoch, nearest resampling.
+        "stage1_steps": "train",
+        "augment_interpolation": "nearest",
         # Deterministic, so the demo gives the same numbers on every run of this machine.
         "deterministic": True,
         "stage1": {"epochs": 8, "batch_size": 8, "learning_rate": 2e-4},
@@ -177,8 +199,11 @@ def make_config(model, name, preset="paper", **overrides):
         raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
     stage1, finetune = paper_stages(model)
     values = {"model": model, "name": name, "preset": preset}
-    preset_values = {k: v for k, v in PRESETS[preset].items() if k not in MODELS}
-    for source in (preset_values, PRESETS[preset].get(model, {}), overrides):
+    preset = PRESETS[preset]
+    preset_values = {k: v for k, v in preset.items() if k not in (*MODELS, "by_lus_frames")}
+    lus_frames = overrides.get("lus_frames", preset_values.get("lus_frames", RunConfig.lus_frames))
+    by_frames = preset.get("by_lus_frames", {})
+    for source in (preset_values, preset.get(model, {}), by_frames.get(lus_frames, {}), overrides):
         for key, value in source.items():
             if key in ("stage1", "finetune"):
                 base = stage1 if key == "stage1" else finetune

@@ -383,7 +383,7 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(config.precision)
 
     if config.freeze:
         check_freeze(config)

@@ -20,6 +20,17 @@ def test_paper_preset_is_the_papers_protocol():
     assert xunet.stage1 == StageConfig(epochs=100, batch_size=30, learning_rate=1e-5)
     assert xunet.finetune == StageConfig(epochs=100, batch_size=20, learning_rate=5e-6)
     assert xunet.freeze == []
+    # How the notebooks ran: bilinear augmentation, 1.25 passes per stage-1 epoch, float32.
+    assert (xunet.augment_interpolation, xunet.stage1_steps, xunet.precision) == ("bilinear", "pool", "float32")
+
+
+@pytest.mark.parametrize("model", ["vunet", "xunet"])
+def test_paper_preset_fine_tunes_the_600_frame_set_for_150_epochs(model):
+    assert make_config(model, "m", lus_frames=600).finetune.epochs == 150  # X_Unet_v3_2
+    assert make_config(model, "m", lus_frames=600).stage1.epochs == 100
+    assert make_config(model, "m", lus_frames=200, flips=False).finetune.epochs == 100
+    assert make_config(model, "m", lus_frames=600, finetune={"epochs": 7}).finetune.epochs == 7
+    assert make_config(model, "m", "quick", lus_frames=600).finetune.epochs < 150
 
 
 def test_quick_preset_and_user_options_override_in_order():
@@ -51,6 +62,9 @@ def test_config_json_round_trip():
         ({"stage1": {"epochs": 0}}, "--epochs must be positive"),
         ({"split": "random"}, "--split must be one of paper, grouped"),
         ({"initializer": "zeros"}, "--initializer must be one of glorot_uniform, he_normal"),
+        ({"augment_interpolation": "cubic"}, "--augment-interpolation must be one of bilinear, nearest"),
+        ({"stage1_steps": "all"}, "--stage1-steps must be one of pool, train"),
+        ({"precision": "float16"}, "--precision must be one of float32, mixed_bfloat16, mixed_float16"),
     ],
 )
 def test_invalid_values_name_the_option(overrides, words):
@@ -73,6 +87,17 @@ def test_command_line_stage_values_one_for_both_or_one_each():
     assert (config.stage1.learning_rate, config.finetune.learning_rate) == (1e-3, 2e-4)
     assert config.image_size == (64, 32)
     assert config.name == "xunet_paper"
+
+
+def test_precision_and_paper_fidelity_options_reach_the_config():
+    parser = training_parser("vunet", "test")
+    args = parser.parse_args(["--precision", "mixed_bfloat16", "--augment-interpolation", "nearest",
+                              "--stage1-steps", "train"])
+    config = config_from_args("vunet", args, parser)
+    assert (config.precision, config.augment_interpolation, config.stage1_steps) == (
+        "mixed_bfloat16", "nearest", "train")
+    args = parser.parse_args(["--mixed-precision"])  # the older flag, kept as an alias
+    assert config_from_args("vunet", args, parser).precision == "mixed_float16"
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "-3"], ["--preset", "fast"], ["--lr", "0"], ["--image-size", "100"]])
