@@ -3,7 +3,8 @@
 
 Each RUN is a run folder written by train_vunet.py / train_xunet.py (its fold models are
 scored on their own held-out folds) or a .keras model (needs --test). With --test DIR every
-model is scored on the same fixed test frames, like the paper's 80-frame test list.
+model is scored on the same frames of a separate folder; with --test-list CSV on named frames
+of its run's pool, as the paper measured (its Default_testset.csv is read as it is).
 """
 
 import argparse
@@ -17,6 +18,10 @@ def main(argv):
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders or .keras files")
     parser.add_argument("--test", metavar="DIR", help="score every model on this fixed test set "
                         "(IMG/ + MASK/, images/ + masks/)")
+    parser.add_argument("--test-list", metavar="CSV", help="score every model on these frames of its "
+                        "run's pool, flipped copies included (<name>_flipped), as the paper's "
+                        "Default_testset.csv, which is read as it is; reports how many of them each "
+                        "model trained on")
     parser.add_argument("--out", metavar="DIR", default="results", help="results folder")
     parser.add_argument("--batch-size", type=positive_int, default=20, help="frames per forward pass")
     parser.add_argument("--figure-frames", type=positive_int, default=4, help="frames in the overlay figure")
@@ -26,7 +31,7 @@ def main(argv):
 
     from lungseg.report import evaluate  # imports TensorFlow: after --help and option errors
 
-    evaluate(args.runs, args.out, test=args.test, batch_size=args.batch_size,
+    evaluate(args.runs, args.out, test=args.test, test_list=args.test_list, batch_size=args.batch_size,
              n_frames=args.figure_frames, save_masks=args.save_masks)
 
 

@@ -433,7 +433,7 @@ def load_lus_400(folder, image_size):
     t0 = time.perf_counter()
     pairs = data.find_pairs(folder)
     frames = data.load_frames(pairs, size)
-    frames = data.select_lus_frames(frames, 400, flips=True)
+    frames, _ = data.select_lus_frames(frames, 400, flips=True)
     return frames, time.perf_counter() - t0
 
 

@@ -39,7 +39,6 @@ from lungseg.data.io import IMAGE_SUFFIXES, to_gray_uint8, read_image, write_ima
 from lungseg.cli import run_main
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.figures import blend_mask
-from lungseg.files import read_json
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 20
@@ -295,22 +294,11 @@ def build_parser():
 
 
 def training_interpolation(model_path):
-    """The ``interpolation`` a run folder's ``config.json`` recorded for this model, or None.
+    """The ``interpolation`` the run folder holding this model was trained with, or None."""
+    from lungseg.runs import RunFolder
 
-    Run folders hold ``config.json`` at the top and models in ``stage1/`` or ``fold_k/``,
-    so the model's folder and the one above it are searched.
-    """
-    model_path = Path(model_path)
-    for folder in (model_path.parent, model_path.parent.parent):
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            continue
-        try:
-            interpolation = read_json(config_path).get("interpolation")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return interpolation if interpolation in INTERPOLATIONS else None
-    return None
+    run = RunFolder.containing(model_path)
+    return run.config.interpolation if run is not None else None
 
 
 def run(args):

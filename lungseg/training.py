@@ -4,39 +4,34 @@ Stage 1 is V-Unet's decoder-only training (encoder frozen) or X-Unet's pre-train
 salient objects; stage 2 fine-tunes a copy of the stage-1 model on each of k folds of LUS
 frames. Every epoch leaves a complete state on disk (written under a temporary name, then
 renamed), so running the same command again after a crash resumes at the last finished epoch.
-
-Run folder::
-
-    config.json  splits.json  summary.json
-    stage1/ or pretrain/   model.keras (best by val_loss)  history.csv  metrics.json
-    fold_1/ ... fold_k/    the same
+The run folder's layout belongs to ``lungseg.runs``; the end-of-stage scores come from
+``lungseg.scoring``, the same function ``evaluate.py`` uses.
 """
 
-import json
+import csv
 import math
 import shutil
-import sys
+import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from lungseg import data
 from lungseg.config import RunConfig
-from lungseg.errors import ConfigError, LungsegError, RunExistsError, WeightsUnavailableError
+from lungseg.console import interactive, log, warn
+from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
+from lungseg.evaluation import aggregate_folds
 from lungseg.files import atomic_path, read_json, write_json, write_text
 from lungseg.losses import dice_coef, dice_loss, iou
 from lungseg.models import build_vunet, build_xunet, freeze, part_layers, unfreeze
+from lungseg.runs import HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256
+from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
 # an empty (or all-foreground) prediction.
 COLLAPSE_SHARE = 0.5
-METRICS = ("dice", "iou", "binary_accuracy")
-
-
-def log(message):
-    print(message, flush=True)
+METRICS = tuple(METRIC_DEFINITIONS)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -52,8 +47,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.stage_dir = Path(stage_dir)
         self.state_dir = self.stage_dir / "state"
         self.state_path = self.state_dir / "state.json"
-        self.best_path = self.stage_dir / "model.keras"
-        self.history_path = self.stage_dir / "history.csv"
+        self.best_path = self.stage_dir / MODEL
+        self.history_path = self.stage_dir / HISTORY
         self.best_val_loss = math.inf
         self.best_epoch = None
 
@@ -105,35 +100,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch in the log (and on screen when Keras draws no live bar), and the
+    epoch's wall time as ``seconds`` in the logs, so that ``history.csv`` records it."""
+
+    def __init__(self, label, epochs):
+        super().__init__()
+        self.label, self.epochs = label, epochs
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["seconds"] = round(time.perf_counter() - self.started, 3)
+        values = "  ".join(f"{key} {value:.4f}" for key, value in logs.items() if key != "seconds")
+        log(f"[{self.label}] epoch {epoch + 1}/{self.epochs}: {values}  ({logs['seconds']:.1f} s)",
+            console=not interactive())
+
+
 def distribution_strategy():
     """MirroredStrategy over all GPUs when there are several, else the default strategy."""
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def validation_metrics(model, frames, batch_size):
-    """Paper-style batch-global Dice and IoU, pixel accuracy, and shares of degenerate masks."""
-    probabilities = model.predict(
-        data.make_dataset(frames, batch_size, channels=model.input_shape[-1]), verbose=0
-    )
-    truth = frames.masks.astype(np.float32)
-    predicted = probabilities > 0.5
-    pixels = predicted.reshape(len(frames), -1).sum(axis=1)
-    has_ribs = truth.reshape(len(frames), -1).sum(axis=1) > 0
-    size = predicted[0].size
-    with_ribs = max(int(has_ribs.sum()), 1)
-    return {
-        "dice": float(dice_coef(truth, probabilities)),
-        "iou": float(iou(truth, probabilities)),
-        "binary_accuracy": float(np.mean(predicted == truth.astype(bool))),
-        "frames": len(frames),
-        "empty_predictions": float(np.mean(pixels == 0)),
-        "empty_references": float(np.mean(~has_ribs)),
-        "empty_on_ribs": float(np.sum((pixels == 0) & has_ribs) / with_ribs),
-        "full_predictions": float(np.mean(pixels == size)),
-    }
 
 
 def collapse_message(metrics):
@@ -152,14 +145,18 @@ def collapse_message(metrics):
     return None
 
 
-def train_stage(label, stage_dir, make_model, train, val, stage, config, frozen=(), augment=True):
-    """Train one stage (or resume it) and write its metrics; return them.
+def train_stage(label, run, stage_name, make_model, train, val, stage, config, frozen=(), augment=True,
+                steps_per_epoch=None, record=None):
+    """Train one stage (or resume it), score its best model and write its metrics; return them.
 
     ``make_model`` builds or loads the starting model; ``frozen`` lists the parts or layer
-    names that stay frozen. The best model by ``val_loss`` is kept as ``model.keras``.
+    names that stay frozen; ``steps_per_epoch`` (None: one pass) repeats the training frames;
+    ``record`` is merged into the metrics (what the stage started from). The best model by
+    ``val_loss`` is kept as ``model.keras``.
     """
-    stage_dir = Path(stage_dir)
+    stage_dir = run.stage_dir(stage_name)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = EpochCheckpoint(stage_dir)
     with distribution_strategy().scope():
         model = make_model()
         unfreeze(model)
@@ -170,22 +167,24 @@ def train_stage(label, stage_dir, make_model, train, val, stage, config, frozen=
             metrics=[dice_coef, iou, "binary_accuracy"],
             jit_compile=config.jit_compile,
         )
+        initial_epoch = checkpoint.restore(model)  # builds the optimizer, so inside the scope
+    steps = f"{steps_per_epoch} steps per epoch" if steps_per_epoch else "one pass per epoch"
     log(
         f"[{label}] {trainable:,} trainable and {frozen_count:,} frozen parameters; "
-        f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs, "
-        f"batch {stage.batch_size}, Adam {stage.learning_rate:g}"
-        + (", augmented" if augment else "")
+        f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs "
+        f"({steps}), batch {stage.batch_size}, Adam {stage.learning_rate:g}"
+        + (f", augmented ({config.augment_interpolation} resampling)" if augment else "")
     )
-    checkpoint = EpochCheckpoint(stage_dir)
-    initial_epoch = checkpoint.restore(model)
     if initial_epoch:
         log(f"[{label}] resuming after epoch {initial_epoch} of {stage.epochs}")
     channels = model.input_shape[-1]
-    augmentation = data.PaperAugmentation() if augment else None
+    augmentation = data.PaperAugmentation() if augment else None  # TODO(merge wt-data): interpolation
     train_ds = data.make_dataset(
         train, stage.batch_size, channels=channels, training=True, augment=augmentation,
         seed=config.seed + initial_epoch,
     )
+    if steps_per_epoch:
+        train_ds = train_ds.repeat()
     val_ds = data.make_dataset(val, stage.batch_size, channels=channels)
     if initial_epoch < stage.epochs:
         model.fit(
@@ -193,162 +192,98 @@ def train_stage(label, stage_dir, make_model, train, val, stage, config, frozen=
             validation_data=val_ds,
             epochs=stage.epochs,
             initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
             callbacks=[
+                EpochLog(label, stage.epochs),  # first, so that CSVLogger writes its "seconds"
                 keras.callbacks.TerminateOnNaN(),
                 keras.callbacks.CSVLogger(str(checkpoint.history_path), append=True),
                 checkpoint,
             ],
             shuffle=False,  # the data set shuffles itself, seeded
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=1 if interactive() else 0,
         )
     if not checkpoint.best_path.exists():
         raise LungsegError(
             f"[{label}] training produced no finite validation loss (NaN); "
             "try a lower --lr or check the data"
         )
-    best = keras.models.load_model(checkpoint.best_path)
-    metrics = validation_metrics(best, val, stage.batch_size)
+    started = time.perf_counter()
+    metrics = score_frames(keras.models.load_model(checkpoint.best_path, compile=False), val).metrics
     metrics.update(
         best_epoch=checkpoint.best_epoch,
         val_loss=checkpoint.best_val_loss,
         epochs=stage.epochs,
+        steps_per_epoch=steps_per_epoch,
         training_frames=len(train),
         trainable_parameters=trainable,
         frozen_parameters=frozen_count,
         collapse=collapse_message(metrics),
+        train_seconds=_history_seconds(checkpoint.history_path),
+        scoring_seconds=round(time.perf_counter() - started, 3),
+        **(record or {}),
     )
-    write_json(stage_dir / "metrics.json", metrics)
+    run.write_metrics(stage_name, metrics)
     checkpoint.clear()
     log(
-        f"[{label}] best epoch {metrics['best_epoch']}: validation Dice {metrics['dice']:.4f}, "
-        f"IoU {metrics['iou']:.4f}, accuracy {metrics['binary_accuracy']:.4f}"
+        f"[{label}] best epoch {metrics['best_epoch']}: validation Dice {metrics['dice']:.4f} "
+        f"(global {metrics['dice_global']:.4f}, per image {metrics['dice_per_image']:.4f}), "
+        f"IoU {metrics['iou']:.4f}, accuracy {metrics['binary_accuracy']:.4f}; "
+        f"{metrics['train_seconds']:.0f} s of training"
     )
     if metrics["collapse"]:
-        log(f"[{label}] WARNING: {metrics['collapse']}")
+        warn(f"[{label}] {metrics['collapse']}")
     return metrics
 
 
-class Run:
-    """A run folder: its configuration, splits, stages and summary."""
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-        self.root = Path(config.out) / config.name
-        self.stage1 = "pretrain" if config.model == "xunet" else "stage1"
-
-    def fold_dir(self, k):
-        return self.root / f"fold_{k}"
-
-    def is_done(self, stage_dir):
-        return (Path(stage_dir) / "metrics.json").exists()
-
-    def is_finished(self):
-        path = self.root / "summary.json"
-        return path.exists() and read_json(path).get("complete", False)
-
-    def open(self, overwrite=False):
-        """Create the run folder, or check that an existing one holds the same configuration.
-
-        A finished run is only replaced with ``overwrite``; an unfinished one with the same
-        configuration is resumed.
-        """
-        config_path = self.root / "config.json"
-        if self.root.exists() and any(self.root.iterdir()):
-            if overwrite:
-                log(f"--overwrite: removing the previous run in {self.root}")
-                shutil.rmtree(self.root)
-            elif not config_path.exists():
-                raise RunExistsError(
-                    f"{self.root} exists and is not a lungseg run folder; choose another --name or --out"
-                )
-            else:
-                saved = read_json(config_path)
-                differences = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != _jsonable(v))
-                if differences:
-                    raise RunExistsError(
-                        f"{self.root} holds a run with a different configuration "
-                        f"({', '.join(differences)}); use another --name, or --overwrite to replace it"
-                    )
-                if self.is_finished():
-                    raise RunExistsError(
-                        f"{self.root} holds a finished run; use --overwrite to replace it or "
-                        "another --name"
-                    )
-                log(f"resuming the unfinished run in {self.root}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_text(config_path, self.config.to_json())
+def _history_seconds(path):
+    """Total of the ``seconds`` column of a stage's history.csv (resumed epochs included)."""
+    with open(path, newline="") as handle:
+        return round(sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle)), 3)
 
 
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
-
-def load_lus_frames(config):
-    """The LUS training frames: the user's, or generated phantom frames cached under --out."""
-    if config.data:
-        root = Path(config.data)
-        log(f"LUS frames from {root}")
-    else:
-        originals = config.lus_frames // 2 if config.flips else config.lus_frames
-        n = max(config.synthetic_lus, originals)
-        root = data.ensure_dataset(
-            "lus", Path(config.out) / "_synthetic" / f"lus_{n}_seed{config.seed}", n=n, seed=config.seed
-        )
-        log(f"no --data given: using {n} generated phantom LUS frames in {root}")
-    pairs = data.find_pairs(root, groups=config.groups)
-    frames = data.load_frames(pairs, config.image_size, config.interpolation, progress=True)
-    return data.select_lus_frames(frames, config.lus_frames, flips=config.flips)
-
-
-def load_salient_frames(config):
-    if config.salient:
-        root = Path(config.salient)
-        log(f"salient-object images from {root}")
-    else:
-        n = config.synthetic_salient
-        root = data.ensure_dataset(
-            "salient", Path(config.out) / "_synthetic" / f"salient_{n}_seed{config.seed}", n=n, seed=config.seed
-        )
-        log(f"no --salient given: using {n} generated salient-object composites in {root}")
-    pairs = data.find_pairs(root, groups=config.groups if config.salient else None)
-    return data.load_frames(pairs, config.image_size, config.interpolation, progress=True)
-
-
-def make_splits(run, lus, stage1_frames):
+def make_splits(run, lus, stage1_frames, selection):
     """Stage-1 hold-out and k folds, read back from splits.json when the run resumes."""
     config = run.config
-    path = run.root / "splits.json"
-    if path.exists():
-        splits = data.read_splits(path)
-    else:
-        splits = {"mode": config.split, "seed": config.seed}
-        if stage1_frames is not None:
-            splits[run.stage1] = data.holdout_split(
-                stage1_frames.names, stage1_frames.groups, config.validation_fraction,
-                mode=config.split, seed=config.seed,
-            )
-        splits["folds"] = data.kfold_splits(lus.names, lus.groups, config.folds, mode=config.split, seed=config.seed)
-        data.write_splits(path, splits)
+    if run.has_splits():
+        return run.read_splits()
+    splits = {"mode": config.split, "seed": config.seed, "selection": selection, "lus_frames": lus.names}
+    if stage1_frames is not None:
+        splits[run.stage1] = data.holdout_split(
+            stage1_frames.names, stage1_frames.groups, config.validation_fraction,
+            mode=config.split, seed=config.seed,
+        )
+    splits["folds"] = data.kfold_splits(lus.names, lus.groups, config.folds, mode=config.split, seed=config.seed)
+    run.write_splits(splits)
     return splits
 
 
 def build_stage1_model(config):
-    """V-Unet with its encoder weights, falling back to random ones only where allowed."""
+    """The first stage's model, and a record of the encoder weights it really holds.
+
+    V-Unet's record is ``{"weights": "imagenet"}``, ``{"weights": "file", "path", "sha256"}``
+    or ``{"weights": "random", "reason"}``; falling back to random weights when ImageNet's
+    cannot be had is allowed only where the config says so (the quick preset). X-Unet: None.
+    """
     shape = (*config.image_size, 1)
     if config.model == "xunet":
-        return build_xunet(shape, initializer=config.initializer)
+        return build_xunet(shape, initializer=config.initializer), None
     weights = config.encoder_weights
+    if weights in (None, "none"):
+        used = {"weights": "random", "reason": "asked for (--encoder-weights none)"}
+        return build_vunet(shape, encoder_weights=None, initializer=config.initializer), used
     try:
-        return build_vunet(
-            shape,
-            encoder_weights=None if weights in (None, "none") else weights,
-            initializer=config.initializer,
-        )
+        model = build_vunet(shape, encoder_weights=weights, initializer=config.initializer)
     except WeightsUnavailableError as error:
         if not config.fallback_to_random_weights:
             raise
-        log(f"WARNING: {error}\nWARNING: continuing with a randomly initialised VGG16 encoder")
-        return build_vunet(shape, encoder_weights=None, initializer=config.initializer)
+        warn(f"{error}\nWARNING: continuing with a randomly initialised VGG16 encoder")
+        reason = (f"ImageNet weights unavailable ({str(error).splitlines()[0]}); "
+                  f"the {config.preset} preset falls back to random weights")
+        used = {"weights": "random", "reason": reason}
+        return build_vunet(shape, encoder_weights=None, initializer=config.initializer), used
+    if weights == "imagenet":
+        return model, {"weights": "imagenet"}
+    return model, {"weights": "file", "path": str(weights), "sha256": file_sha256(weights)}
 
 
 def check_freeze(config):
@@ -376,7 +311,7 @@ def load_model_for_finetuning(path, config):
 
 def run_training(config: RunConfig, fold=None, overwrite=False):
     """Run (or resume) the whole protocol of ``config``; return the summary dict."""
-    config.validate()
+    config = absolute_paths(config).validate()
     if fold is not None and not 1 <= fold <= config.folds:
         raise ConfigError(f"--fold must be between 1 and --folds ({config.folds}), got {fold}")
     if config.deterministic:
@@ -387,73 +322,90 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
 
     if config.freeze:
         check_freeze(config)
-    run = Run(config)
+    run = RunFolder.for_config(config)
+    is_vunet = config.model == "vunet"
     # Everything that can fail on the user's input fails here, before the run folder changes.
-    lus = load_lus_frames(config)
-    pretrained = config.pretrained if config.model == "xunet" else None
-    stage1_frames = lus if config.model == "vunet" else None
+    lus, selection = run.lus_frames(keep_generated=True)
+    pretrained = None if is_vunet else config.pretrained
+    stage1_frames = lus if is_vunet else None
     if pretrained is not None:
         load_model_for_finetuning(pretrained, config)
-    elif config.model == "xunet" and (overwrite or not run.is_done(run.root / run.stage1)):
-        stage1_frames = load_salient_frames(config)
-    run.open(overwrite)
-    splits = make_splits(run, lus, stage1_frames)
-
-    stage1_dir = run.root / run.stage1
-    if pretrained is None:
-        if not run.is_done(stage1_dir):
-            part = splits[run.stage1]
-            is_vunet = config.model == "vunet"
+    elif not is_vunet and (overwrite or not run.is_done(run.stage1)):
+        stage1_frames = run.salient_frames(keep_generated=True)
+    run.create(overwrite)
+    with run.logging():
+        log(f"== {display_name(config.model)} run {run.root} ({config.preset} preset) ==")
+        log(f"LUS frames: {len(lus)}; {selection}")
+        splits = make_splits(run, lus, stage1_frames, selection)
+        if pretrained is None:
+            _train_stage1(run, splits, stage1_frames)
+        start_model = Path(pretrained) if pretrained else run.model_path(run.stage1)
+        record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+        for k in [fold] if fold else range(1, config.folds + 1):
+            name = run.fold_names()[k - 1]
+            if run.is_done(name):
+                log(f"{name} already done: {run.model_path(name)}")
+                continue
+            part = splits["folds"][k - 1]
             train_stage(
-                "V-Unet stage 1" if is_vunet else "X-Unet pre-training",
-                stage1_dir,
-                lambda: build_stage1_model(config),
-                stage1_frames.subset(part["train"]),
-                stage1_frames.subset(part["val"]),
-                config.stage1,
+                f"{'V-Unet' if is_vunet else 'X-Unet'} fold {k}/{config.folds}",
+                run, name,
+                lambda: load_model_for_finetuning(start_model, config),
+                lus.subset(part["train"]),
+                lus.subset(part["val"]),
+                config.finetune,
                 config,
-                frozen=["encoder"] if is_vunet else [],
-                augment=config.augment and is_vunet,
+                frozen=config.freeze,
+                augment=config.augment,
+                record=record,
             )
-        else:
-            log(f"{run.stage1} already done: {stage1_dir / 'model.keras'}")
-    start_model = Path(pretrained) if pretrained else stage1_dir / "model.keras"
-
-    folds = [fold] if fold else range(1, config.folds + 1)
-    for k in folds:
-        fold_dir = run.fold_dir(k)
-        if run.is_done(fold_dir):
-            log(f"fold {k} already done: {fold_dir / 'model.keras'}")
-            continue
-        part = splits["folds"][k - 1]
-        train_stage(
-            f"{'V-Unet' if config.model == 'vunet' else 'X-Unet'} fold {k}/{config.folds}",
-            fold_dir,
-            lambda: load_model_for_finetuning(start_model, config),
-            lus.subset(part["train"]),
-            lus.subset(part["val"]),
-            config.finetune,
-            config,
-            frozen=config.freeze,
-            augment=config.augment,
-        )
-    summary = summarize_run(run)
-    write_json(run.root / "summary.json", summary)
-    print_summary(summary)
+        summary = summarize_run(run)
+        run.write_summary(summary)
+        print_summary(summary)
     return summary
 
 
-def summarize_run(run):
-    """Gather stage-1 and per-fold validation metrics into one summary (mean and sample SD)."""
+def _train_stage1(run, splits, frames):
+    """V-Unet's decoder stage or X-Unet's pre-training, unless it is done already."""
     config = run.config
-    stage1_dir = run.root / run.stage1
-    folds = {}
-    for k in range(1, config.folds + 1):
-        if run.is_done(run.fold_dir(k)):
-            folds[f"fold_{k}"] = read_json(run.fold_dir(k) / "metrics.json")
-    missing = [k for k in range(1, config.folds + 1) if f"fold_{k}" not in folds]
+    if run.is_done(run.stage1):
+        log(f"{run.stage1} already done: {run.model_path(run.stage1)}")
+        return
+    is_vunet = config.model == "vunet"
+    part = splits[run.stage1]
+    record = {}
+
+    def make_model():
+        model, record["encoder_weights_used"] = build_stage1_model(config)
+        return model
+
+    steps = None
+    if config.stage1_steps == "pool":  # as the notebooks: len(whole pool) // batch
+        steps = max(len(frames) // config.stage1.batch_size, 1)
+    train_stage(
+        "V-Unet stage 1" if is_vunet else "X-Unet pre-training",
+        run, run.stage1, make_model,
+        frames.subset(part["train"]),
+        frames.subset(part["val"]),
+        config.stage1,
+        config,
+        frozen=["encoder"] if is_vunet else [],
+        augment=config.augment and is_vunet,
+        steps_per_epoch=steps,
+        record=record,
+    )
+
+
+def summarize_run(run):
+    """Gather stage-1 and per-fold validation metrics into one summary, with what really ran."""
+    config = run.config
+    folds = {name: run.read_metrics(name) for name in run.fold_names() if run.is_done(name)}
+    missing = [k for k, name in enumerate(run.fold_names(), 1) if name not in folds]
+    stage1 = run.read_metrics(run.stage1)
+    encoder = (stage1 or {}).get("encoder_weights_used")
     summary = {
         "model": config.model,
+        "display_name": display_name(config.model, encoder),
         "name": config.name,
         "run": str(run.root),
         "preset": config.preset,
@@ -462,35 +414,36 @@ def summarize_run(run):
         "split": config.split,
         "complete": not missing,
         "folds_missing": missing,
-        run.stage1: read_json(stage1_dir / "metrics.json") if run.is_done(stage1_dir) else None,
+        "encoder_weights_used": encoder,
+        run.stage1: stage1,
         "pretrained": config.pretrained,
         "folds": folds,
+        "across_folds": {m: aggregate_folds({f: v[m] for f, v in folds.items()}) for m in METRICS},
+        "metric_definitions": METRIC_DEFINITIONS,
+        "environment": environment(distribution_strategy(), config.precision),
     }
-    values = {m: [f[m] for f in folds.values()] for m in METRICS}
-    summary["mean"] = {m: float(np.mean(v)) if v else None for m, v in values.items()}
-    summary["sd"] = {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()}
-    summary["sd_definition"] = "sample standard deviation over folds (ddof=1)"
-    summary["best_fold"] = max(folds, key=lambda f: folds[f]["dice"]) if folds else None
-    stages = ([(run.stage1, summary[run.stage1])] if summary[run.stage1] else []) + list(folds.items())
+    stages = ([(run.stage1, stage1)] if stage1 else []) + list(folds.items())
     summary["collapse"] = {name: m["collapse"] for name, m in stages if m.get("collapse")}
+    summary["wall_seconds"] = {name: round(m["train_seconds"] + m["scoring_seconds"], 1) for name, m in stages}
     return summary
 
 
 def print_summary(summary):
-    stage1_name = "pretrain" if "pretrain" in summary else "stage1"
-    lines = [f"\n== {summary['name']} ({summary['model']}) in {summary['run']} =="]
-    stage1 = summary.get(stage1_name)
-    if stage1:
-        lines.append(f"{stage1_name:>10}: Dice {stage1['dice']:.4f}  IoU {stage1['iou']:.4f}  accuracy {stage1['binary_accuracy']:.4f}")
-    for name, m in summary["folds"].items():
+    lines = [f"\n== {summary['name']}: {summary['display_name']} in {summary['run']} =="]
+    stage1_name = "pretrain" if summary["model"] == "xunet" else "stage1"
+    rows = ([(stage1_name, summary[stage1_name])] if summary.get(stage1_name) else []) + list(summary["folds"].items())
+    for name, m in rows:
         lines.append(f"{name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  accuracy {m['binary_accuracy']:.4f}")
-    if summary["folds"]:
-        mean, sd = summary["mean"], summary["sd"]
-        spread = lambda m: f" +- {sd[m]:.4f}" if sd[m] is not None else ""
+    across = summary["across_folds"]
+    if across["dice"]["n"]:
+        spread = lambda m: f" +- {across[m]['sd']:.4f}" if across[m]["sd"] is not None else ""  # noqa: E731
         lines.append(
-            f"{'mean':>10}: Dice {mean['dice']:.4f}{spread('dice')}  IoU {mean['iou']:.4f}{spread('iou')}  "
-            f"accuracy {mean['binary_accuracy']:.4f}   (best: {summary['best_fold']})"
+            f"{'mean':>10}: Dice {across['dice']['mean']:.4f}{spread('dice')}  IoU {across['iou']['mean']:.4f}"
+            f"{spread('iou')}  accuracy {across['binary_accuracy']['mean']:.4f}   (best: {across['dice']['best']}; "
+            "Dice of 20-frame batches as the paper, sample SD)"
         )
+    if (summary.get("encoder_weights_used") or {}).get("weights") == "random":
+        lines.append(f"note: the VGG16 encoder was random: {summary['encoder_weights_used']['reason']}")
     for name, message in summary["collapse"].items():
         lines.append(f"WARNING {name}: {message}")
     if summary["folds_missing"]:

@@ -104,9 +104,9 @@ def test_subset_take_and_flips():
 
 def test_paper_training_set_sizes():
     frames = small_set(6)
-    with_flips = select_lus_frames(frames, 4)
+    with_flips, _ = select_lus_frames(frames, 4)
     assert with_flips.names == ["f0", "f1", "f0_flip", "f1_flip"]
-    assert select_lus_frames(frames, 5, flips=False).names == ["f0", "f1", "f2", "f3", "f4"]
+    assert select_lus_frames(frames, 5, flips=False)[0].names == ["f0", "f1", "f2", "f3", "f4"]
     with pytest.raises(DataError, match="need 7 original frames, but the data set has only 6"):
         select_lus_frames(frames, 14)
     with pytest.raises(ConfigError, match="even"):

@@ -1,6 +1,7 @@
 """evaluate.py end to end on the tiny runs: every file, the table matches summary.json."""
 
 import csv
+import shutil
 
 import cv2
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from conftest import run_script, snapshot
 from lungseg.config import make_config
 from lungseg.files import read_json
-from lungseg.report import Experiment, make_figures
+from lungseg.evaluation import aggregate_folds
+from lungseg.report import Experiment, make_figures, read_test_list, trained_on
+from lungseg.runs import RunFolder
 
 FIGURES = ("overlays.png", "training_curves.png", "boxplots.png")
 
@@ -85,19 +88,68 @@ def test_a_bare_model_needs_a_test_set(vunet_run, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_dice_against_frames_figure_when_runs_differ_in_size():
-    experiments = []
+def test_dice_against_frames_figure_when_runs_differ_in_size(tmp_path):
+    experiments, summaries = [], []
     rng = np.random.default_rng(0)
     for n, model in ((200, "vunet"), (400, "vunet"), (200, "xunet"), (400, "xunet")):
         config = make_config(model, f"{model}{n}", lus_frames=n, out="/nonexistent")
-        experiment = Experiment(label=f"{model}{n}", model=model, models={"fold_1": None, "fold_2": None}, config=config)
+        run = RunFolder(tmp_path / f"{model}{n}", config)
+        experiment = Experiment(label=f"{model}{n}", model=model, models={"fold_1": None, "fold_2": None}, run=run)
         mask = np.zeros((8, 8), np.uint8)
         mask[2:5, 2:6] = 1
         experiment.predictions = {"f": (rng.integers(0, 255, (8, 8)), mask, mask)}
-        experiment.fold_dice = {"fold_1": 0.8, "fold_2": 0.82}
         experiment.rows = [{"dice": 1.0, "spurious": 0}]
         experiments.append(experiment)
-    built = make_figures(experiments)
+        summaries.append({"model": model, "across_folds": {"dice": aggregate_folds({"fold_1": 0.8, "fold_2": 0.82})}})
+    built = make_figures(experiments, summaries)
     assert set(built) == {"overlays", "boxplots", "dice_vs_frames"}
     line_axes = built["dice_vs_frames"].axes[0]
     assert len([line for line in line_axes.lines if len(line.get_xdata()) == 2]) >= 2
+
+
+def test_evaluation_gives_the_fold_dice_training_recorded(results, vunet_run, xunet_run):
+    """One scoring path: evaluate.py's held-out fold scores are summary.json's, to 1e-6."""
+    evaluated = {e["experiment"]: e for e in read_json(results["out"] / "summary.json")["experiments"]}
+    for label, run in (("v", vunet_run), ("x", xunet_run)):
+        trained = read_json(run["dir"] / "summary.json")["folds"]
+        for fold in ("fold_1", "fold_2"):
+            for metric in ("dice", "dice_global", "dice_per_image", "iou", "binary_accuracy"):
+                assert evaluated[label]["fold_metrics"][fold][metric] == pytest.approx(
+                    trained[fold][metric], abs=1e-6), (label, fold, metric)
+
+
+def test_a_copied_run_evaluates_the_same_from_anywhere(results, vunet_run, tmp_path, monkeypatch):
+    copied = tmp_path / "elsewhere" / "moved_v"
+    shutil.copytree(vunet_run["dir"], copied)
+    third = tmp_path / "third"
+    third.mkdir()
+    monkeypatch.chdir(third)
+    before = snapshot(tmp_path / "elsewhere")
+    assert run_script("evaluate", copied, "--out", tmp_path / "out") == 0
+    assert snapshot(tmp_path / "elsewhere") == before
+    assert not any(third.iterdir())
+    here = read_json(tmp_path / "out" / "summary.json")["experiments"][0]
+    in_place = read_json(results["out"] / "summary.json")["experiments"][0]
+    for key in ("fold_metrics", "per_image", "stage1_dice", "across_folds", "training_frames"):
+        assert here[key] == in_place[key], key
+    assert here["experiment"] == "moved_v"
+
+
+def test_authors_test_list_is_read_as_it_is_and_overlap_counted(tmp_path):
+    csv_path = tmp_path / "Default_testset.csv"
+    csv_path.write_text(
+        ",filename,mask\n"
+        "0,Lung_seg_data/NEW_TIF_IMG/img_lung_pos3_445.tif,Lung_seg_data/NEW_TIF_MASK/mask_lung_pos3_445.tif\n"
+        "1,Lung_seg_data/NEW_CODES/newcode_gen_images/img_lung_pos2_5_flipped.tif,"
+        "Lung_seg_data/NEW_CODES/newcode_gen_masks/mask_lung_pos2_5_flipped.tif\n"
+        "2,Lung_seg_data/NEW_TIF_IMG/img_lung_pos2_110.tif,Lung_seg_data/NEW_TIF_MASK/mask_lung_pos2_110.tif\n"
+        "3,Lung_seg_data/NEW_CODES/newcode_gen_images/img_lung_pos3_905_flipped.tif,"
+        "Lung_seg_data/NEW_CODES/newcode_gen_masks/mask_lung_pos3_905_flipped.tif\n"
+    )
+    names = read_test_list(csv_path)
+    assert names == ["lung_pos3_445", "lung_pos2_5_flipped", "lung_pos2_110", "lung_pos3_905_flipped"]
+    # trained on: pos3_445 itself, pos2_5 as its original (the mirror of a listed flip),
+    # not pos2_110 (only pos2_115 trained), pos3_905_flipped itself
+    training = ["lung_pos3_445", "lung_pos2_5", "lung_pos2_115", "lung_pos3_905_flipped", "lung_pos3_5"]
+    assert trained_on(names, training) == 3
+    assert trained_on(names, []) == 0

@@ -41,12 +41,15 @@ def test_summary_holds_per_fold_metrics_and_mean_sd(vunet_run):
     assert summary["complete"] is True and summary["folds_missing"] == []
     folds = summary["folds"]
     assert sorted(folds) == ["fold_1", "fold_2"]
-    for metric in ("dice", "iou", "binary_accuracy"):
+    for metric in ("dice", "dice_global", "dice_per_image", "iou", "binary_accuracy"):
         values = [folds[f][metric] for f in ("fold_1", "fold_2")]
-        assert summary["mean"][metric] == pytest.approx(np.mean(values))
-        assert summary["sd"][metric] == pytest.approx(np.std(values, ddof=1))
+        across = summary["across_folds"][metric]
+        assert across["n"] == 2
+        assert across["mean"] == pytest.approx(np.mean(values))
+        assert across["sd"] == pytest.approx(np.std(values, ddof=1))
+        assert across["sd_paper"] == pytest.approx(np.std(values))
         assert all(0.0 <= v <= 1.0 for v in values)
-    assert summary["best_fold"] == max(folds, key=lambda f: folds[f]["dice"])
+    assert summary["across_folds"]["dice"]["best"] == max(folds, key=lambda f: folds[f]["dice"])
     assert summary["stage1"]["trainable_parameters"] + summary["stage1"]["frozen_parameters"] == 25_854_657
     assert summary["stage1"]["frozen_parameters"] == 14_714_688
     assert folds["fold_1"]["frozen_parameters"] == 0
@@ -154,8 +157,56 @@ def test_quick_preset_without_internet_falls_back_to_random_encoder(tmp_path, mo
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     quick = make_config("vunet", "q", "quick", image_size=(32, 32))
-    assert build_stage1_model(quick).count_params() == 25_854_657
+    model, used = build_stage1_model(quick)
+    assert model.count_params() == 25_854_657
+    assert used["weights"] == "random"
+    assert used["reason"].startswith("ImageNet weights unavailable (could not download")
+    assert "quick preset falls back" in used["reason"]
     assert "continuing with a randomly initialised VGG16 encoder" in capsys.readouterr().out
     with pytest.raises(WeightsUnavailableError, match="~/.keras/models/"):
         build_stage1_model(make_config("vunet", "p", "paper", image_size=(32, 32)))
 
+
+
+def test_run_records_what_really_ran(vunet_run, vgg_weights):
+    import hashlib
+
+    summary = read_json(vunet_run["dir"] / "summary.json")
+    digest = hashlib.sha256(vgg_weights.read_bytes()).hexdigest()
+    assert summary["encoder_weights_used"] == {"weights": "file", "path": str(vgg_weights), "sha256": digest}
+    assert summary["display_name"] == "V-Unet"
+    versions = summary["environment"]["versions"]
+    assert set(versions) == {"lungseg", "tensorflow", "keras", "numpy", "python"}
+    assert versions["keras"] == keras.__version__ and versions["numpy"] == np.__version__
+    assert summary["environment"]["device_count"]["CPU"] >= 1
+    assert summary["environment"]["precision"] == "float32"
+    stage1 = (vunet_run["dir"] / "stage1" / "model.keras").read_bytes()
+    assert summary["folds"]["fold_1"]["started_from_sha256"] == hashlib.sha256(stage1).hexdigest()
+    history = (vunet_run["dir"] / "stage1" / "history.csv").read_text().splitlines()
+    seconds = [float(row.split(",")[history[0].split(",").index("seconds")]) for row in history[1:]]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert summary["stage1"]["train_seconds"] == pytest.approx(sum(seconds), abs=1e-3)
+    assert summary["wall_seconds"]["stage1"] >= summary["stage1"]["train_seconds"]
+
+
+def test_train_log_holds_the_epochs_of_every_invocation(vunet_run):
+    log = (vunet_run["dir"] / "train.log").read_text()
+    # fold 2 ran first, then fold 1 in a second invocation appending to the same log
+    assert log.count("== V-Unet run") == 2
+    assert "[V-Unet stage 1] epoch 1/2:" in log and "[V-Unet stage 1] epoch 2/2:" in log
+    assert "[V-Unet fold 2/2] epoch 1/1:" in log and "[V-Unet fold 1/2] epoch 1/1:" in log
+    assert log.index("fold 2/2] epoch 1/1") < log.index("fold 1/2] epoch 1/1")
+    assert "validation Dice" in log and "summary:" in log
+
+
+def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
+    code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
+                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY)
+    assert code == 0
+    summary = read_json(tmp_path / "r" / "summary.json")
+    assert summary["encoder_weights_used"] == {"weights": "random", "reason": "asked for (--encoder-weights none)"}
+    assert summary["display_name"] == "V-Unet (random encoder)"
+    out = capsys.readouterr().out
+    assert "V-Unet (random encoder)" in out and "the VGG16 encoder was random" in out
+    assert run_script("evaluate", tmp_path / "r", "--out", tmp_path / "res") == 0
+    assert "| r | V-Unet (random encoder) |" in (tmp_path / "res" / "results.md").read_text()

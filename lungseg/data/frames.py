@@ -178,7 +178,8 @@ def select_lus_frames(frames, n_frames, flips=True):
             f"original frames, but the data set has only {len(frames)}"
         )
     chosen = frames.take(originals)
-    return chosen.with_flips() if flips else chosen
+    rule = f"the first {originals} frames in name order" + (" and their mirror images" if flips else "")
+    return (chosen.with_flips() if flips else chosen), rule
 
 
 def _check_size(image_size):

@@ -435,7 +435,7 @@ def ensure_dataset(kind, out_dir, n, seed=0, progress=False):
     n = _check_count(n)
     out_dir = Path(out_dir)
     wanted = {"kind": kind, "n": n, "seed": int(seed), "generator_version": GENERATOR_VERSION}
-    if _manifest(out_dir) == wanted:
+    if is_generated_set(out_dir, kind, n, seed):
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder")
@@ -459,6 +459,12 @@ def ensure_dataset(kind, out_dir, n, seed=0, progress=False):
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return out_dir
+
+
+def is_generated_set(folder, kind, n, seed=0):
+    """Whether ``folder`` holds the complete set ``ensure_dataset(kind, folder, n, seed)`` makes."""
+    wanted = {"kind": kind, "n": int(n), "seed": int(seed), "generator_version": GENERATOR_VERSION}
+    return _manifest(folder) == wanted
 
 
 def _manifest(folder):
