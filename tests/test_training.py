@@ -210,3 +210,43 @@ def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
     assert "V-Unet (random encoder)" in out and "the VGG16 encoder was random" in out
     assert run_script("evaluate", tmp_path / "r", "--out", tmp_path / "res") == 0
     assert "| r | V-Unet (random encoder) |" in (tmp_path / "res" / "results.md").read_text()
+
+
+MIRRORED = """
+import os, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import lungseg.training as training
+training.distribution_strategy = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+if sys.argv[1] == "kill":  # die right after the first epoch's state is written
+    save = training.EpochCheckpoint.on_epoch_end
+    def save_then_die(self, epoch, logs=None):
+        save(self, epoch, logs)
+        os._exit(9)
+    training.EpochCheckpoint.on_epoch_end = save_then_die
+from conftest import load_script, run_script
+sys.exit(run_script("train_xunet", *sys.argv[2:]))
+"""
+
+
+def test_mirrored_training_resumes_after_a_kill(xunet_run, tiny_lus, tmp_path):
+    """Two replicas (logical CPUs standing in for GPUs): killed after epoch 1, resumed, finished."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
+    argv = ["--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path, "--name", "m",
+            "--epochs", "2", "--fold", "1", *TINY]
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    command = [sys.executable, "-c", MIRRORED]
+    killed = subprocess.run(command + ["kill", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    assert read_json(tmp_path / "m" / "fold_1" / "state" / "state.json")["epoch"] == 1
+    resumed = subprocess.run(command + ["go", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch 1 of 2" in resumed.stdout
+    assert read_json(tmp_path / "m" / "summary.json")["environment"]["strategy"] == "MirroredStrategy"
+    history = (tmp_path / "m" / "fold_1" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
