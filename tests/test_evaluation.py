@@ -7,8 +7,9 @@ import pytest
 
 from lungseg.evaluation import (
     EMPTY_MASK_RULE,
-    METRICS,
+    aggregate_folds,
     batch_dice,
+    batch_iou,
     evaluate_masks,
     hd95,
     image_metrics,
@@ -116,8 +117,10 @@ def test_components_use_8_connectivity():
     assert metrics["components_pred"] == metrics["components_ref"] == 1
 
 
-def test_every_metric_is_reported():
-    assert set(image_metrics(square(), square())) == set(METRICS)
+def test_every_metric_is_reported_with_its_value_for_identical_masks():
+    metrics = image_metrics(square(), square())  # a 10 x 10 square in a 30 x 30 frame
+    assert metrics == {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0,
+                       "hd95": 0.0, "components_pred": 1, "components_ref": 1, "spurious": 0}
 
 
 def test_rejects_non_binary_and_mismatched_masks():
@@ -143,22 +146,49 @@ def test_batch_dice_matches_the_training_metric():
     assert batch_dice(references[..., 0], masks) == pytest.approx(batch_dice(references, masks))
 
 
-def test_batch_dice_per_batch_mean_like_keras_evaluate():
-    rng = np.random.default_rng(1)
-    references = (rng.random((5, 8, 8)) > 0.5).astype(np.float32)
-    predictions = rng.random((5, 8, 8))
-    expected = np.mean(
-        [batch_dice(references[:2], predictions[:2]),
-         batch_dice(references[2:4], predictions[2:4]),
-         batch_dice(references[4:], predictions[4:])]
-    )
-    assert batch_dice(references, predictions, batch_size=2) == pytest.approx(expected)
+def test_paper_dice_is_the_mean_of_20_frame_batch_dice_worked_by_hand():
+    # 40 frames of 10 pixels. Batch 1 (frames 0-19): each reference has 2 rib pixels and each
+    # prediction hits one of them with probability 1: intersection 20, sum(t) 40, sum(p) 20,
+    # Dice (2*20 + 1) / (40 + 20 + 1) = 41/61. Batch 2 (frames 20-39): empty references and
+    # predictions of 0.5 on one pixel: intersection 0, sum(p) 10, Dice 1/11.
+    references = np.zeros((40, 10))
+    predictions = np.zeros((40, 10))
+    references[:20, :2] = 1
+    predictions[:20, 0] = 1
+    predictions[20:, 5] = 0.5
+    assert batch_dice(references, predictions, batch_size=20) == pytest.approx((41 / 61 + 1 / 11) / 2)
+    # One batch of all 40: intersection 20, sum(t) 40, sum(p) 30 -> 41/71.
+    assert batch_dice(references, predictions) == pytest.approx(41 / 71)
+    # IoU of batch 1: (20 + 1) / (40 + 20 - 20 + 1) = 21/41; batch 2: 1 / (10 + 1).
+    assert batch_iou(references, predictions, batch_size=20) == pytest.approx((21 / 41 + 1 / 11) / 2)
+    # A last, smaller batch counts as one batch, as Keras' evaluate weighs it.
+    assert batch_dice(references[:30], predictions[:30], batch_size=20) == pytest.approx(
+        (41 / 61 + 1 / 6) / 2)  # frames 20-29: sum(p) 5 -> 1/6
 
 
 def test_batch_dice_smoothing_with_empty_masks():
     empty = np.zeros((2, 4, 4))
     assert batch_dice(empty, empty) == 1.0  # (0 + 1) / (0 + 0 + 1)
-    assert batch_dice(empty, empty, smooth=0.5) == 1.0
+    one = np.zeros((1, 4, 4))
+    one[0, 0, 0] = 1
+    assert batch_dice(one, empty[:1], smooth=0.5) == pytest.approx(0.5 / 1.5)  # (0 + .5) / (1 + 0 + .5)
+
+
+@pytest.mark.parametrize(
+    "per_fold, expected",
+    [
+        ({}, {"n": 0, "mean": None, "sd": None, "sd_paper": None, "best": None, "best_value": None}),
+        ({"fold_1": 0.8}, {"n": 1, "mean": 0.8, "sd": None, "sd_paper": None, "best": "fold_1", "best_value": 0.8}),
+        # 0.80 and 0.86: mean 0.83, deviations 0.03; np.std 0.03, sample SD 0.03 * sqrt(2)
+        ({"fold_1": 0.80, "fold_2": 0.86},
+         {"n": 2, "mean": 0.83, "sd": 0.03 * 2 ** 0.5, "sd_paper": 0.03, "best": "fold_2", "best_value": 0.86}),
+    ],
+)
+def test_folds_aggregate_with_one_rule(per_fold, expected):
+    result = aggregate_folds(per_fold)
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        assert result[key] == (pytest.approx(value) if isinstance(value, float) else value), key
 
 
 def test_summarize_counts_and_skips_nan():
