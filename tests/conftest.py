@@ -85,15 +85,24 @@ def xunet_run(tmp_path_factory, tiny_lus, tiny_salient):
 
 
 def snapshot(folder):
-    """{relative path: bytes} of every file below ``folder``, to prove nothing changed."""
+    """{relative path: (size, mtime, inode)} of every file below ``folder``, to prove nothing
+    changed: a file rewritten in place changes its mtime, one replaced by a rename its inode."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
 def copy_of():
-    def copy(src, dst):
-        shutil.copytree(src, dst)
+    """Copy a folder; with ``link`` as hard links, which use no disk: for folders that only
+    lungseg writes to (it writes a temporary file and renames it, so the original cannot
+    change), never for ones a test edits in place."""
+
+    def copy(src, dst, link=False):
+        shutil.copytree(src, dst, copy_function=os.link if link else shutil.copy2)
         return Path(dst)
 
     return copy
