@@ -84,7 +84,7 @@ def write_paper_layout(source, target):
         ):
             shutil.copyfile(path, folder / f"{prefix}{pair.name}.tif")
             picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            write_image(folder / f"{prefix}{pair.name}_flip.tif", picture[:, ::-1])
+            write_image(folder / f"{prefix}{pair.name}_flipped.tif", picture[:, ::-1])
     return image_dir.parent, mask_dir.parent, 2 * len(pairs)
 
 

@@ -94,7 +94,7 @@ def test_subset_take_and_flips():
         frames.subset(["f0", "f9"])
     assert frames.take(2).names == ["f0", "f1"]
     doubled = frames.take(2).with_flips()
-    assert doubled.names == ["f0", "f1", "f0_flip", "f1_flip"]
+    assert doubled.names == ["f0", "f1", "f0_flipped", "f1_flipped"]
     assert doubled.groups == ["g0", "g0", "g0", "g0"]  # a mirror image keeps its group
     np.testing.assert_array_equal(doubled.images[2], frames.images[0][:, ::-1])
     np.testing.assert_array_equal(doubled.masks[2, :, 2], np.ones((2, 1)))
@@ -105,7 +105,7 @@ def test_subset_take_and_flips():
 def test_paper_training_set_sizes():
     frames = small_set(6)
     with_flips = select_lus_frames(frames, 4)
-    assert with_flips.names == ["f0", "f1", "f0_flip", "f1_flip"]
+    assert with_flips.names == ["f0", "f1", "f0_flipped", "f1_flipped"]
     assert select_lus_frames(frames, 5, flips=False).names == ["f0", "f1", "f2", "f3", "f4"]
     with pytest.raises(DataError, match="need 7 original frames, but the data set has only 6"):
         select_lus_frames(frames, 14)

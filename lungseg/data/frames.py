@@ -23,7 +23,7 @@ INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
     "bilinear": cv2.INTER_LINEAR,
 }
-FLIP_SUFFIX = "_flip"
+FLIP_SUFFIX = "_flipped"  # the authors' name for a mirror image: img_lung_pos2_5_flipped.tif
 
 
 @dataclass
@@ -75,7 +75,7 @@ class FrameSet:
         return self._select(list(range(min(n, len(self)))))
 
     def with_flips(self):
-        """These frames followed by their horizontal mirror images, ``<name>_flip``.
+        """These frames followed by their horizontal mirror images, ``<name>_flipped``.
 
         The paper doubled its training data this way before training (400 = 200 + flips). A
         mirror image keeps its original's group, so grouped splits never separate the two.
