@@ -1,7 +1,7 @@
 """Training input pipeline: our tf.data batches vs the paper's ImageDataGenerator, side by side.
 
-Both pipelines deliver the paper's "400 LUS" training epoch (200 generated 960x128 phantom TIFFs
-and their mirror images) at 256x256, augmented with the paper's settings, in batches of 20:
+Both pipelines deliver the paper's "400 LUS" training epoch (the paper's 200 frames, chosen by
+``select_lus_frames`` from 300 generated 960x128 phantom TIFFs, and their mirror images) at 256x256, augmented with the paper's settings, in batches of 20:
 
 * ours: ``find_pairs`` -> ``load_frames`` (decode + resize once) -> ``select_lus_frames(400,
   flips=True)`` -> ``make_dataset(training=True, augment=PaperAugmentation())``. Batches are
@@ -62,8 +62,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def write_paper_layout(source, target):
+def write_paper_layout(source, target, names):
     """The 400 frames as the authors had them on disk: 200 TIFF pairs + 200 mirrored pairs.
+
+    ``names`` are the chosen originals; their mirror images are written as ``<name>_flipped``.
 
     ``flow_from_directory`` wants one sub-folder per class, so the files go to
     ``target/IMG/frames/`` and ``target/MASK/frames/``; image and mask names sort alike.
@@ -77,7 +79,7 @@ def write_paper_layout(source, target):
     image_dir, mask_dir = target / "IMG" / "frames", target / "MASK" / "frames"
     image_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
-    pairs = data.find_pairs(source)
+    pairs = [pair for pair in data.find_pairs(source) if pair.name in set(names)]
     for pair in pairs:
         for path, folder, prefix in (
             (pair.image, image_dir, "img_"), (pair.mask, mask_dir, "mask_")
@@ -185,7 +187,7 @@ def main(argv=None):
     )
     common.say(f"machine: {common.machine_line(machine)}")
 
-    source, generated_s = common.lus_dataset(n=200, cache=args.cache)
+    source, generated_s = common.lus_dataset(n=300, cache=args.cache)
     made = f"generated in {generated_s:.0f} s" if generated_s > 1 else "reused"
     common.say(f"LUS set: {source} ({made})")
 
@@ -199,7 +201,8 @@ def main(argv=None):
 
     workdir = Path(tempfile.mkdtemp(prefix="lungseg-paper-layout-"))
     try:
-        image_root, mask_root, n_files = write_paper_layout(source, workdir)
+        originals = [name for name in frames.names if not name.endswith(data.FLIP_SUFFIX)]
+        image_root, mask_root, n_files = write_paper_layout(source, workdir, originals)
         assert n_files == 400
         images, masks = paper_generators(image_root, mask_root, size, batch)
 
@@ -278,8 +281,8 @@ def main(argv=None):
         },
         "settings": {
             "frames": 400,
-            "source": "lungseg.data.write_lus_dataset(n=200) phantoms, 960x128 8-bit TIFF, "
-            "+ mirror images",
+            "source": "the paper's 200 of lungseg.data.write_lus_dataset(n=300) phantoms, "
+            "960x128 8-bit TIFF, + mirror images",
             "image_size": size,
             "batch_size": batch,
             "rounds": args.rounds,

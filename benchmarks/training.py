@@ -183,7 +183,7 @@ def main(argv=None):
     first = peak.sample("start")
     say(f"matmul peak ({peak_dtype}, {args.matmul_n}^2): {first['gflop_per_s']} GFLOP/s")
 
-    source, _ = common.lus_dataset(n=200, cache=args.cache)
+    source, _ = common.lus_dataset(n=300, cache=args.cache)  # the 400 are chosen from the 300
     frames, load_s = common.load_lus_400(source, args.image_size)
     say(f"400 LUS frames at {args.image_size}x{args.image_size} loaded in {load_s:.2f} s")
     pipeline_cost = measure_pipeline_cost(frames, args.batch_size)

@@ -290,14 +290,16 @@ def load_lus_frames(config):
         log(f"LUS frames from {root}")
     else:
         originals = config.lus_frames // 2 if config.flips else config.lus_frames
-        n = max(config.synthetic_lus, originals)
+        n = max(config.synthetic_lus, data.lus_phantoms_needed(originals))
         root = data.ensure_dataset(
             "lus", Path(config.out) / "_synthetic" / f"lus_{n}_seed{config.seed}", n=n, seed=config.seed
         )
         log(f"no --data given: using {n} generated phantom LUS frames in {root}")
     pairs = data.find_pairs(root, groups=config.groups)
     frames = data.load_frames(pairs, config.image_size, config.interpolation, progress=True)
-    return data.select_lus_frames(frames, config.lus_frames, flips=config.flips)
+    chosen, rule = data.select_lus_frames(frames, config.lus_frames, flips=config.flips)
+    log(f"LUS training frames: {rule}")
+    return chosen
 
 
 def load_salient_frames(config):

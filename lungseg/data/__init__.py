@@ -13,13 +13,14 @@ Data flows one way through this package::
 """
 
 from lungseg.data.augment import PaperAugmentation
-from lungseg.data.frames import FrameSet, load_frames, select_lus_frames
+from lungseg.data.frames import FLIP_SUFFIX, FrameSet, load_frames, select_lus_frames
 from lungseg.data.pairs import LUS_FRAME_WINDOW, Pair, default_group, find_pairs
 from lungseg.data.pipeline import make_dataset
 from lungseg.data.splits import holdout_split, kfold_splits, read_splits, write_splits
 from lungseg.data.synthetic import (
     ensure_dataset,
     lus_phantom,
+    lus_phantoms_needed,
     lus_sequence,
     salient_composite,
     write_lus_dataset,
@@ -32,6 +33,7 @@ __all__ = [
     "default_group",
     "LUS_FRAME_WINDOW",
     "FrameSet",
+    "FLIP_SUFFIX",
     "load_frames",
     "select_lus_frames",
     "PaperAugmentation",
@@ -41,6 +43,7 @@ __all__ = [
     "write_splits",
     "read_splits",
     "lus_phantom",
+    "lus_phantoms_needed",
     "lus_sequence",
     "salient_composite",
     "write_lus_dataset",
