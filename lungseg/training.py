@@ -181,7 +181,7 @@ def train_stage(label, stage_dir, make_model, train, val, stage, config, frozen=
     if initial_epoch:
         log(f"[{label}] resuming after epoch {initial_epoch} of {stage.epochs}")
     channels = model.input_shape[-1]
-    augmentation = data.PaperAugmentation() if augment else None
+    augmentation = data.PaperAugmentation(interpolation=config.augment_interpolation) if augment else None
     train_ds = data.make_dataset(
         train, stage.batch_size, channels=channels, training=True, augment=augmentation,
         seed=config.seed + initial_epoch,
