@@ -8,8 +8,9 @@ Data flows one way through this package::
     kfold_splits / holdout_split                frame names per fold, saved as JSON
     make_dataset(frames, ...)  -> tf.data       batches, shuffled and augmented for training
 
-``synthetic`` makes LUS phantoms and salient-object composites in the same layouts, and
-``python -m lungseg.data`` generates or checks a data set from the command line.
+``synthetic`` makes LUS phantoms and salient-object composites in the same layouts, ``xpie``
+converts an XPIE download to the salient layout, and ``python -m lungseg.data`` generates,
+converts or checks a data set from the command line.
 """
 
 from lungseg.data.augment import PaperAugmentation
@@ -26,6 +27,7 @@ from lungseg.data.synthetic import (
     write_lus_dataset,
     write_salient_dataset,
 )
+from lungseg.data.xpie import convert_xpie
 
 __all__ = [
     "Pair",
@@ -49,4 +51,5 @@ __all__ = [
     "write_lus_dataset",
     "write_salient_dataset",
     "ensure_dataset",
+    "convert_xpie",
 ]
