@@ -4,7 +4,7 @@ Data flows one way through this package::
 
     find_pairs(root)           -> [Pair]        files on disk, checked, with their groups
     load_frames(pairs, size)   -> FrameSet      decoded and resized once (the cache)
-    select_lus_frames(...)     -> FrameSet      the paper's 200 / 400 / 600-frame sets
+    select_lus_frames(...)     -> FrameSet, rule  the paper's 200 / 400 / 600-frame sets
     kfold_splits / holdout_split                frame names per fold, saved as JSON
     make_dataset(frames, ...)  -> tf.data       batches, shuffled and augmented for training
 
