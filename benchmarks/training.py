@@ -6,8 +6,8 @@ training steps at batch 20 two ways, interleaved step by step (ABBA order) so bo
 machine load:
 
 * pipeline: each batch drawn from ``lungseg.data.make_dataset(training=True,
-  augment=PaperAugmentation())`` over the paper's 400 LUS frames (200 generated phantoms +
-  mirror images), its iterator prefetching in the background as in ``model.fit``;
+  augment=PaperAugmentation())`` over the paper's 400 LUS frames (its 200 of 300 generated
+  phantoms + mirror images), its iterator prefetching in the background as in ``model.fit``;
 * in-memory: one batch of the same pipeline, kept as fixed tensors and fed again every step.
 
 Both go through ``model.train_on_batch`` (the same compiled step ``model.fit`` runs; one trace,
