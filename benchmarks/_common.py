@@ -425,6 +425,8 @@ def lus_dataset(n=200, seed=0, cache=None):
 def load_lus_400(folder, image_size):
     """The paper's "400 LUS": 200 frames + mirror images at ``image_size`` (a side or a pair).
 
+    ``folder`` must hold the paper's 200-frame set (``lus_dataset(n=300)`` holds all 300).
+
     Returns (FrameSet, seconds of find_pairs + load_frames + select_lus_frames).
     """
     from lungseg import data

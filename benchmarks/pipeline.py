@@ -1,21 +1,24 @@
 """Training input pipeline: our tf.data batches vs the paper's ImageDataGenerator, side by side.
 
-Both pipelines deliver the paper's "400 LUS" training epoch (200 generated 960x128 phantom TIFFs
-and their mirror images) at 256x256, augmented with the paper's settings, in batches of 20:
+Both pipelines deliver the paper's "400 LUS" training epoch (the paper's 200 frames, chosen by
+``select_lus_frames`` from 300 generated 960x128 phantom TIFFs, and their mirror images) at
+256x256, augmented with the paper's settings, in batches of 20:
 
 * ours: ``find_pairs`` -> ``load_frames`` (decode + resize once) -> ``select_lus_frames(400,
-  flips=True)`` -> ``make_dataset(training=True, augment=PaperAugmentation())``. Batches are
-  uint8 frames (1 channel, 0-255) and float32 0/1 masks; the models rescale and copy gray to
-  RGB inside the graph.
+  flips=True)`` -> ``make_dataset(training=True, augment=PaperAugmentation())``, resampling
+  bilinearly as the paper did (the default; the targets' number) and, for comparison, with
+  ``interpolation="nearest"``. Batches are uint8 frames (1 channel, 0-255) and float32 0/1
+  masks; the models rescale and copy gray to RGB inside the graph.
 * the paper's: two ``ImageDataGenerator(rotation_range=0.15, width_shift_range=0.05,
   height_shift_range=0.05, shear_range=0.05, zoom_range=0.05, horizontal_flip=True,
   fill_mode='nearest', rescale=1/255)`` over the 400 frames written to disk (mirror images as
   files, as the authors did), images ``color_mode='rgb'``, masks ``'grayscale'``, same seed,
-  zipped, masks binarised at 0.5. ``flow_from_directory`` stands in for the notebooks'
+  zipped, masks binarised at 0.5, resampling bilinear (``interpolation_order=1``, the
+  default). ``flow_from_directory`` stands in for the notebooks'
   ``flow_from_dataframe`` (which needs pandas, not installed here): the same iterator class
   family and per-file load/resize/transform work, only the file listing differs.
 
-Each pipeline runs one untimed warm-up epoch, then timed epochs alternate between the two in
+Each pipeline runs one untimed warm-up epoch, then timed epochs alternate between them in
 rounds, in one process, so both see the same machine load. Our pipeline decodes the files once
 and caches them; the paper's decodes every file every epoch. The targets compare steady
 epochs; the one-time ``load_frames`` cost is reported beside them.
@@ -54,16 +57,18 @@ def parse_args(argv=None):
     parser = common.benchmark_parser(__doc__, 256, "the paper's")
     add = parser.add_argument
     add("--rounds", type=common.positive_int, default=3,
-        help="timed rounds; each runs our pipeline --ours-epochs epochs and the "
-        "paper's --paper-epochs epochs (default 3)")
+        help="timed rounds; each runs our two pipelines (bilinear, nearest) --ours-epochs "
+        "epochs each and the paper's --paper-epochs epochs (default 3)")
     add("--ours-epochs", type=common.positive_int, default=5, help="our epochs per round (default 5)")
     add("--paper-epochs", type=common.positive_int, default=1,
         help="the paper's epochs per round (default 1)")
     return parser.parse_args(argv)
 
 
-def write_paper_layout(source, target):
+def write_paper_layout(source, target, names):
     """The 400 frames as the authors had them on disk: 200 TIFF pairs + 200 mirrored pairs.
+
+    ``names`` are the chosen originals; their mirror images are written as ``<name>_flipped``.
 
     ``flow_from_directory`` wants one sub-folder per class, so the files go to
     ``target/IMG/frames/`` and ``target/MASK/frames/``; image and mask names sort alike.
@@ -77,14 +82,14 @@ def write_paper_layout(source, target):
     image_dir, mask_dir = target / "IMG" / "frames", target / "MASK" / "frames"
     image_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
-    pairs = data.find_pairs(source)
+    pairs = [pair for pair in data.find_pairs(source) if pair.name in set(names)]
     for pair in pairs:
         for path, folder, prefix in (
             (pair.image, image_dir, "img_"), (pair.mask, mask_dir, "mask_")
         ):
             shutil.copyfile(path, folder / f"{prefix}{pair.name}.tif")
             picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            write_image(folder / f"{prefix}{pair.name}_flip.tif", picture[:, ::-1])
+            write_image(folder / f"{prefix}{pair.name}_flipped.tif", picture[:, ::-1])
     return image_dir.parent, mask_dir.parent, 2 * len(pairs)
 
 
@@ -185,7 +190,7 @@ def main(argv=None):
     )
     common.say(f"machine: {common.machine_line(machine)}")
 
-    source, generated_s = common.lus_dataset(n=200, cache=args.cache)
+    source, generated_s = common.lus_dataset(n=300, cache=args.cache)
     made = f"generated in {generated_s:.0f} s" if generated_s > 1 else "reused"
     common.say(f"LUS set: {source} ({made})")
 
@@ -196,33 +201,43 @@ def main(argv=None):
     dataset = data.make_dataset(
         frames, batch, training=True, augment=data.PaperAugmentation(), seed=0
     )
+    nearest_dataset = data.make_dataset(
+        frames, batch, training=True, augment=data.PaperAugmentation(interpolation="nearest"),
+        seed=0,
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="lungseg-paper-layout-"))
     try:
-        image_root, mask_root, n_files = write_paper_layout(source, workdir)
+        originals = [name for name in frames.names if not name.endswith(data.FLIP_SUFFIX)]
+        image_root, mask_root, n_files = write_paper_layout(source, workdir, originals)
         assert n_files == 400
         images, masks = paper_generators(image_root, mask_root, size, batch)
 
         warm_ours = timed(ours_epoch, dataset)
+        warm_nearest = timed(ours_epoch, nearest_dataset)
         warm_paper = timed(paper_epoch, images, masks)
         common.say(
-            f"warm-up epochs: ours {warm_ours[1]:.2f} s (includes tracing the tf.data "
-            f"functions), paper's {warm_paper[1]:.2f} s"
+            f"warm-up epochs: ours {warm_ours[1]:.2f} s bilinear, {warm_nearest[1]:.2f} s "
+            f"nearest (includes tracing the tf.data functions), paper's {warm_paper[1]:.2f} s"
         )
-        ours, paper = [], []
+        ours, nearest, paper = [], [], []
+        runs = {
+            "ours": (ours, ours_epoch, (dataset,), args.ours_epochs),
+            "nearest": (nearest, ours_epoch, (nearest_dataset,), args.ours_epochs),
+            "paper": (paper, paper_epoch, (images, masks), args.paper_epochs),
+        }
         for round_index in range(args.rounds):
-            blocks = [("ours", args.ours_epochs), ("paper", args.paper_epochs)]
+            order = list(runs)
             if round_index % 2:
-                blocks.reverse()  # ABBA: neither pipeline always runs first
-            for which, epochs in blocks:
-                for _ in range(epochs):
-                    if which == "ours":
-                        ours.append(timed(ours_epoch, dataset))
-                    else:
-                        paper.append(timed(paper_epoch, images, masks))
+                order.reverse()  # ABBA: no pipeline always runs first
+            for which in order:
+                epochs_done, function, arguments, count = runs[which]
+                for _ in range(count):
+                    epochs_done.append(timed(function, *arguments))
             common.say(
                 f"round {round_index + 1}/{args.rounds}: ours "
-                f"{common.fmt(ours[-1][0] / ours[-1][1])} frames/s, paper's "
+                f"{common.fmt(ours[-1][0] / ours[-1][1])} frames/s bilinear, "
+                f"{common.fmt(nearest[-1][0] / nearest[-1][1])} nearest, paper's "
                 f"{common.fmt(paper[-1][0] / paper[-1][1])} frames/s (last epochs)"
             )
         # One batch of each, to record what they hand over.
@@ -231,14 +246,17 @@ def main(argv=None):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    ours_sum = summary("ours: make_dataset(training=True, augment=PaperAugmentation())", ours)
+    ours_sum = summary("ours: make_dataset(training=True, augment=PaperAugmentation()), "
+                       "bilinear", ours)
+    nearest_sum = summary("ours: make_dataset(training=True, augment=PaperAugmentation("
+                          "interpolation='nearest'))", nearest)
     paper_sum = summary("paper: ImageDataGenerator x2 (image + mask), zipped", paper)
     fps, paper_fps = ours_sum["frames_per_s"], paper_sum["frames_per_s"]
     ratio = fps / paper_fps
     epoch_s = 400 / fps
     first_epoch_fps = 400 / (load_s + epoch_s)
     amortised_fps = PAPER_EPOCHS * 400 / (load_s + PAPER_EPOCHS * epoch_s)
-    cpu_all = common.merge_cpu([c for _, _, c in ours + paper])
+    cpu_all = common.merge_cpu([c for _, _, c in ours + nearest + paper])
 
     results = {
         "benchmark": "pipeline",
@@ -256,7 +274,7 @@ def main(argv=None):
         "all timed epochs; ours decodes once (load_frames) and caches, the paper's decodes "
         "every file every epoch",
         "one_time_load": {
-            "what": "find_pairs + load_frames (decode 200 TIFF pairs, resize) + "
+            "what": "find_pairs + load_frames (decode 300 TIFF pairs, resize) + "
             "select_lus_frames(400, flips=True)",
             "seconds": load_s,
             "frames_per_s": 400 / load_s,
@@ -264,8 +282,12 @@ def main(argv=None):
         },
         "first_epoch_with_load_frames_per_s": first_epoch_fps,
         f"amortised_over_{PAPER_EPOCHS}_epochs_frames_per_s": amortised_fps,
-        "warmup_s": {"ours": warm_ours[1], "paper": warm_paper[1]},
+        "warmup_s": {"ours": warm_ours[1], "ours_nearest": warm_nearest[1],
+                     "paper": warm_paper[1]},
         "ours": ours_sum,
+        "ours_nearest": nearest_sum,
+        "nearest_frames_per_s": nearest_sum["frames_per_s"],
+        "nearest_ratio_vs_paper": nearest_sum["frames_per_s"] / paper_fps,
         "paper": paper_sum,
         "outputs": {
             "ours": {"images": f"{x_ours.dtype.name} {list(x_ours.shape)}",
@@ -278,10 +300,13 @@ def main(argv=None):
         },
         "settings": {
             "frames": 400,
-            "source": "lungseg.data.write_lus_dataset(n=200) phantoms, 960x128 8-bit TIFF, "
-            "+ mirror images",
+            "source": "the paper's 200 of lungseg.data.write_lus_dataset(n=300) phantoms, "
+            "960x128 8-bit TIFF, + mirror images",
             "image_size": size,
             "batch_size": batch,
+            "interpolation": "ours (the targets): bilinear, OpenCV warpAffine, mask thresholded "
+            "at 0.5; ours_nearest: one packed nearest-neighbour ImageProjectiveTransformV3; "
+            "paper: bilinear (scipy, interpolation_order=1)",
             "rounds": args.rounds,
             "ours_epochs_per_round": args.ours_epochs,
             "paper_epochs_per_round": args.paper_epochs,
@@ -297,6 +322,7 @@ def main(argv=None):
             f"during which other jobs used under {QUIET_OTHER_CORES} cores (not the targets' "
             "numbers)",
             "ours": quiet_epochs(ours_sum),
+            "ours_nearest": quiet_epochs(nearest_sum),
             "paper": quiet_epochs(paper_sum),
         },
         "machine": machine,
@@ -317,11 +343,15 @@ def report(r):
     say(f"== training input pipeline: 400 LUS frames (200 + mirror images), "
         f"{s['image_size']}x{s['image_size']}, paper augmentation, batch {s['batch_size']} ==")
     rows = []
-    for key in ("ours", "paper"):
+    labels = {
+        "ours": "ours: make_dataset, bilinear (cached frames)",
+        "ours_nearest": "ours: make_dataset, nearest (cached frames)",
+        "paper": "paper: ImageDataGenerator x2 (files)",
+    }
+    for key, label in labels.items():
         m = r[key]
         rows.append([
-            "ours: tf.data make_dataset (cached frames)" if key == "ours"
-            else "paper: ImageDataGenerator x2 (files)",
+            label,
             m["epochs"],
             f"{m['s_per_epoch']:.3f}",
             common.fmt(m["frames_per_s"]),
@@ -333,7 +363,7 @@ def report(r):
         rows,
     ))
     load = r["one_time_load"]
-    say(f"one-time load_frames (decode 200 TIFF pairs, resize, + mirror copies): "
+    say(f"one-time load_frames (decode 300 TIFF pairs, resize, choose 200 + mirror copies): "
         f"{load['seconds']:.2f} s ({common.fmt(load['frames_per_s'])} frames/s), "
         "not in the rate above")
     say("ours incl. that decode: first epoch "
@@ -349,6 +379,7 @@ def report(r):
         f"{common.pass_fail(t['frames_per_s']['pass'])} ({common.fmt(r['frames_per_s'])} frames/s)")
     cores = r["machine"]["logical_cpus"]
     say("cpu, our epochs: " + common.contention_note(r["ours"]["cpu"], cores))
+    say("cpu, our nearest epochs: " + common.contention_note(r["ours_nearest"]["cpu"], cores))
     say("cpu, the paper's epochs: " + common.contention_note(r["paper"]["cpu"], cores))
     quiet = r["quiet_epochs"]
     if quiet["ours"]:

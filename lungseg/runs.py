@@ -263,9 +263,11 @@ def absolute_paths(config):
 
 
 def lus_pool_size(config):
-    """How many phantom frames to generate: the preset's number, or enough originals."""
+    """How many phantom frames to generate: the preset's number, or enough for the set asked."""
+    from lungseg.data.synthetic import lus_phantoms_needed
+
     originals = config.lus_frames // 2 if config.flips else config.lus_frames
-    return max(config.synthetic_lus, originals)
+    return max(config.synthetic_lus, lus_phantoms_needed(originals))
 
 
 def file_sha256(path):

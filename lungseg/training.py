@@ -178,7 +178,7 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     if initial_epoch:
         log(f"[{label}] resuming after epoch {initial_epoch} of {stage.epochs}")
     channels = model.input_shape[-1]
-    augmentation = data.PaperAugmentation() if augment else None  # TODO(merge wt-data): interpolation
+    augmentation = data.PaperAugmentation(interpolation=config.augment_interpolation) if augment else None
     train_ds = data.make_dataset(
         train, stage.batch_size, channels=channels, training=True, augment=augmentation,
         seed=config.seed + initial_epoch,

@@ -94,7 +94,7 @@ def test_subset_take_and_flips():
         frames.subset(["f0", "f9"])
     assert frames.take(2).names == ["f0", "f1"]
     doubled = frames.take(2).with_flips()
-    assert doubled.names == ["f0", "f1", "f0_flip", "f1_flip"]
+    assert doubled.names == ["f0", "f1", "f0_flipped", "f1_flipped"]  # the authors' names
     assert doubled.groups == ["g0", "g0", "g0", "g0"]  # a mirror image keeps its group
     np.testing.assert_array_equal(doubled.images[2], frames.images[0][:, ::-1])
     np.testing.assert_array_equal(doubled.masks[2, :, 2], np.ones((2, 1)))
@@ -102,12 +102,61 @@ def test_subset_take_and_flips():
         FrameSet(["a"], [], frames.images[:1], frames.masks[:1])
 
 
-def test_paper_training_set_sizes():
+def test_names_without_the_papers_numbering_take_the_first_frames():
     frames = small_set(6)
-    with_flips, _ = select_lus_frames(frames, 4)
-    assert with_flips.names == ["f0", "f1", "f0_flip", "f1_flip"]
-    assert select_lus_frames(frames, 5, flips=False)[0].names == ["f0", "f1", "f2", "f3", "f4"]
+    with_flips, rule = select_lus_frames(frames, 4)
+    assert with_flips.names == ["f0", "f1", "f0_flipped", "f1_flipped"]
+    assert rule.startswith("the first 2 frames in name order") and "mirror" in rule
+    without, rule = select_lus_frames(frames, 5, flips=False)
+    assert without.names == ["f0", "f1", "f2", "f3", "f4"] and "mirror" not in rule
     with pytest.raises(DataError, match="need 7 original frames, but the data set has only 6"):
         select_lus_frames(frames, 14)
     with pytest.raises(ConfigError, match="even"):
         select_lus_frames(frames, 3)
+
+
+def named_set(numbers_by_position):
+    """A FrameSet of 1 x 1 frames called lung_pos<P>_<n>, in the natural sort order."""
+    names = [f"lung_pos{p}_{n}" for p, numbers in numbers_by_position.items() for n in numbers]
+    images = np.zeros((len(names), 1, 1, 1), np.uint8)
+    return FrameSet(names, names, images, images.copy())
+
+
+def paper_names(positions=(2, 3), last=50):
+    return [
+        f"lung_pos{p}_{h + n}" for p in positions for h in range(0, 1000, 100)
+        for n in range(5, last + 1, 5)
+    ]
+
+
+def test_the_paper_numbering_chooses_the_papers_frames():
+    every_5th = named_set({2: range(5, 1000, 5), 3: range(5, 1000, 5)})  # 199 per position
+    chosen, rule = select_lus_frames(every_5th, 400)
+    assert chosen.names[:200] == paper_names(last=50)  # pos2_5 .. pos2_950, pos3_5 .. pos3_950
+    assert chosen.names[200:] == [name + "_flipped" for name in paper_names(last=50)]
+    assert rule.startswith("the paper's 200-frame set") and "pos2 100, pos3 100" in rule
+    assert select_lus_frames(every_5th, 200, flips=False)[0].names == paper_names(last=50)
+    chosen, rule = select_lus_frames(every_5th, 600)
+    assert chosen.names[:300] == paper_names(last=75) and "300-frame set" in rule
+    # Fewer than the set holds: an equal share per probe position, lowest frame numbers first.
+    chosen, rule = select_lus_frames(every_5th, 42)
+    pos2 = [f"lung_pos2_{n}" for n in (*range(5, 51, 5), 105)]
+    assert chosen.names[:21] == pos2 + [f"lung_pos3_{n}" for n in range(5, 51, 5)]
+    assert "21 frames numbered as the paper's 200-frame set" in rule and "pos2 11, pos3 10" in rule
+
+
+def test_a_short_probe_position_leaves_its_share_to_the_others():
+    frames = named_set({2: range(5, 51, 5), 3: (5, 10)})
+    chosen, rule = select_lus_frames(frames, 8, flips=False)
+    pos2 = [f"lung_pos2_{n}" for n in range(5, 31, 5)]
+    assert chosen.names == pos2 + ["lung_pos3_5", "lung_pos3_10"]
+    assert "pos2 6, pos3 2" in rule
+
+
+def test_frames_missing_from_the_papers_set_are_counted():
+    frames = named_set({2: range(5, 1000, 5), 3: range(5, 800, 5)})  # pos3 stops at 795
+    expected = r"need 200 original frames from the paper's 200-frame set .* 180 of them: 20 missing"
+    with pytest.raises(DataError, match=expected):
+        select_lus_frames(frames, 400)
+    with pytest.raises(DataError, match="need 300 original frames .* 300-frame set .* 30 missing"):
+        select_lus_frames(frames, 600)

@@ -89,7 +89,7 @@ def test_default_groups_are_position_and_frame_window():
     assert default_group("lung_pos2_45") == "lung_pos2:0-49"
     assert default_group("lung_pos2_50") == "lung_pos2:50-99"
     assert default_group("lung_pos3_5") == "lung_pos3:0-49"
-    assert default_group("lung_pos2_35_flip") == default_group("lung_pos2_35")
+    assert default_group("lung_pos2_35_flipped") == default_group("lung_pos2_35")
     assert default_group("salient_0007") == "salient_0007"
 
 

@@ -7,7 +7,9 @@ import tensorflow as tf
 from lungseg.data import FrameSet, PaperAugmentation, make_dataset
 from lungseg.errors import ConfigError
 
-STRONG = PaperAugmentation(rotation_range=20, width_shift_range=0.2, height_shift_range=0.2)
+RANGES = dict(rotation_range=20, width_shift_range=0.2, height_shift_range=0.2)
+STRONG = PaperAugmentation(**RANGES)
+STRONG_NEAREST = PaperAugmentation(**RANGES, interpolation="nearest")
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,11 @@ def test_three_channels_repeat_the_grey_channel(frames):
     assert x.shape == (3, 16, 16, 3) and x.dtype == tf.uint8
 
 
-def test_training_shuffles_and_augments_deterministically(frames):
-    run = epochs(make_dataset(frames, 4, training=True, augment=STRONG, seed=3), 2)
-    rerun = epochs(make_dataset(frames, 4, training=True, augment=STRONG, seed=3), 2)
-    other_seed = epochs(make_dataset(frames, 4, training=True, augment=STRONG, seed=4), 1)
+@pytest.mark.parametrize("augment", [STRONG, STRONG_NEAREST], ids=["bilinear", "nearest"])
+def test_training_shuffles_and_augments_deterministically(frames, augment):
+    run = epochs(make_dataset(frames, 4, training=True, augment=augment, seed=3), 2)
+    rerun = epochs(make_dataset(frames, 4, training=True, augment=augment, seed=3), 2)
+    other_seed = epochs(make_dataset(frames, 4, training=True, augment=augment, seed=4), 1)
     for (x, y), (x2, y2) in zip(run[0] + run[1], rerun[0] + rerun[1]):
         np.testing.assert_array_equal(x, x2)
         np.testing.assert_array_equal(y, y2)
@@ -55,6 +58,23 @@ def test_training_shuffles_and_augments_deterministically(frames):
         assert x.dtype == np.uint8 and y.dtype == np.float32
         assert set(np.unique(y)) <= {0.0, 1.0}
     assert sum(len(x) for x, _ in run[0]) == len(frames)
+
+
+def test_bilinear_and_nearest_make_the_same_moves():
+    """Same seed, same order and draws: the two resamplings differ only by interpolation."""
+    rows, cols = np.mgrid[:32, :32]
+    disc = ((rows - 14) ** 2 + (cols - 17) ** 2 < 80)[None, ..., None]
+    images = np.repeat(np.where(disc, 220, 30).astype(np.uint8), 6, axis=0)
+    images += np.arange(6, dtype=np.uint8)[:, None, None, None]  # tell the frames apart
+    masks = disc.repeat(6, axis=0).astype(np.uint8)
+    smooth = FrameSet([f"f{i}" for i in range(6)], ["g"] * 6, images, masks)
+    bilinear = epochs(make_dataset(smooth, 3, training=True, augment=STRONG, seed=2), 1)[0]
+    nearest = epochs(make_dataset(smooth, 3, training=True, augment=STRONG_NEAREST, seed=2), 1)[0]
+    for (x, y), (x2, y2) in zip(bilinear, nearest):
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(x.min(axis=(1, 2, 3)), x2.min(axis=(1, 2, 3)))  # same order
+        assert np.mean(y != y2) < 0.02  # masks differ only along the disc's edge
+        assert ((x > 125) == (y > 0)).mean() > 0.98  # frame and mask move alike
 
 
 def test_training_without_augmentation_only_shuffles(frames):

@@ -8,7 +8,7 @@ from lungseg.data import default_group, holdout_split, kfold_splits, read_splits
 from lungseg.errors import ConfigError, DataError
 
 ORIGINALS = [f"lung_pos{p}_{5 * i}" for p in (2, 3) for i in range(1, 41)]
-NAMES = ORIGINALS + [name + "_flip" for name in ORIGINALS]
+NAMES = ORIGINALS + [name + "_flipped" for name in ORIGINALS]
 GROUPS = [default_group(name) for name in NAMES]
 
 
@@ -19,7 +19,7 @@ def test_paper_folds_are_sklearn_kfold_over_all_frames():
         assert fold["train"] == [NAMES[i] for i in train]
         assert fold["val"] == [NAMES[i] for i in val]
     # Flips are spread independently, so some frame and its mirror straddle a split.
-    assert any(name + "_flip" in fold["train"] for fold in folds for name in fold["val"])
+    assert any(name + "_flipped" in fold["train"] for fold in folds for name in fold["val"])
 
 
 @pytest.mark.parametrize("mode", ["paper", "grouped"])

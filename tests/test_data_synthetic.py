@@ -9,13 +9,15 @@ from lungseg.data import (
     find_pairs,
     load_frames,
     lus_phantom,
+    lus_phantoms_needed,
     lus_sequence,
     salient_composite,
+    select_lus_frames,
     write_lus_dataset,
     write_salient_dataset,
 )
-from lungseg.data import synthetic
-from lungseg.data.synthetic import random_lus_scene
+from lungseg.data import FrameSet, synthetic
+from lungseg.data.synthetic import lus_frame_number, random_lus_scene
 from lungseg.errors import ConfigError, DataError
 
 
@@ -75,6 +77,44 @@ def test_lus_data_set_has_the_paper_layout_and_is_reproducible(tmp_path):
     write_lus_dataset(tmp_path / "c", n=5, seed=2)
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
     assert folder_bytes(tmp_path / "a") != folder_bytes(tmp_path / "c")
+
+
+def paper_names(last):
+    """The paper's frames per probe position: n mod 100 in 5..``last``, hundreds 0-9."""
+    return [
+        f"lung_pos{p}_{h + n}" for p in (2, 3) for h in range(0, 1000, 100)
+        for n in range(5, last + 1, 5)
+    ]
+
+
+def test_phantoms_carry_the_papers_300_names_and_its_sets_select_them(tmp_path):
+    assert [lus_frame_number(t) for t in (0, 1, 14, 15, 16, 149)] == [5, 10, 75, 105, 110, 975]
+    out = write_lus_dataset(tmp_path / "lus", n=300, seed=0, shape=(24, 8))  # tiny frames
+    frames = load_frames(find_pairs(out), (24, 8))
+    assert frames.names == paper_names(75)
+    chosen, _ = select_lus_frames(frames, 400)
+    assert chosen.names[:200] == paper_names(50) and len(chosen) == 400
+    chosen, _ = select_lus_frames(frames, 600)
+    assert chosen.names[:300] == paper_names(75)
+    # Only the names follow the paper's numbering; frame t of a position is the t-th picture.
+    sequence = list(lus_sequence(np.random.default_rng([0, 0]), 150, shape=(24, 8)))
+    for t in (0, 14, 15, 149):
+        np.testing.assert_array_equal(frames.images[t, ..., 0], sequence[t][0])
+        np.testing.assert_array_equal(frames.masks[t, ..., 0], sequence[t][1])
+
+
+@pytest.mark.parametrize("n_frames, flips", [(400, True), (200, False), (80, True), (600, True),
+                                             (42, True), (802, True)])
+def test_enough_phantoms_are_generated_for_every_set_size(n_frames, flips):
+    originals = n_frames // 2 if flips else n_frames
+    n = lus_phantoms_needed(originals)
+    per_position = [(n + 1) // 2, n // 2]  # write_lus_dataset's split over pos2 and pos3
+    names = [f"lung_pos{p}_{lus_frame_number(t)}" for p, count in zip((2, 3), per_position)
+             for t in range(count)]
+    images = np.zeros((len(names), 1, 1, 1), np.uint8)
+    frames = select_lus_frames(FrameSet(names, names, images, images.copy()), n_frames, flips)[0]
+    assert len(frames) == n_frames
+    assert lus_phantoms_needed(200) == 290 and lus_phantoms_needed(300) == 300
 
 
 def test_salient_composites(tmp_path):

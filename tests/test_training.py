@@ -68,7 +68,7 @@ def test_splits_cover_every_frame_once_per_fold_set(vunet_run):
     splits = read_json(vunet_run["dir"] / "splits.json")
     validated = [name for fold in splits["folds"] for name in fold["val"]]
     assert len(validated) == len(set(validated)) == 16
-    assert sum(name.endswith("_flip") for name in validated) == 8
+    assert sum(name.endswith("_flipped") for name in validated) == 8
     for fold in splits["folds"]:
         assert not set(fold["train"]) & set(fold["val"])
     assert len(splits["stage1"]["val"]) == round(0.2 * 16)

@@ -1,7 +1,8 @@
-"""Command line: generate look-alike data sets, or check a data set on disk.
+"""Command line: generate look-alike data sets, convert XPIE, or check a data set on disk.
 
     python -m lungseg.data lus --n 200 --seed 0 --out data/lus
     python -m lungseg.data salient --n 100 --seed 0 --out data/salient
+    python -m lungseg.data xpie /path/to/XPIE --out data/xpie [--channel-order paper]
     python -m lungseg.data check data/lus --size 256 256
 """
 
@@ -12,7 +13,8 @@ from collections import Counter
 from lungseg.data.frames import load_frames
 from lungseg.data.pairs import LAYOUTS, find_pairs
 from lungseg.data.synthetic import ensure_dataset
-from lungseg.cli import run_main
+from lungseg.data.xpie import CHANNEL_ORDERS, convert_xpie
+from lungseg.cli import positive_int, run_main
 
 DEFAULTS = {"lus": (200, "data/lus"), "salient": (100, "data/salient")}
 
@@ -25,13 +27,14 @@ def build_parser():
             "examples:\n"
             "  python -m lungseg.data lus --n 200 --seed 0 --out data/lus\n"
             "  python -m lungseg.data salient --n 100 --out data/salient\n"
+            "  python -m lungseg.data xpie /path/to/XPIE --out data/xpie\n"
             "  python -m lungseg.data check /path/to/LUS --size 256 256\n"
             "errors print one line each, 'error: FILE: problem', and exit with status 2"
         ),
         description=(
             "Generate look-alike data (LUS phantoms with rib masks, or gray salient-object\n"
-            "composites) in the layouts the training scripts read, or check a data set on\n"
-            "disk. Generation is deterministic (same seed, same bytes), writes into a\n"
+            "composites) in the layouts the training scripts read, convert an XPIE download\n"
+            "to that layout, or check a data set on disk. Generation is deterministic (same seed, same bytes), writes into a\n"
             "temporary folder renamed into place when complete, and reuses an existing set\n"
             "made with the same --n and --seed."
         ),
@@ -48,6 +51,27 @@ def build_parser():
         command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         command.add_argument("--out", default=out, help=f"output folder (default {out})")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
+    xpie = commands.add_parser(
+        "xpie",
+        help="convert XPIE (Images/*.jpg + Grounds/*.png) to gray images/ + 0/255 masks/",
+        description="Convert an XPIE download to the salient layout: images/<name>.jpg (gray) "
+        "and masks/<name>.png (0/255). Every problem is reported at once; nothing is written "
+        "unless all pairs convert.",
+    )
+    xpie.add_argument("src", help="XPIE folder holding Images/ (colour photographs) and Grounds/")
+    xpie.add_argument("--out", default="data/xpie", help="output folder (default data/xpie)")
+    xpie.add_argument(
+        "--channel-order", choices=CHANNEL_ORDERS, default="rgb",
+        help="rgb: correct luminance (BGR2GRAY of OpenCV's BGR pixels, the default); paper: the "
+        "authors' conversion (cv2.imread's BGR pixels through COLOR_RGB2GRAY, red and blue "
+        "weights exchanged)",
+    )
+    xpie.add_argument(
+        "--size", type=positive_int, metavar="SIDE",
+        help="stretch images and masks to SIDE x SIDE with nearest, as the authors did "
+        "(default: keep each image's size; training resizes on loading)",
+    )
+    xpie.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser(
         "check",
         help="find, read and check every image/mask pair of a data set",
@@ -67,7 +91,12 @@ def build_parser():
 
 
 def run(args):
-    if args.command == "check":
+    if args.command == "xpie":
+        n = convert_xpie(
+            args.src, args.out, args.channel_order, args.size, progress=not args.quiet
+        )
+        print(f"{n} XPIE pairs converted to gray ({args.channel_order}) in {args.out}")
+    elif args.command == "check":
         pairs = find_pairs(args.root, layout=args.layout, groups=args.groups)
         frames = load_frames(pairs, tuple(args.size), progress=not args.quiet)
         groups = Counter(frames.groups)

@@ -6,6 +6,7 @@ reuses, so no file is decoded twice.
 """
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,7 +24,13 @@ INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
     "bilinear": cv2.INTER_LINEAR,
 }
-FLIP_SUFFIX = "_flip"
+FLIP_SUFFIX = "_flipped"  # the authors' name for a mirror image: img_lung_pos2_5_flipped.tif
+# The paper's frame numbering, lung_pos<P>_<n> (every 5th frame of a clip), and its sets: per
+# probe position the 200-frame set holds n mod 100 in 5, 10, ..., 50; the 300 frames of the
+# 600-frame experiment add 55..75 (PAPER.md, "Which frames").
+PAPER_FRAME_NAME = re.compile(r"^lung_pos(?P<position>\d+)_(?P<frame>\d+)$")
+PAPER_FRAME_STEP = 5
+PAPER_SETS = ((200, 50), (300, 75))  # (originals, largest n mod 100 in that set)
 
 
 @dataclass
@@ -75,7 +82,7 @@ class FrameSet:
         return self._select(list(range(min(n, len(self)))))
 
     def with_flips(self):
-        """These frames followed by their horizontal mirror images, ``<name>_flip``.
+        """These frames followed by their horizontal mirror images, ``<name>_flipped``.
 
         The paper doubled its training data this way before training (400 = 200 + flips). A
         mirror image keeps its original's group, so grouped splits never separate the two.
@@ -162,24 +169,83 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False):
 
 
 def select_lus_frames(frames, n_frames, flips=True):
-    """The paper's LUS training sets: ``n_frames`` frames from the first originals.
+    """The paper's LUS training sets: ``(FrameSet, rule)``, ``rule`` one sentence for the logs.
 
-    With ``flips`` (the paper's "400 LUS" and "600 LUS"), the first ``n_frames / 2`` frames
-    and their mirror images; without, the first ``n_frames`` frames ("200 LUS").
+    With ``flips`` (the paper's "400 LUS" and "600 LUS") ``n_frames / 2`` originals and their
+    mirror images, else ``n_frames`` originals ("200 LUS"). When every name follows the paper's
+    numbering (``lung_pos<P>_<n>``) the originals come from the paper's set for that size
+    (up to 200 originals: n mod 100 in 5..50; more: 5..75), an equal share per probe position
+    in frame-number order when fewer are wanted than the set holds; otherwise the first ones
+    in name order. ``DataError`` says how many frames the chosen rule misses.
     """
     if not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
         raise ConfigError(f"n_frames must be a positive integer, got {n_frames!r}")
     if flips and n_frames % 2:
         raise ConfigError(f"n_frames must be even with flips (half originals), got {n_frames}")
     originals = n_frames // 2 if flips else n_frames
-    if len(frames) < originals:
+    wanted = f"{n_frames} training frames{' with flips' if flips else ''}"
+    paper = _paper_selection(frames, originals, wanted)
+    if paper is None:
+        if len(frames) < originals:
+            raise DataError(
+                f"{wanted} need {originals} original frames, but the data set has only "
+                f"{len(frames)}"
+            )
+        chosen = frames.take(originals)
+        rule = f"the first {originals} frames in name order (names not all lung_pos<P>_<n>)"
+    else:
+        chosen, rule = paper
+    if flips:
+        return chosen.with_flips(), f"{rule}, and their mirror images"
+    return chosen, rule
+
+
+def _paper_selection(frames, originals, wanted):
+    """(FrameSet, rule) from the paper's set, or None when the names are numbered otherwise."""
+    matches = [PAPER_FRAME_NAME.match(name) for name in frames.names]
+    if not matches or not all(matches):
+        return None
+    set_size, last = next(
+        ((size, last) for size, last in PAPER_SETS if originals <= size), PAPER_SETS[-1]
+    )
+    by_position = {}
+    for index, match in enumerate(matches):
+        number = int(match["frame"])
+        if number % PAPER_FRAME_STEP == 0 and PAPER_FRAME_STEP <= number % 100 <= last:
+            by_position.setdefault(int(match["position"]), []).append((number, index))
+    description = f"the paper's {set_size}-frame set (lung_pos<P>_<n>, n mod 100 in 5..{last})"
+    available = sum(len(found) for found in by_position.values())
+    if available < originals:
         raise DataError(
-            f"{n_frames} training frames{' with flips' if flips else ''} need {originals} "
-            f"original frames, but the data set has only {len(frames)}"
+            f"{wanted} need {originals} original frames from {description}, but the data set "
+            f"holds {available} of them: {originals - available} missing"
         )
-    chosen = frames.take(originals)
-    rule = f"the first {originals} frames in name order" + (" and their mirror images" if flips else "")
-    return (chosen.with_flips() if flips else chosen), rule
+    positions = sorted(by_position)
+    shares = _equal_shares([len(by_position[p]) for p in positions], originals)
+    indices = sorted(
+        index
+        for position, share in zip(positions, shares)
+        for _, index in sorted(by_position[position])[:share]
+    )
+    counts = ", ".join(f"pos{p} {share}" for p, share in zip(positions, shares))
+    if originals == available:
+        return frames._select(indices), f"{description}: {counts}"
+    return (
+        frames._select(indices),
+        f"{originals} frames numbered as {description}, the lowest frame numbers of each "
+        f"probe position: {counts}",
+    )
+
+
+def _equal_shares(counts, total):
+    """Split ``total`` as evenly as ``counts`` allow (earlier entries get the remainder)."""
+    shares = [0] * len(counts)
+    while total:
+        for i, count in enumerate(counts):
+            if total and shares[i] < count:
+                shares[i] += 1
+                total -= 1
+    return shares
 
 
 def _check_size(image_size):

@@ -21,6 +21,11 @@ def read_image(path):
     OpenCV's luminance weights (as Keras' ``color_mode="grayscale"`` does), alpha is dropped
     and 16-bit values are scaled to 0-255.
     """
+    return to_gray_uint8(decode_image(path), path)
+
+
+def decode_image(path):
+    """Decode an image file as stored (OpenCV channel order, any depth); one clear error if not."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
@@ -30,7 +35,7 @@ def read_image(path):
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None or array.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt, truncated or not an image file)")
-    return to_gray_uint8(array, path)
+    return array
 
 
 def read_mask(path):

@@ -57,7 +57,7 @@ def default_group(name):
     """``lung_pos2_35`` -> ``lung_pos2:0-49`` (probe position and frame-number window).
 
     Names that do not look like LUS frames (``...pos<k>_<frame>``) are their own group. A
-    suffix after the frame number, such as ``_flip``, keeps the original's group.
+    suffix after the frame number, such as ``_flipped``, keeps the original's group.
     """
     match = _LUS_NAME.search(name)
     if match is None:

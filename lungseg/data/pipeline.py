@@ -1,14 +1,13 @@
 """tf.data batches from a decoded ``FrameSet``: shuffle, the paper's augmentation, prefetch.
 
 Frames are decoded and resized once (``load_frames``); the pipeline only gathers whole
-batches of uint8 arrays by index and, when training, resamples each batch with one
-projective transform. Everything stays batched and uint8 until the mask is cast to float32,
-which is what keeps an augmented epoch well above a thousand frames per second on a CPU.
+batches of uint8 arrays by index and, when training, resamples each batch once. Everything
+stays batched and uint8 until the mask is cast to float32, which is what keeps an augmented
+epoch well above a thousand frames per second on a CPU.
 """
 
 import tensorflow as tf
 
-from lungseg.data.augment import PaperAugmentation, pack_numpy, unpack
 from lungseg.errors import ConfigError
 
 
@@ -19,9 +18,11 @@ def make_dataset(frames, batch_size, channels=1, training=False, augment=None, s
     gray to three channels themselves, so ``channels=1`` is the normal choice; ``channels=3``
     repeats the gray channel). ``masks`` are float32 ``[B, H, W, 1]`` of 0 and 1.
 
-    With ``training=True`` the order is reshuffled every epoch and, when ``augment`` (for
-    example ``PaperAugmentation()``) is given, every batch is augmented; both are determined by
-    ``seed`` yet differ from epoch to epoch. The last batch may be smaller. With
+    With ``training=True`` the order is reshuffled every epoch and, when ``augment`` is given,
+    every batch is augmented; both are determined by ``seed`` yet differ from epoch to epoch.
+    ``augment`` is a callable ``(images, masks, seed) -> (images, masks)``; one that offers
+    ``batch_loader(frames)`` (as ``PaperAugmentation`` does) gathers and augments its own
+    prepared copy of the frames instead. The last batch may be smaller. With
     ``training=False`` the frames come in their stored order, unaugmented.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -50,15 +51,8 @@ def make_dataset(frames, batch_size, channels=1, training=False, augment=None, s
         )
         return dataset.prefetch(tf.data.AUTOTUNE)
 
-    if isinstance(augment, PaperAugmentation):
-        # Frame and mask packed once into one uint16 array: each batch is one gather and one
-        # resampling of a single channel (see augment.pack).
-        packed = tf.constant(pack_numpy(frames.images, frames.masks))
-
-        def load_augmented(index, key):
-            batch = tf.cast(tf.gather(packed, index), tf.int32)
-            return unpack(augment.transform(batch, key), mask_dtype=tf.float32)
-
+    if hasattr(augment, "batch_loader"):
+        load_augmented = augment.batch_loader(frames)
     else:
         images, masks = tf.constant(frames.images), tf.constant(frames.masks)
 

@@ -31,16 +31,19 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.special import expit
 
+from lungseg.data.frames import PAPER_FRAME_STEP, PAPER_SETS
 from lungseg.data.io import write_image
 from lungseg.data.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 from lungseg.files import read_json, write_json
 
 LUS_SHAPE = (960, 128)  # depth samples x scan lines, as the paper's frames
-LUS_FRAME_STEP = 5  # the paper kept every 5th frame: img_lung_pos2_5, _10, ...
+# Phantom frames are numbered as the paper's 300: every 5th frame, n mod 100 in 5..75.
+LUS_FRAME_STEP = PAPER_FRAME_STEP
+LUS_FRAMES_PER_HUNDRED = PAPER_SETS[-1][1] // PAPER_FRAME_STEP  # 15: 5, 10, ..., 75
 SALIENT_SIDES = (300, 500)  # XPIE-like image sides in pixels
 MANIFEST = "synthetic.json"
-GENERATOR_VERSION = 1  # bump when the generated pictures change, so old sets are regenerated
+GENERATOR_VERSION = 2  # bump when generated files (pictures or names) change: sets regenerate
 KINDS = ("lus", "salient")
 
 # ---------------------------------------------------------------------------------------------
@@ -265,12 +268,37 @@ def lus_sequence(rng, n_frames, shape=LUS_SHAPE, n_ribs=None):
         yield lus_phantom(rng, scene=scene, speckle=speckle, shape=shape)
 
 
-def write_lus_dataset(out, n=200, seed=0, positions=("pos2", "pos3"), progress=False):
+def lus_frame_number(t):
+    """The paper's number of the ``t``-th frame (t = 0, 1, ...) of a probe position.
+
+    15 frames per hundred, n mod 100 in 5, 10, ..., 75: 5 .. 75, 105 .. 175, ... so that the
+    paper's 200- and 600-frame sets (``frames.select_lus_frames``) find their frames.
+    """
+    return 100 * (t // LUS_FRAMES_PER_HUNDRED) + LUS_FRAME_STEP * (t % LUS_FRAMES_PER_HUNDRED + 1)
+
+
+def lus_phantoms_needed(originals, positions=2):
+    """Phantom frames to write so that ``select_lus_frames`` finds ``originals`` in the paper's set.
+
+    Only 10 of every 15 numbers per hundred belong to the 200-frame set (n mod 100 in 5..50),
+    so up to 200 originals need more phantoms than originals.
+    """
+    per_position = -(-int(originals) // positions)
+    last = next((last for size, last in PAPER_SETS if originals <= size), PAPER_SETS[-1][1])
+    hundreds, rest = divmod(per_position - 1, last // PAPER_FRAME_STEP)
+    return positions * (hundreds * LUS_FRAMES_PER_HUNDRED + rest + 1)
+
+
+def write_lus_dataset(
+    out, n=200, seed=0, positions=("pos2", "pos3"), progress=False, shape=LUS_SHAPE
+):
     """Write ``n`` phantom frames in the paper's layout and return ``out``.
 
     Frames are split evenly over ``positions`` (earlier positions get any remainder), each a
-    drifting sequence numbered every 5th frame: ``IMG/img_lung_pos2_5.tif``,
-    ``MASK/mask_lung_pos2_5.tif`` (mask 0/255), ... All files are 8-bit TIFF, 960 x 128.
+    drifting sequence numbered as the paper's frames are (``lus_frame_number``):
+    ``IMG/img_lung_pos2_5.tif``, ``MASK/mask_lung_pos2_5.tif`` (mask 0/255), ... 150 frames per
+    position carry exactly the paper's 300 names. All files are 8-bit TIFF, ``shape`` sized
+    (default 960 x 128).
     """
     out = Path(out)
     n = _check_count(n)
@@ -286,9 +314,9 @@ def write_lus_dataset(out, n=200, seed=0, positions=("pos2", "pos3"), progress=F
 
     def frames():
         for position, index, count in jobs:
-            sequence = lus_sequence(np.random.default_rng([seed, index]), count)
+            sequence = lus_sequence(np.random.default_rng([seed, index]), count, shape=shape)
             for t, (image, mask) in enumerate(sequence):
-                yield f"lung_{position}_{(t + 1) * LUS_FRAME_STEP}", image, mask
+                yield f"lung_{position}_{lus_frame_number(t)}", image, mask
 
     for name, image, mask in progress_bar(frames(), n, "LUS phantoms", enabled=progress):
         write_image(out / "IMG" / f"img_{name}.tif", image)
