@@ -153,3 +153,25 @@ def test_authors_test_list_is_read_as_it_is_and_overlap_counted(tmp_path):
     training = ["lung_pos3_445", "lung_pos2_5", "lung_pos2_115", "lung_pos3_905_flipped", "lung_pos3_5"]
     assert trained_on(names, training) == 3
     assert trained_on(names, []) == 0
+
+
+def test_test_list_scores_named_frames_of_the_pool_and_flags_contamination(vunet_run, tmp_path):
+    splits = read_json(vunet_run["dir"] / "splits.json")
+    fold_1_train = set(splits["folds"][0]["train"])
+    listed = ["lung_pos2_5", "lung_pos3_10_flipped", "lung_pos2_15_flipped", "lung_pos3_20"]
+    csv_path = tmp_path / "Default_testset.csv"
+    csv_path.write_text(",filename,mask\n" + "".join(
+        f"{i},Lung_seg_data/X/img_{name}.tif,Lung_seg_data/Y/mask_{name}.tif\n" for i, name in enumerate(listed)))
+    assert run_script("evaluate", vunet_run["dir"], "--test-list", csv_path, "--out", tmp_path / "r") == 0
+    summary = read_json(tmp_path / "r" / "summary.json")
+    experiment = summary["experiments"][0]
+    mirror = lambda n: n[:-8] if n.endswith("_flipped") else n + "_flipped"  # noqa: E731
+    expected = sum(1 for n in listed if n in fold_1_train or mirror(n) in fold_1_train)
+    assert experiment["trained_on_test_frames"]["fold_1"] == expected
+    assert "stage1" in experiment["trained_on_test_frames"]  # stage 1 scored on the list too
+    with open(tmp_path / "r" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["frame"] for row in rows if row["fold"] == "fold_2") == sorted(listed)
+    text = (tmp_path / "r" / "results.md").read_text()
+    assert "contaminated" in text and f"fold_1 {expected}" in text
+    assert "V-Unet's decoder stage scored on the test frames" in text

@@ -53,6 +53,10 @@ def test_summary_holds_per_fold_metrics_and_mean_sd(vunet_run):
     assert summary["stage1"]["trainable_parameters"] + summary["stage1"]["frozen_parameters"] == 25_854_657
     assert summary["stage1"]["frozen_parameters"] == 14_714_688
     assert folds["fold_1"]["frozen_parameters"] == 0
+    # Stage 1 runs len(whole pool) // batch = 16 // 4 steps per epoch over its 13 training
+    # frames, as the notebooks did; fine-tuning one pass.
+    assert (summary["stage1"]["steps_per_epoch"], summary["stage1"]["training_frames"]) == (4, 13)
+    assert folds["fold_1"]["steps_per_epoch"] is None
     for key in ("empty_predictions", "empty_on_ribs", "full_predictions", "collapse", "best_epoch"):
         assert key in folds["fold_1"]
 
