@@ -25,7 +25,7 @@ import numpy as np
 from lungseg import data, figures
 from lungseg.data.io import write_image
 from lungseg.config import RunConfig
-from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.errors import ConfigError, DataError
 from lungseg.evaluation import EMPTY_MASK_RULE, batch_dice, image_metrics, nan_to_none, summarize
 from lungseg.files import read_json, write_json, write_text
 from lungseg.predict import input_size, load_model, predict_probabilities

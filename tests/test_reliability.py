@@ -4,14 +4,11 @@ Every bad-input case ends with either a documented accepted behaviour or exit co
 clear message naming the file or option, no traceback, and existing folders unchanged.
 """
 
-import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import keras

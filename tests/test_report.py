@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_script, snapshot
+from conftest import run_script
 from lungseg.config import make_config
 from lungseg.files import read_json
 from lungseg.report import Experiment, make_figures
