@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.special import expit
 
 from lungseg.data.io import write_image
-from lungseg.data.progress import progress as progress_bar
+from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 from lungseg.files import read_json, write_json
 
