@@ -16,6 +16,8 @@ from lungseg.config import (
 )
 from lungseg.errors import LungsegError
 
+RESUME_HINT = "Run the same command again to resume from the last finished epoch."
+
 
 def run_main(main, argv=None, resume_hint=None):
     """Call ``main(argv)``; print user errors as one ``error:`` line and return an exit code.
