@@ -12,12 +12,13 @@ Command line::
 
     lungseg-predict MODEL INPUT [--out DIR] [--threshold T] [--batch-size B] [--debug]
 
-INPUT is one frame or a folder of frames (every other entry of the folder, such as a
-sub-folder or a text file, is named in a warning and skipped). For each frame ``<stem>_mask.png`` (0/255) and
-``<stem>_overlay.png`` (the frame with the mask tinted) are written to ``--out``, by default
-``<INPUT stem>_masks/`` beside INPUT. Existing files of those names are replaced. Frames
-are resized as the model's training run did (``interpolation`` in the ``config.json`` of
-its run folder), nearest-neighbour when there is none, unless ``--interpolation`` is given.
+INPUT is one frame or a folder of frames (any other entry of the folder, such as a
+sub-folder or a text file, is named in a warning and skipped). For each frame
+``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` (the frame with the mask tinted) are
+written to ``--out``, by default ``<INPUT stem>_masks/`` beside INPUT. Existing files of
+those names are replaced. Frames are resized as the model's training run did
+(``interpolation`` in the ``config.json`` of its run folder), nearest-neighbour when there
+is none, unless ``--interpolation`` is given.
 Exit status: 0 all frames segmented; 1 some frames of a folder could not be read and were
 skipped (each named on stderr, the others were written); 2 nothing was done because the
 model, the input, the options or the output folder are unusable, or no frame was readable;
@@ -73,6 +74,7 @@ def load_model(path, compile=False):
     import keras
 
     from lungseg import losses  # noqa: F401
+
     try:
         model = keras.models.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, OSError, KeyError, TypeError...
