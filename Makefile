@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(PY) evaluate.py weights/demo_vunet weights/demo_xunet --out results/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean:

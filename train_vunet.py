@@ -1,30 +1,13 @@
 #!/usr/bin/env python
 """Train V-Unet (VGG16 encoder) with the paper's two stages.
 
-Stage 1 trains the decoder with the ImageNet VGG16 encoder frozen on an 80/20 hold-out of the
-LUS frames; stage 2 fine-tunes every layer of a copy of the stage-1 model on each of k folds.
+The command lives in lungseg/commands/train_vunet.py; installed, it is also ``lungseg-train-vunet``.
+Run with --help for the options.
 """
 
 import sys
 
-from lungseg.cli import config_from_args, run_main, training_parser
-
-
-def main(argv):
-    parser = training_parser("vunet", __doc__)
-    parser.add_argument(
-        "--encoder-weights", metavar="imagenet|none|PATH",
-        help="VGG16 encoder weights: imagenet (downloaded once into ~/.keras/models/), none "
-        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (default: "
-        "imagenet; the quick preset falls back to random weights when offline)",
-    )
-    args = parser.parse_args(argv)
-    config = config_from_args("vunet", args, parser, extra=("encoder_weights",))
-
-    from lungseg.training import run_training  # imports TensorFlow: after --help and option errors
-
-    run_training(config, fold=args.fold, overwrite=args.overwrite)
-
+from lungseg.commands.train_vunet import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, resume_hint="Run the same command again to resume from the last finished epoch."))
+    sys.exit(main())

@@ -1,33 +1,13 @@
 #!/usr/bin/env python
 """Train X-Unet (plain U-Net): pre-training on salient objects, then k-fold fine-tuning on LUS.
 
-Pre-training trains all layers on gray salient-object images (the paper: XPIE, 8000/2000, no
-augmentation); fine-tuning trains a copy of the pre-trained model on each of k folds of LUS
-frames, with the layers named by --freeze kept frozen.
+The command lives in lungseg/commands/train_xunet.py; installed, it is also ``lungseg-train-xunet``.
+Run with --help for the options.
 """
 
 import sys
 
-from lungseg.cli import config_from_args, freeze_spec, run_main, training_parser
-
-
-def main(argv):
-    parser = training_parser("xunet", __doc__)
-    parser.add_argument("--salient", metavar="DIR", help="salient-object images (images/ + "
-                        "masks/) (default: generated composites, cached under --out)")
-    parser.add_argument("--freeze", type=freeze_spec, metavar="none|bottleneck|encoder|LAYERS",
-                        help="what stays frozen in fine-tuning: none (the paper's best), "
-                        "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names "
-                        "(default: none)")
-    parser.add_argument("--pretrained", metavar="PATH",
-                        help="reuse this pre-trained .keras model and skip pre-training")
-    args = parser.parse_args(argv)
-    config = config_from_args("xunet", args, parser, extra=("salient", "freeze", "pretrained"))
-
-    from lungseg.training import run_training  # imports TensorFlow: after --help and option errors
-
-    run_training(config, fold=args.fold, overwrite=args.overwrite)
-
+from lungseg.commands.train_xunet import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, resume_hint="Run the same command again to resume from the last finished epoch."))
+    sys.exit(main())

@@ -158,7 +158,7 @@ def measure_model(name, args, frames, peak, say):
     fps1 = {k: 1 / common.median(v) for k, v in single.items()}
     overhead_s = predict_overhead(frames, outputs["bare"], height, width, channels)
     bare_s = common.median(times["bare"])
-    del model
+    model = None  # frees the model (the closures above share this variable)
     keras.backend.clear_session()
     return {
         "model": name,

@@ -178,7 +178,6 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.monotonic()
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from lungseg import data

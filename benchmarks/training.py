@@ -132,7 +132,7 @@ def measure_model(name, args, frames, peak, say, pipeline_cost):
         )
     peak.sample(f"after {name}")
 
-    del model, iterator
+    model = iterator = None  # frees them (the closures above share these variables)
     import keras
 
     keras.backend.clear_session()

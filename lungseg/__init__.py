@@ -2,25 +2,44 @@
 
 Reproduces Cheng & Lam (2021), "Transfer Learning U-Net Deep Learning for Lung Ultrasound
 Segmentation", with Keras 3.
+
+``import lungseg`` is light: the models and losses below are imported on first use (PEP 562),
+so ``from lungseg import build_vunet`` works and ``import lungseg`` alone loads neither Keras
+nor TensorFlow. Once lungseg is imported, Keras knows lungseg's Dice loss and metrics as soon
+as it is imported, and TensorFlow starts without its log noise (see ``lungseg._startup``).
 """
 
-import os
+import importlib
 
-# Quiet TensorFlow's C++ start-up logging (imported with Keras), unless the user chose a level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from lungseg import _startup
 
-from lungseg.losses import dice_coef, dice_loss, iou
-from lungseg.models import build_vunet, build_xunet, freeze, parameter_counts, unfreeze
+_startup.install()
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "build_vunet",
-    "build_xunet",
-    "freeze",
-    "unfreeze",
-    "parameter_counts",
-    "dice_coef",
-    "dice_loss",
-    "iou",
-]
+# Public name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "build_vunet": "lungseg.models",
+    "build_xunet": "lungseg.models",
+    "freeze": "lungseg.models",
+    "unfreeze": "lungseg.models",
+    "parameter_counts": "lungseg.models",
+    "dice_coef": "lungseg.losses",
+    "dice_loss": "lungseg.losses",
+    "iou": "lungseg.losses",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

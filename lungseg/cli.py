@@ -14,17 +14,23 @@ from lungseg.config import (
     STAGE1_STEPS,
     make_config,
 )
+from lungseg import _startup
 from lungseg.errors import LungsegError
+
+RESUME_HINT = "Run the same command again to resume from the last finished epoch."
 
 
 def run_main(main, argv=None, resume_hint=None):
     """Call ``main(argv)``; print user errors as one ``error:`` line and return an exit code.
 
     ``main``'s own return value (0 or None on success), 2 on a user error (bad input, file or
-    option), 130 on Ctrl-C. With ``--debug`` in ``argv`` the full traceback is printed too.
+    option), 130 on Ctrl-C. With ``--debug`` in ``argv`` the full traceback is printed too,
+    and TensorFlow's start-up log, if TensorFlow is not imported yet (``lungseg._startup``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    if debug:
+        _startup.set_debug(True)
     try:
         return main(argv) or 0
     except LungsegError as error:

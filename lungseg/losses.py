@@ -1,7 +1,9 @@
 """The paper's Dice loss and metrics, over the whole batch flattened, smoothing 1.
 
 Written with ``keras.ops`` only and registered, so a compiled model saved to ``.keras``
-loads in a fresh process (safe mode on) once ``lungseg`` is imported.
+loads in a fresh process (safe mode on) once ``lungseg`` is imported: importing Keras after
+lungseg, or lungseg after Keras, imports this module too (``lungseg._startup``), and
+``lungseg.predict.load_model`` imports it itself.
 """
 
 import keras

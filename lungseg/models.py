@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from lungseg.config import INITIALIZERS
 from lungseg.errors import ConfigError, WeightsUnavailableError
 
 DECODER_FILTERS = (512, 256, 128, 64)
@@ -20,10 +21,6 @@ VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # Layers of VGG16 used as skip connections, deepest first, and the bridge.
 VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 VUNET_BRIDGE = "block5_conv3"
-# Kernel initialisers of the 3x3 ReLU convolutions. The authors used Keras' default,
-# glorot_uniform; he_normal (He et al., 2015) keeps the activations' scale through the ReLU
-# layers, without which a plain U-Net trained from scratch with Dice loss stalls or collapses.
-INITIALIZERS = ("glorot_uniform", "he_normal")
 
 
 def _check_input_shape(input_shape):

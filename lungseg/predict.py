@@ -12,11 +12,13 @@ Command line::
 
     lungseg-predict MODEL INPUT [--out DIR] [--threshold T] [--batch-size B] [--debug]
 
-INPUT is one frame or a folder of frames. For each frame ``<stem>_mask.png`` (0/255) and
-``<stem>_overlay.png`` (the frame with the mask tinted) are written to ``--out``, by default
-``<INPUT stem>_masks/`` beside INPUT. Existing files of those names are replaced. Frames
-are resized as the model's training run did (``interpolation`` in the ``config.json`` of
-its run folder), nearest-neighbour when there is none, unless ``--interpolation`` is given.
+INPUT is one frame or a folder of frames (any other entry of the folder, such as a
+sub-folder or a text file, is named in a warning and skipped). For each frame
+``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` (the frame with the mask tinted) are
+written to ``--out``, by default ``<INPUT stem>_masks/`` beside INPUT. Existing files of
+those names are replaced. Frames are resized as the model's training run did
+(``interpolation`` in the ``config.json`` of its run folder), nearest-neighbour when there
+is none, unless ``--interpolation`` is given.
 Exit status: 0 all frames segmented; 1 some frames of a folder could not be read and were
 skipped (each named on stderr, the others were written); 2 nothing was done because the
 model, the input, the options or the output folder are unusable, or no frame was readable;
@@ -29,16 +31,14 @@ import sys
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 
-from lungseg import losses  # noqa: F401  (registers the Dice loss and metrics for loading)
 # Frames are resized exactly as for training (lungseg.data.frames.load_frames).
 from lungseg.data.frames import INTERPOLATIONS
-from lungseg.data.io import IMAGE_SUFFIXES, to_gray_uint8, read_image, write_image
+from lungseg.data.io import IMAGE_SUFFIXES, list_image_files, read_image, to_gray_uint8, write_image
 from lungseg.cli import run_main
 from lungseg.errors import ConfigError, DataError, LungsegError
-from lungseg.figures import blend_mask
+from lungseg.progress import Progress
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 20
@@ -67,6 +67,13 @@ def load_model(path, compile=False):
             f"{path}: is a folder, not a .keras model file "
             "(Keras 3 does not load TensorFlow SavedModel folders)"
         )
+    # Keras (and TensorFlow) load here, not when this module is imported: lungseg-predict's
+    # --help and option errors answer at once. Importing lungseg.losses registers the Dice
+    # loss and metrics that compiled lungseg models name.
+    import keras
+
+    from lungseg import losses  # noqa: F401
+
     try:
         model = keras.models.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, OSError, KeyError, TypeError...
@@ -208,13 +215,9 @@ def _frame_files(input_path):
         if input_path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{input_path}: not a frame file (expected one of {suffixes})")
         return [input_path]
-    files = sorted(
-        path
-        for path in input_path.iterdir()
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_SUFFIXES
-        and not path.name.startswith(".")
-    )
+    files, skipped = list_image_files(input_path)
+    for line in skipped:
+        print(f"warning: {line}", file=sys.stderr)
     if not files:
         raise DataError(f"{input_path}: folder holds no frames ({suffixes})")
     stems = {}
@@ -249,6 +252,8 @@ def _check_output_folder(out):
 
 def _write_outputs(out, source, frame, mask):
     """``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for one frame, atomically."""
+    from lungseg.figures import blend_mask  # matplotlib: only once there is a mask to draw
+
     overlay_bgr = cv2.cvtColor(blend_mask(frame, mask), cv2.COLOR_RGB2BGR)
     for path, image in (
         (out / f"{source.stem}{MASK_SUFFIX}", mask * np.uint8(255)),
@@ -317,24 +322,24 @@ def run(args):
         raise LungsegError(f"{out}: cannot create the output folder ({error.strerror})") from error
 
     skipped = []
-    progress = keras.utils.Progbar(len(files), unit_name="frame")
-    for start in range(0, len(files), args.batch_size):
-        chunk = files[start : start + args.batch_size]
-        readable = []
-        for path in chunk:
-            try:
-                readable.append((path, read_image(path)))
-            except DataError as error:
-                if args.input.is_file():  # INPUT was this one frame: nothing left to do
-                    raise
-                skipped.append(str(error))
-        masks = segment_batch(
-            model, [frame for _, frame in readable], args.batch_size, args.threshold,
-            args.interpolation,
-        )
-        for (path, frame), mask in zip(readable, masks):
-            _write_outputs(out, path, frame, mask)
-        progress.add(len(chunk))
+    with Progress(len(files), "segmenting frames", enabled=len(files) > 1) as progress:
+        for start in range(0, len(files), args.batch_size):
+            chunk = files[start : start + args.batch_size]
+            readable = []
+            for path in chunk:
+                try:
+                    readable.append((path, read_image(path)))
+                except DataError as error:
+                    if args.input.is_file():  # INPUT was this one frame: nothing left to do
+                        raise
+                    skipped.append(str(error))
+            masks = segment_batch(
+                model, [frame for _, frame in readable], args.batch_size, args.threshold,
+                args.interpolation,
+            )
+            for (path, frame), mask in zip(readable, masks):
+                _write_outputs(out, path, frame, mask)
+            progress.advance(len(chunk))
 
     written = len(files) - len(skipped)
     if written:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lungseg.cli import config_from_args, freeze_spec, image_size, training_parser
-from lungseg.config import RunConfig, StageConfig, make_config
+from lungseg.config import PRESETS, RunConfig, StageConfig, make_config
 from lungseg.errors import ConfigError
 
 
@@ -100,7 +100,15 @@ def test_precision_and_paper_fidelity_options_reach_the_config():
     assert config_from_args("vunet", args, parser).precision == "mixed_float16"
 
 
-@pytest.mark.parametrize("argv", [["--epochs", "-3"], ["--preset", "fast"], ["--lr", "0"], ["--image-size", "100"]])
+def test_every_preset_is_an_option_and_reaches_the_config():
+    parser = training_parser("xunet", "test")
+    for preset in PRESETS:
+        config = config_from_args("xunet", parser.parse_args(["--preset", preset]), parser)
+        assert config == make_config("xunet", f"xunet_{preset}", preset)
+    assert config_from_args("xunet", parser.parse_args([]), parser).preset == "paper"
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "-3"], ["--lr", "0"], ["--image-size", "100"], ["--batch-size", "x"]])
 def test_bad_options_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         training_parser("vunet", "test").parse_args(argv)

@@ -55,3 +55,43 @@ def test_module_entry_point_fails_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"error: {blocker}: exists and is not a folder" in result.stderr
+
+
+def test_check_reports_pairing_and_content_problems_in_one_run(tmp_path, capsys):
+    """A missing mask, a corrupt image and a size mismatch: all three lines, exit 2."""
+    frame, mask = np.full((12, 8), 90, np.uint8), np.zeros((12, 8), np.uint8)
+    for name in ("a", "b", "c", "d"):
+        write_image(tmp_path / "IMG" / f"img_lung_pos2_{name}.tif", frame)
+        write_image(tmp_path / "MASK" / f"mask_lung_pos2_{name}.tif", mask)
+    (tmp_path / "MASK" / "mask_lung_pos2_a.tif").unlink()
+    (tmp_path / "IMG" / "img_lung_pos2_b.tif").write_bytes(b"II*\x00 truncated")
+    write_image(tmp_path / "MASK" / "mask_lung_pos2_c.tif", np.zeros((10, 8), np.uint8))
+    assert main(["check", str(tmp_path), "--quiet"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    assert "img_lung_pos2_a.tif: no mask" in lines[0]
+    assert "img_lung_pos2_b.tif: not a readable image" in lines[1]
+    assert "mask_lung_pos2_c.tif: size 10 x 8" in lines[2] and "differs from its image" in lines[2]
+
+
+def test_entries_that_are_not_frames_are_named_as_warnings(tmp_path):
+    pixels = np.zeros((4, 4), np.uint8)
+    write_image(tmp_path / "IMG" / "img_a.tif", pixels)
+    write_image(tmp_path / "MASK" / "mask_a.tif", pixels)
+    (tmp_path / "IMG" / "notes.txt").write_text("scanned on Monday")
+    (tmp_path / "IMG" / "img_b.gif").write_bytes(b"GIF89a")
+    (tmp_path / "MASK" / "thumbnails").mkdir()
+    (tmp_path / "MASK" / ".DS_Store").write_bytes(b"")
+    (tmp_path / "README.txt").write_text("not in a data folder: not named")
+    # A fresh process: what a user sees on stderr (pytest would capture the log records).
+    captured = subprocess.run(
+        [sys.executable, "-m", "lungseg.data", "check", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert captured.returncode == 0, captured.stderr
+    assert "1 pairs" in captured.stdout
+    warnings = captured.stderr.splitlines()
+    assert len(warnings) == 4 and all(line.startswith("warning: ") for line in warnings), warnings
+    for name in ("notes.txt: not an image file", "img_b.gif: not an image file",
+                 "thumbnails: a folder", "MASK: 1 hidden entry skipped (.DS_Store)"):
+        assert any(name in line for line in warnings), (name, warnings)

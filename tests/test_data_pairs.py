@@ -1,5 +1,7 @@
 """find_pairs: the three layouts, every kind of bad input named, and split groups."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -83,8 +85,14 @@ def test_two_files_with_one_name_are_a_problem(tmp_path):
         find_pairs(tmp_path)
 
 
-def test_default_groups_are_position_and_frame_window():
-    assert LUS_FRAME_WINDOW == 50
+def test_default_groups_hold_ten_stored_frames_of_one_position():
+    # The paper stored every 5th frame of a clip: a default group is 10 stored neighbours.
+    names = [f"lung_pos{position}_{5 * k}" for position in (2, 3) for k in range(40)]
+    groups = Counter(default_group(name) for name in names)
+    assert sorted(groups.values()) == [10] * 8
+    assert all(group.startswith(("lung_pos2:", "lung_pos3:")) for group in groups)
+    window = default_group("lung_pos2_0").split(":")[1]
+    assert window == f"0-{LUS_FRAME_WINDOW - 1}"
     assert default_group("lung_pos2_5") == "lung_pos2:0-49"
     assert default_group("lung_pos2_45") == "lung_pos2:0-49"
     assert default_group("lung_pos2_50") == "lung_pos2:50-99"

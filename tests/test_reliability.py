@@ -4,14 +4,11 @@ Every bad-input case ends with either a documented accepted behaviour or exit co
 clear message naming the file or option, no traceback, and existing folders unchanged.
 """
 
-import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import keras
@@ -105,7 +102,7 @@ def test_missing_data_folder(tmp_path, capsys):
     "argv, words",
     [
         (["--epochs", "-2"], ["--epochs", "must be a positive whole number"]),
-        (["--preset", "fast"], ["--preset", "invalid choice: 'fast'"]),
+        (["--folds", "1"], ["--folds must be at least 2, got 1"]),
         (["--fold", "3"], ["--fold must be between 1 and --folds (2)"]),
         (["--freeze", "block9_conv1"], ["no layer with weights named block9_conv1"]),
         (["--image-size", "100"], ["--image-size", "multiples of 16"]),
@@ -207,12 +204,28 @@ def test_small_frames_are_resized_up_and_masks_come_back_at_their_size(vunet_run
     assert cv2.imread(str(tmp_path / "o" / "small_mask.png"), 0).shape == (20, 12)
 
 
-def test_no_source_turns_safe_mode_off():
-    sources = [*ROOT.joinpath("lungseg").rglob("*.py"), *ROOT.glob("*.py")]
-    assert sources
-    for path in sources:
-        assert "safe_mode=False" not in path.read_text(), path
-        assert "enable_unsafe_deserialization" not in path.read_text(), path
+def test_every_model_loader_keeps_safe_mode_on(tiny_lus, tmp_path, capsys):
+    """A Lambda model that would otherwise serve as --pretrained is refused, and no lungseg
+    module switches Keras' global safe mode off (predict and evaluate: tests above)."""
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
+    code = run_script("train_xunet", "--data", tiny_lus, "--out", tmp_path / "runs", "--name", "l",
+                      "--pretrained", tmp_path / "lambda.keras", "--epochs", "1", "--fold", "1", *TINY)
+    check_failure(code, capsys, "lambda.keras", "Lambda")
+    assert not (tmp_path / "runs" / "l" / "fold_1" / "metrics.json").exists()
+
+    import importlib
+    import pkgutil
+
+    import lungseg
+    from keras.src.saving.serialization_lib import in_safe_mode
+
+    for module in pkgutil.walk_packages(lungseg.__path__, "lungseg."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    assert in_safe_mode() is not False
 
 
 # --- interruptions ------------------------------------------------------------------------

@@ -11,45 +11,50 @@ Data flows one way through this package::
 ``synthetic`` makes LUS phantoms and salient-object composites in the same layouts, ``xpie``
 converts an XPIE download to the salient layout, and ``python -m lungseg.data`` generates,
 converts or checks a data set from the command line.
+
+The names below are imported on first use (PEP 562): ``augment`` and ``pipeline`` need
+TensorFlow, which finding, checking, loading and generating data do not load.
 """
 
-from lungseg.data.augment import PaperAugmentation
-from lungseg.data.frames import FLIP_SUFFIX, FrameSet, load_frames, select_lus_frames
-from lungseg.data.pairs import LUS_FRAME_WINDOW, Pair, default_group, find_pairs
-from lungseg.data.pipeline import make_dataset
-from lungseg.data.splits import holdout_split, kfold_splits, read_splits, write_splits
-from lungseg.data.synthetic import (
-    ensure_dataset,
-    lus_phantom,
-    lus_phantoms_needed,
-    lus_sequence,
-    salient_composite,
-    write_lus_dataset,
-    write_salient_dataset,
-)
-from lungseg.data.xpie import convert_xpie
+import importlib
 
-__all__ = [
-    "Pair",
-    "find_pairs",
-    "default_group",
-    "LUS_FRAME_WINDOW",
-    "FrameSet",
-    "FLIP_SUFFIX",
-    "load_frames",
-    "select_lus_frames",
-    "PaperAugmentation",
-    "make_dataset",
-    "kfold_splits",
-    "holdout_split",
-    "write_splits",
-    "read_splits",
-    "lus_phantom",
-    "lus_phantoms_needed",
-    "lus_sequence",
-    "salient_composite",
-    "write_lus_dataset",
-    "write_salient_dataset",
-    "ensure_dataset",
-    "convert_xpie",
-]
+# Public name -> the module of this package that defines it, imported on first use.
+_LAZY = {
+    "Pair": "pairs",
+    "find_pairs": "pairs",
+    "default_group": "pairs",
+    "LUS_FRAME_WINDOW": "pairs",
+    "FrameSet": "frames",
+    "FLIP_SUFFIX": "frames",
+    "load_frames": "frames",
+    "select_lus_frames": "frames",
+    "PaperAugmentation": "augment",
+    "make_dataset": "pipeline",
+    "kfold_splits": "splits",
+    "holdout_split": "splits",
+    "write_splits": "splits",
+    "read_splits": "splits",
+    "lus_phantom": "synthetic",
+    "lus_phantoms_needed": "synthetic",
+    "lus_sequence": "synthetic",
+    "salient_composite": "synthetic",
+    "write_lus_dataset": "synthetic",
+    "write_salient_dataset": "synthetic",
+    "ensure_dataset": "synthetic",
+    "convert_xpie": "xpie",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

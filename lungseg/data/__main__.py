@@ -11,10 +11,11 @@ import sys
 from collections import Counter
 
 from lungseg.data.frames import load_frames
-from lungseg.data.pairs import LAYOUTS, find_pairs
+from lungseg.data.pairs import LAYOUTS, scan_pairs
 from lungseg.data.synthetic import ensure_dataset
 from lungseg.data.xpie import CHANNEL_ORDERS, convert_xpie
 from lungseg.cli import positive_int, run_main
+from lungseg.errors import DataError
 
 DEFAULTS = {"lus": (200, "data/lus"), "salient": (100, "data/salient")}
 
@@ -75,7 +76,9 @@ def build_parser():
     check = commands.add_parser(
         "check",
         help="find, read and check every image/mask pair of a data set",
-        description="Report every missing, unreadable, mismatched or non-binary file at once.",
+        description="Report every missing, unreadable, mismatched or non-binary file at once "
+        "(errors, exit status 2), and every entry of the image and mask folders that is not "
+        "an image file (warnings).",
     )
     check.add_argument("root", help="data folder (IMG/ + MASK/, or images/ + masks/)")
     check.add_argument(
@@ -97,8 +100,7 @@ def run(args):
         )
         print(f"{n} XPIE pairs converted to gray ({args.channel_order}) in {args.out}")
     elif args.command == "check":
-        pairs = find_pairs(args.root, layout=args.layout, groups=args.groups)
-        frames = load_frames(pairs, tuple(args.size), progress=not args.quiet)
+        frames = check(args.root, args.layout, args.groups, tuple(args.size), progress=not args.quiet)
         groups = Counter(frames.groups)
         rib_share = frames.masks.mean()
         print(
@@ -109,6 +111,25 @@ def run(args):
     else:
         out = ensure_dataset(args.command, args.out, args.n, args.seed, progress=not args.quiet)
         print(f"{args.command} data set of {args.n} frames (seed {args.seed}) in {out}")
+
+
+def check(root, layout="auto", groups=None, size=(256, 256), progress=False):
+    """Find, read and check every pair of ``root`` in one pass; the ``FrameSet`` if all is well.
+
+    Pairing problems (a missing mask, a misnamed file, ...) and content problems of the pairs
+    found (unreadable files, size mismatches, non-binary masks) are raised together as one
+    ``DataError``, pairing problems first.
+    """
+    pairs, problems = scan_pairs(root, layout=layout, groups=groups)
+    frames = None
+    if pairs:
+        try:
+            frames = load_frames(pairs, size, progress=progress)
+        except DataError as error:
+            problems = problems + error.problems
+    if problems:
+        raise DataError(problems)
+    return frames
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from lungseg.data.io import read_image, read_mask
-from lungseg.data.progress import progress as progress_bar
+from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 
 # Frame resampling when resizing; masks always use nearest. INTER_NEAREST_EXACT picks the

@@ -12,6 +12,36 @@ from lungseg.files import atomic_path
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+# Hidden entries named in a folder's one line about them; more are counted.
+HIDDEN_NAMES_SHOWN = 5
+
+
+def list_image_files(folder):
+    """``(files, skipped)``: ``folder``'s files with an image suffix, sorted by name, and one
+    line for every other entry, naming it: a sub-folder, a file of another type, anything
+    that is not a regular file. Hidden entries (``.DS_Store``, ``._img_1.tif``) share one
+    line per folder. The readers of data folders report ``skipped`` as warnings.
+    """
+    folder = Path(folder)
+    files, skipped, hidden = [], [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            hidden.append(path.name)
+        elif path.is_dir():
+            skipped.append(f"{path}: a folder, not an image file; skipped")
+        elif not path.is_file():
+            skipped.append(f"{path}: not a regular file (a broken link?); skipped")
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(f"{path}: not an image file ({', '.join(IMAGE_SUFFIXES)}); skipped")
+        else:
+            files.append(path)
+    if hidden:
+        shown = ", ".join(hidden[:HIDDEN_NAMES_SHOWN])
+        if len(hidden) > HIDDEN_NAMES_SHOWN:
+            shown += f" and {len(hidden) - HIDDEN_NAMES_SHOWN} more"
+        noun = "entry" if len(hidden) == 1 else "entries"
+        skipped.append(f"{folder}: {len(hidden)} hidden {noun} skipped ({shown})")
+    return files, skipped
 
 
 def read_image(path):

@@ -11,6 +11,14 @@ Three folder layouts are understood (``find_pairs(root, layout=...)``):
     ``images/`` and ``masks/`` holding files with the same stem, any of the extensions in
     ``io.IMAGE_SUFFIXES``.
 
+Only the image and mask folders are read. An entry in them that cannot be a frame or a mask
+(a sub-folder, a notes file, a file whose suffix is not an image suffix) is named in a warning
+and skipped: such an entry should not stop a training run, but a user who meant it as data
+(a frame saved as .gif, say) should learn that it was not used. Hidden entries (``.DS_Store``,
+``._img_1.tif``) are skipped with one warning per folder that names them. Files with an image
+suffix that cannot be paired, are misnamed or clash are errors (``DataError``). Other entries
+of the data folder itself (a README, a groups CSV) are not data and are left alone.
+
 A *group* is a set of frames too alike to be split between training and validation (a frame,
 its mirror image and its neighbours in a clip); grouped cross-validation keeps each group on
 one side. Without instructions, LUS names ``<sequence>pos<k>_<frame>`` are grouped by probe
@@ -18,12 +26,15 @@ position and windows of ``LUS_FRAME_WINDOW`` frame numbers; any other name is it
 """
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungseg.data.io import IMAGE_SUFFIXES
+from lungseg.data.io import IMAGE_SUFFIXES, list_image_files
 from lungseg.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "lus", "salient", "generic")
 # Frame numbers per default LUS group: 10 stored frames at the paper's every-5th-frame sampling.
@@ -77,7 +88,22 @@ def find_pairs(root, layout="auto", groups=None):
 
     Raises ``DataError`` listing every problem found, one line each naming its file: missing
     folders, no images, an image without a mask or a mask without an image, two files with the
-    same name, misnamed files, names the group pattern or the CSV file does not cover.
+    same name, misnamed files, names the group pattern or the CSV file does not cover. Entries
+    that cannot be frames or masks are warnings (see the module docstring).
+    """
+    pairs, problems = scan_pairs(root, layout, groups)
+    if problems:
+        raise DataError(problems)
+    return pairs
+
+
+def scan_pairs(root, layout="auto", groups=None):
+    """``(pairs, problems)``: ``find_pairs`` that returns the problems of single files.
+
+    ``pairs`` holds every image that has a mask (its ``group`` is ``None`` where the groups
+    do not cover it), so their contents can be checked in the same pass; ``problems`` holds
+    the lines ``find_pairs`` would raise. A missing data, image or mask folder, which leaves
+    nothing to pair, still raises ``DataError`` at once.
     """
     root = Path(root)
     if layout not in LAYOUTS:
@@ -110,9 +136,7 @@ def find_pairs(root, layout="auto", groups=None):
     names = sorted(images.keys() & masks.keys(), key=natural_key)
     group_of = _group_function(groups, problems)
     pairs = [Pair(images[name], masks[name], name, group_of(name, images[name])) for name in names]
-    if problems:
-        raise DataError(problems)
-    return pairs
+    return pairs, problems
 
 
 def _detect_layout(root):
@@ -137,14 +161,16 @@ def _subfolder(root, name):
 
 
 def _files_by_name(folder, prefix, suffixes, layout, problems):
-    """Map each file's name (stem without ``prefix``) to its path, noting misfits in problems."""
+    """Map each file's name (stem without ``prefix``) to its path, noting misfits in problems.
+
+    Entries that cannot be frames or masks are named in warnings and skipped.
+    """
     found = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
+    files, skipped = list_image_files(folder)
+    for line in skipped:
+        logger.warning("warning: %s", line)
+    for path in files:
         suffix = path.suffix.lower()
-        if suffix not in IMAGE_SUFFIXES:
-            continue  # notes, thumbnails, CSV files and the like are not data
         if suffix not in suffixes:
             problems.append(
                 f"{path}: {layout} layout expects {' or '.join(suffixes)} files here "

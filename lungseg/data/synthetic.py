@@ -33,7 +33,7 @@ from scipy.special import expit
 
 from lungseg.data.frames import PAPER_FRAME_STEP, PAPER_SETS
 from lungseg.data.io import write_image
-from lungseg.data.progress import progress as progress_bar
+from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 from lungseg.files import read_json, write_json
 

@@ -1,0 +1,35 @@
+"""Train V-Unet (VGG16 encoder) with the paper's two stages.
+
+Stage 1 trains the decoder with the ImageNet VGG16 encoder frozen on an 80/20 hold-out of the
+LUS frames; stage 2 fine-tunes every layer of a copy of the stage-1 model on each of k folds.
+"""
+
+import sys
+
+from lungseg.cli import RESUME_HINT, config_from_args, run_main, training_parser
+
+
+def run(argv):
+    """Parse ``argv`` and train; raises ``LungsegError`` on bad input (``main`` prints it)."""
+    parser = training_parser("vunet", __doc__)
+    parser.add_argument(
+        "--encoder-weights", metavar="imagenet|none|PATH",
+        help="VGG16 encoder weights: imagenet (downloaded once into ~/.keras/models/), none "
+        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (default: "
+        "imagenet; the quick preset falls back to random weights when offline)",
+    )
+    args = parser.parse_args(argv)
+    config = config_from_args("vunet", args, parser, extra=("encoder_weights",))
+
+    from lungseg.training import run_training  # imports TensorFlow: after --help and option errors
+
+    run_training(config, fold=args.fold, overwrite=args.overwrite)
+
+
+def main(argv=None):
+    """Entry point of ``lungseg-train-vunet`` and ``train_vunet.py``; returns the exit status."""
+    return run_main(run, argv, resume_hint=RESUME_HINT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

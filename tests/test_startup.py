@@ -1,0 +1,243 @@
+"""Start-up: light imports, Keras finds lungseg's loss when loading, quiet TensorFlow logs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from lungseg import _startup
+from lungseg.data.io import write_image
+
+HEAVY = ("keras", "tensorflow")
+
+
+def python(*code, args=(), env=None, timeout=300):
+    """Run the ``code`` snippets in a fresh interpreter (this checkout's lungseg)."""
+    source = "\n".join(textwrap.dedent(snippet) for snippet in code)
+    return subprocess.run(
+        [sys.executable, "-c", source, *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=env or clean_env(),
+    )
+
+
+def clean_env():
+    """This environment without the TensorFlow settings conftest.py makes for the tests."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+# --- light imports ------------------------------------------------------------------------
+
+LOADED = """
+import json, runpy, sys
+def heavy():
+    return sorted(m for m in ("keras", "tensorflow") if m in sys.modules)
+"""
+
+
+def test_light_modules_import_neither_keras_nor_tensorflow():
+    result = python(LOADED, """
+        import lungseg, lungseg.cli, lungseg.config, lungseg.evaluation, lungseg.progress
+        import lungseg.data, lungseg.data.pairs, lungseg.data.frames, lungseg.data.synthetic
+        import lungseg.commands.train_vunet, lungseg.commands.train_xunet, lungseg.commands.evaluate
+        import lungseg.predict, lungseg.report
+        print(json.dumps(heavy()))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("command, exit_code", [
+    (["train_vunet.py", "--help"], 0),
+    (["train_xunet.py", "--help"], 0),
+    (["evaluate.py", "--help"], 0),
+    (["train_vunet.py", "--epochs", "0"], 2),  # an option error: before any work
+    (["train_xunet.py", "--folds", "1"], 2),  # an invalid configuration: the same
+    (["-m", "lungseg.predict", "--help"], 0),
+    (["-m", "lungseg.commands.evaluate", "--help"], 0),
+    (["-m", "lungseg.data", "--help"], 0),
+])
+def test_help_and_option_errors_import_neither_keras_nor_tensorflow(command, exit_code):
+    if command[0] == "-m":
+        run = f"runpy.run_module({command[1]!r}, run_name='__main__', alter_sys=True)"
+        argv = [command[1], *command[2:]]
+    else:
+        run = f"runpy.run_path({str(ROOT / command[0])!r}, run_name='__main__')"
+        argv = command
+    result = python(LOADED, f"""
+sys.argv = {argv!r}
+try:
+    {run}
+except SystemExit as exit_:
+    code = exit_.code
+print(json.dumps([code, heavy()]))
+""")
+    code, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert code == exit_code, result.stderr
+    assert heavy == [], f"{' '.join(command)} imported {heavy}"
+
+
+def test_generating_and_checking_data_loads_no_tensorflow(tmp_path):
+    result = python(LOADED, f"""
+from lungseg.data.__main__ import main
+codes = [main(["lus", "--n", "2", "--out", {str(tmp_path / 'lus')!r}, "--quiet"]),
+         main(["check", {str(tmp_path / 'lus')!r}, "--size", "32", "32", "--quiet"])]
+print(json.dumps([codes, heavy()]))
+""")
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [[0, 0], []], result.stderr
+
+
+def test_public_names_are_imported_on_first_use():
+    import lungseg
+    from lungseg import build_vunet, dice_loss
+    from lungseg.losses import dice_loss as defined
+    from lungseg.models import build_vunet as built
+
+    assert build_vunet is built and dice_loss is defined
+    assert set(lungseg.__all__) <= set(dir(lungseg))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        getattr(lungseg, "no_such_name")
+    import lungseg.data
+
+    assert lungseg.data.make_dataset.__module__ == "lungseg.data.pipeline"
+    with pytest.raises(AttributeError):
+        getattr(lungseg.data, "no_such_name")
+
+
+# --- Keras finds lungseg's loss and metrics -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_model(tmp_path_factory):
+    """A tiny X-Unet compiled with lungseg's Dice loss and metrics, saved to .keras."""
+    import lungseg
+
+    model = lungseg.build_xunet((32, 32, 1))
+    model.compile("adam", loss=lungseg.dice_loss, metrics=[lungseg.dice_coef, lungseg.iou])
+    path = tmp_path_factory.mktemp("compiled") / "model.keras"
+    model.save(path)
+    return path
+
+
+LOAD = """
+import sys
+{imports}
+model = keras.models.load_model(sys.argv[1])
+print(model.loss.__name__)
+"""
+
+
+@pytest.mark.parametrize("imports", ["import lungseg\nimport keras", "import keras\nimport lungseg",
+                                     "import lungseg\nimport tensorflow as tf\nkeras = tf.keras"])
+def test_keras_loads_a_compiled_model_once_lungseg_is_imported(compiled_model, imports):
+    result = python(LOAD.format(imports=imports), args=[compiled_model])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0] == "dice_loss"
+
+
+def test_without_lungseg_keras_cannot_load_it(compiled_model):
+    """The control: the model really needs the registration the tests above rely on."""
+    result = python(LOAD.format(imports="import keras"), args=[compiled_model])
+    assert result.returncode != 0
+    assert "dice_loss" in result.stderr
+
+
+# --- quiet TensorFlow ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predict_inputs(tmp_path_factory, compiled_model):
+    folder = tmp_path_factory.mktemp("predict")
+    write_image(folder / "frame.png", np.full((40, 24), 90, np.uint8))
+    return compiled_model, folder / "frame.png"
+
+
+TF_NOISE = ("oneDNN", "cuInit", "absl", "cudart", "cpu_feature_guard", "I0000", "E0000")
+
+
+def test_a_command_that_loads_tensorflow_prints_no_start_up_log(predict_inputs, tmp_path):
+    model, frame = predict_inputs
+    result = subprocess.run(
+        [sys.executable, "-m", "lungseg.predict", model, frame, "--out", tmp_path / "o"],
+        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 1 mask(s)" in result.stdout
+    assert [line for line in result.stderr.splitlines() if any(w in line for w in TF_NOISE)] == []
+    assert result.stderr == ""  # one frame: no progress either
+
+    debug = subprocess.run(
+        [sys.executable, "-m", "lungseg.predict", model, frame, "--out", tmp_path / "d", "--debug"],
+        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=ROOT,
+    )
+    assert debug.returncode == 0, debug.stderr
+    assert "absl::InitializeLog" in debug.stderr or "I0000" in debug.stderr, debug.stderr
+
+
+def test_python_warnings_and_other_output_pass_the_filter():
+    result = python("""
+        import os, warnings
+        from lungseg._startup import filtered_stderr
+        with filtered_stderr(min_level=2):
+            os.write(2, b"I0000 00:00:1795793691.103900    5029 port.cc:153] oneDNN custom operations are on.\\n")
+            warnings.warn("a real warning")
+            os.write(2, b"E0000 00:00:1795793691.2    5029 kernel.cc:12] a real error\\n")
+            os.write(2, b"plain text from C\\n")
+        warnings.warn("after")
+    """)
+    assert result.returncode == 0
+    err = result.stderr
+    assert "UserWarning: a real warning" in err and "UserWarning: after" in err
+    assert "a real error" in err and "plain text from C" in err
+    assert "oneDNN" not in err
+
+
+def test_tensorflow_imported_after_lungseg_keeps_real_warnings():
+    result = python("""
+        import warnings
+        import lungseg
+        import tensorflow as tf
+        warnings.warn("still here")
+        print(float(tf.constant(1.0) + 1))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2.0"
+    assert "UserWarning: still here" in result.stderr
+    assert [line for line in result.stderr.splitlines() if any(w in line for w in TF_NOISE)] == []
+
+
+def test_filter_drops_only_start_up_noise():
+    banner = _startup._ABSL_BANNER + "\n"
+    one_dnn = "I0000 00:00:1795793691.103900    5029 port.cc:153] oneDNN custom operations are on.\n"
+    no_driver = "I0000 00:00:1795793691.104217    5029 cudart_stub.cc:31] Could not find cuda drivers\n"
+    cuinit = ("E0000 00:00:1795793736.860638    5356 cuda_platform.cc:52] failed call to cuInit: "
+              "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n")
+    other_error = "E0000 00:00:1795793736.9    5356 kernel.cc:1] out of memory\n"
+    warning = "x.py:3: UserWarning: careful\n  warnings.warn('careful')\n"
+    text = banner + one_dnn + no_driver + warning + cuinit + other_error
+    assert _startup.filter_startup_log(text, min_level=2) == warning + other_error
+    # With a CUDA driver (a GPU machine), a failing cuInit is news: it stays.
+    assert _startup.filter_startup_log(cuinit, min_level=2) == cuinit
+    assert _startup.filter_startup_log(text, min_level=0) == one_dnn + no_driver + warning + other_error
+
+
+def test_debug_gives_tensorflow_its_own_log_level():
+    result = python("""
+        import os
+        import lungseg
+        from lungseg.cli import run_main
+        print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+        run_main(lambda argv: 0, ["--debug"])
+        print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+    """)
+    assert result.stdout.split() == ["2", "None"], result.stderr
+    env = dict(clean_env(), TF_CPP_MIN_LOG_LEVEL="1")  # the user's choice is kept
+    result = python("import os, lungseg; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])", env=env)
+    assert result.stdout.strip() == "1"
