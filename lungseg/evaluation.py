@@ -10,6 +10,7 @@ NumPy, SciPy and scikit-image only (no TensorFlow), so evaluation runs anywhere.
 """
 
 import math
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -70,7 +71,7 @@ def _boundary_points(mask):
     return np.argwhere(boundary)
 
 
-def hd95(reference, prediction):
+def hd95(reference: np.ndarray, prediction: np.ndarray) -> float:
     """95th-percentile Hausdorff distance between two masks' boundaries, in pixels.
 
     For every boundary pixel of one mask, the Euclidean distance to the nearest boundary
@@ -93,7 +94,7 @@ def _hd95(reference, prediction):
     return float(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95)))
 
 
-def image_metrics(reference, prediction):
+def image_metrics(reference: np.ndarray, prediction: np.ndarray) -> dict:
     """All per-image metrics of one predicted mask against its reference.
 
     Both masks are 2-D, of one shape, bool or 0/1. Returns a dict with:
@@ -137,7 +138,7 @@ def image_metrics(reference, prediction):
     }
 
 
-def evaluate_masks(references, predictions):
+def evaluate_masks(references: Iterable[np.ndarray], predictions: Iterable[np.ndarray]) -> list:
     """:func:`image_metrics` for each (reference, prediction) pair; a list of dicts."""
     references = list(references)
     predictions = list(predictions)
@@ -146,7 +147,9 @@ def evaluate_masks(references, predictions):
     return [image_metrics(ref, pred) for ref, pred in zip(references, predictions)]
 
 
-def batch_dice(references, predictions, smooth=1.0, batch_size=None):
+def batch_dice(
+    references: np.ndarray, predictions: np.ndarray, smooth: float = 1.0, batch_size: Optional[int] = None
+) -> float:
     """The paper's Dice: ``(2 sum(t p) + smooth) / (sum(t) + sum(p) + smooth)`` over all pixels.
 
     NumPy twin of ``lungseg.losses.dice_coef``. Arrays are used as given: pass thresholded
@@ -161,7 +164,9 @@ def batch_dice(references, predictions, smooth=1.0, batch_size=None):
     return _batch_mean(_dice, references, predictions, smooth, batch_size)
 
 
-def batch_iou(references, predictions, smooth=1.0, batch_size=None):
+def batch_iou(
+    references: np.ndarray, predictions: np.ndarray, smooth: float = 1.0, batch_size: Optional[int] = None
+) -> float:
     """The paper's IoU, ``(sum(t p) + smooth) / (sum(t) + sum(p) - sum(t p) + smooth)``, batched
     as :func:`batch_dice`; NumPy twin of ``lungseg.losses.iou``."""
     return _batch_mean(_iou, references, predictions, smooth, batch_size)
@@ -202,7 +207,7 @@ def _iou(references, predictions, smooth):
     return (intersection + smooth) / (union + smooth)
 
 
-def aggregate_folds(per_fold):
+def aggregate_folds(per_fold: Mapping[str, float]) -> dict:
     """Mean, SDs and best of one metric over folds: ``{fold name: value}`` -> dict.
 
     The one rule for every report: ``n`` folds counted; ``mean`` (None with no fold);
@@ -223,7 +228,7 @@ def aggregate_folds(per_fold):
     }
 
 
-def summarize(rows):
+def summarize(rows: Iterable[Mapping]) -> dict:
     """Aggregate per-image metric rows (as from :func:`image_metrics`) into one summary.
 
     Keys of the rows that are not metrics (a file name, a model name) are ignored. Returns::
@@ -257,7 +262,7 @@ def summarize(rows):
     return summary
 
 
-def nan_to_none(value):
+def nan_to_none(value: Any) -> Any:
     """Copy of nested dicts/lists with NaN floats replaced by ``None``, for strict JSON.
 
     ``json.dumps`` writes NaN as the bare word ``NaN``, which Python reads back but most

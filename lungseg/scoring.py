@@ -6,11 +6,17 @@ evaluation cannot report different numbers for the same model and frames.
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lungseg.evaluation import batch_dice, batch_iou, image_metrics, summarize
 from lungseg.predict import DEFAULT_BATCH_SIZE, predict_probabilities
+
+if TYPE_CHECKING:
+    import keras
+
+    from lungseg.data.frames import FrameSet
 
 # The paper's numbers are Keras' evaluate over batches of 20 frames: the mean of batch Dice.
 PAPER_BATCH = 20
@@ -35,7 +41,7 @@ class Scores:
     masks: np.ndarray  # (n, h, w) uint8 predicted masks of 0/1
 
 
-def score_frames(model, frames, batch_size=DEFAULT_BATCH_SIZE):
+def score_frames(model: "keras.Model", frames: "FrameSet", batch_size: int = DEFAULT_BATCH_SIZE) -> Scores:
     """Score ``model`` on a ``FrameSet`` at the model's resolution; a :class:`Scores`."""
     probabilities = predict_probabilities(model, frames.images[..., 0], batch_size)
     references = frames.masks[..., 0]
