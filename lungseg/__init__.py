@@ -9,8 +9,6 @@ nor TensorFlow. Once lungseg is imported, Keras knows lungseg's Dice loss and me
 as it is imported, and TensorFlow starts without its log noise (see ``lungseg._startup``).
 """
 
-import importlib
-
 from lungseg import _startup
 
 _startup.install()
@@ -32,14 +30,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _startup.lazy_attributes(__name__, _LAZY)

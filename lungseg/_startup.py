@@ -209,3 +209,24 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 
         loader.exec_module = exec_module
         return spec
+
+
+def lazy_attributes(package, names):
+    """PEP 562 ``__getattr__`` and ``__dir__`` for ``package`` (its ``__name__``): each name
+    of ``names`` (public name -> module, relative to ``package`` when it starts with a dot)
+    is imported on first use and then kept in the package's namespace."""
+    import importlib
+    import sys
+
+    def __getattr__(name):
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__():
+        return sorted(set(vars(sys.modules[package])) | set(names))
+
+    return __getattr__, __dir__

@@ -16,45 +16,35 @@ The names below are imported on first use (PEP 562): ``augment`` and ``pipeline`
 TensorFlow, which finding, checking, loading and generating data do not load.
 """
 
-import importlib
+from lungseg import _startup
 
 # Public name -> the module of this package that defines it, imported on first use.
 _LAZY = {
-    "Pair": "pairs",
-    "find_pairs": "pairs",
-    "default_group": "pairs",
-    "LUS_FRAME_WINDOW": "pairs",
-    "FrameSet": "frames",
-    "FLIP_SUFFIX": "frames",
-    "load_frames": "frames",
-    "select_lus_frames": "frames",
-    "PaperAugmentation": "augment",
-    "make_dataset": "pipeline",
-    "kfold_splits": "splits",
-    "holdout_split": "splits",
-    "write_splits": "splits",
-    "read_splits": "splits",
-    "lus_phantom": "synthetic",
-    "lus_phantoms_needed": "synthetic",
-    "lus_sequence": "synthetic",
-    "salient_composite": "synthetic",
-    "write_lus_dataset": "synthetic",
-    "write_salient_dataset": "synthetic",
-    "ensure_dataset": "synthetic",
-    "convert_xpie": "xpie",
+    "Pair": ".pairs",
+    "find_pairs": ".pairs",
+    "default_group": ".pairs",
+    "LUS_FRAME_WINDOW": ".pairs",
+    "FrameSet": ".frames",
+    "FLIP_SUFFIX": ".frames",
+    "load_frames": ".frames",
+    "select_lus_frames": ".frames",
+    "PaperAugmentation": ".augment",
+    "make_dataset": ".pipeline",
+    "kfold_splits": ".splits",
+    "holdout_split": ".splits",
+    "write_splits": ".splits",
+    "read_splits": ".splits",
+    "lus_phantom": ".synthetic",
+    "lus_phantoms_needed": ".synthetic",
+    "lus_sequence": ".synthetic",
+    "salient_composite": ".synthetic",
+    "write_lus_dataset": ".synthetic",
+    "write_salient_dataset": ".synthetic",
+    "ensure_dataset": ".synthetic",
+    "convert_xpie": ".xpie",
 }
 
 __all__ = list(_LAZY)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _startup.lazy_attributes(__name__, _LAZY)
