@@ -141,6 +141,8 @@ def load_predictor(path, tta="none", folds=None):
 
     path = Path(path)
     if not path.exists():
+        if path.suffix in (".keras", ".h5"):
+            raise LungsegError(f"{path}: model file does not exist")
         raise LungsegError(f"{path}: does not exist (give a run folder or a .keras model file)")
     if path.is_dir():
         if not (path / CONFIG).is_file():
