@@ -290,13 +290,14 @@ def test_python_dash_m_reports_one_line(tmp_path):
 def test_cli_takes_the_interpolation_of_the_training_run(models, tmp_path, capsys):
     import shutil
 
-    from lungseg.files import write_json
+    from lungseg.config import make_config
 
     run = tmp_path / "run"
     (run / "fold_1").mkdir(parents=True)
     model_path = run / "fold_1" / "model.keras"
     shutil.copy(models[1], model_path)
-    write_json(run / "config.json", {"interpolation": "area"})
+    # a whole config: RunConfig needs its name (a partial one was silently not read)
+    (run / "config.json").write_text(make_config("xunet", "run", "quick", interpolation="area").to_json())
     frame = write_frames(tmp_path / "in", FRAME_SHAPES[:1])[0]
     assert main([str(model_path), str(frame)]) == 0
     assert "resized with area" in capsys.readouterr().out
