@@ -21,6 +21,7 @@ AUGMENT_INTERPOLATIONS = ("bilinear", "nearest")
 # training on 80 % of the pool (1.25 passes per epoch); "train" = one pass over the training part.
 STAGE1_STEPS = ("pool", "train")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+TTA_CHOICES = ("none", "flip")  # test-time augmentation of prediction and evaluation
 # Kernel initialisers of the 3x3 ReLU convolutions. The authors used Keras' default,
 # glorot_uniform; he_normal (He et al., 2015) keeps the activations' scale through the ReLU
 # layers, without which a plain U-Net trained from scratch with Dice loss stalls or collapses.

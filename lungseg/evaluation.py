@@ -21,13 +21,16 @@ EMPTY_MASK_RULE = (
     "Per-image metrics; a frame with an empty mask (no rib pixel) is handled as follows: "
     "Dice and IoU are NaN when both the reference and the prediction are empty and 0 when "
     "only one of them is; precision is NaN when the prediction is empty; recall is NaN when "
-    "the reference is empty; HD95 is NaN when either mask is empty. Means, SDs and medians "
-    "skip NaN values, and each metric reports how many images it counted."
+    "the reference is empty; HD95 and ASSD are NaN when either mask is empty. Means, SDs and "
+    "medians skip NaN values, and each metric reports how many images it counted."
 )
 
 OVERLAP_METRICS = ("dice", "iou", "accuracy", "precision", "recall")
 COMPONENT_METRICS = ("components_pred", "components_ref", "spurious")
-METRICS = OVERLAP_METRICS + ("hd95",) + COMPONENT_METRICS
+DISTANCE_METRICS = ("hd95", "assd")
+# In mm, only when the pixel spacing is known (evaluation at each frame's own size).
+MM_METRICS = ("hd95_mm", "assd_mm")
+METRICS = OVERLAP_METRICS + DISTANCE_METRICS + MM_METRICS + COMPONENT_METRICS
 
 # 8-connectivity: pixels touching at a corner belong to one component (skimage's
 # connectivity=2 in 2-D), so a diagonal rib edge is not split into many blobs.
@@ -71,30 +74,46 @@ def _boundary_points(mask):
     return np.argwhere(boundary)
 
 
-def hd95(reference: np.ndarray, prediction: np.ndarray) -> float:
-    """95th-percentile Hausdorff distance between two masks' boundaries, in pixels.
+def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[float] = None) -> float:
+    """95th-percentile Hausdorff distance between two masks' boundaries.
 
     For every boundary pixel of one mask, the Euclidean distance to the nearest boundary
     pixel of the other mask; the 95th percentile of those distances in each direction; the
-    larger of the two. NaN when either mask is empty. Pixels are taken as square and unit
-    sized, so the value is in pixels of the resolution the masks are given at.
+    larger of the two. NaN when either mask is empty. Without ``spacing`` pixels are square
+    and unit sized, so the value is in pixels of the resolution the masks are given at;
+    with ``spacing`` = (row mm, column mm) of one pixel it is in mm.
     """
-    return _hd95(*_binary_pair(reference, prediction))
+    return _distances(*_binary_pair(reference, prediction), spacing)[0]
 
 
-def _hd95(reference, prediction):
+def assd(reference, prediction, spacing=None):
+    """Average symmetric surface distance: the mean of the boundary-to-nearest-boundary
+    distances of both directions together (all of them, not a percentile), in pixels, or in
+    mm with ``spacing``. NaN when either mask is empty."""
+    return _distances(*_binary_pair(reference, prediction), spacing)[1]
+
+
+def _distances(reference, prediction, spacing=None):
+    """(HD95, ASSD) of two boolean masks, in pixels or, with ``spacing``, in mm."""
     if not reference.any() or not prediction.any():
-        return math.nan
-    reference_points = _boundary_points(reference)
-    prediction_points = _boundary_points(prediction)
+        return math.nan, math.nan
+    scale = np.array(spacing if spacing is not None else (1.0, 1.0), dtype=np.float64)
+    reference_points = _boundary_points(reference) * scale
+    prediction_points = _boundary_points(prediction) * scale
     # Nearest-neighbour queries between the two boundary point sets: a few thousand points
     # at most, several times faster than two distance transforms of the whole frame.
     to_reference = KDTree(reference_points).query(prediction_points)[0]
     to_prediction = KDTree(prediction_points).query(reference_points)[0]
-    return float(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95)))
+    hd = float(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95)))
+    mean = float((to_reference.sum() + to_prediction.sum()) / (len(to_reference) + len(to_prediction)))
+    return hd, mean
 
 
-def image_metrics(reference: np.ndarray, prediction: np.ndarray) -> dict:
+def _hd95(reference, prediction):
+    return _distances(reference, prediction)[0]
+
+
+def image_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[float] = None) -> dict:
     """All per-image metrics of one predicted mask against its reference.
 
     Both masks are 2-D, of one shape, bool or 0/1. Returns a dict with:
@@ -104,7 +123,8 @@ def image_metrics(reference: np.ndarray, prediction: np.ndarray) -> dict:
       paper's ``binary_accuracy`` is);
     - ``precision`` (NaN when the prediction is empty), ``recall`` (NaN when the reference
       is empty);
-    - ``hd95``: see :func:`hd95`, in pixels at the resolution given;
+    - ``hd95``, ``assd``: see :func:`hd95` and :func:`assd`, in pixels at the resolution
+      given; with ``spacing`` (row mm, column mm) also ``hd95_mm`` and ``assd_mm``;
     - ``components_pred``, ``components_ref``: connected components (8-connectivity);
     - ``spurious``: predicted components that touch no reference pixel, the stray blobs
       the paper shows in V-Unet's masks.
@@ -125,26 +145,65 @@ def image_metrics(reference: np.ndarray, prediction: np.ndarray) -> dict:
     hit_components = np.unique(prediction_labels[reference & prediction])
     spurious = components_pred - hit_components.size
 
+    hd, mean = _distances(reference, prediction)
+    millimetres = {}
+    if spacing is not None:
+        hd_mm, mean_mm = _distances(reference, prediction, spacing)
+        millimetres = {"hd95_mm": hd_mm, "assd_mm": mean_mm}
     return {
         "dice": _ratio(2 * true_positive, reference_area + prediction_area),
         "iou": _ratio(true_positive, union),
         "accuracy": float(1.0 - errors / reference.size),
         "precision": _ratio(true_positive, prediction_area),
         "recall": _ratio(true_positive, reference_area),
-        "hd95": _hd95(reference, prediction),
+        "hd95": hd,
+        "assd": mean,
+        **millimetres,
         "components_pred": int(components_pred),
         "components_ref": int(components_ref),
         "spurious": int(spurious),
     }
 
 
-def evaluate_masks(references: Iterable[np.ndarray], predictions: Iterable[np.ndarray]) -> list:
+def evaluate_masks(
+    references: Iterable[np.ndarray], predictions: Iterable[np.ndarray], spacing: Optional[float] = None
+) -> list:
     """:func:`image_metrics` for each (reference, prediction) pair; a list of dicts."""
     references = list(references)
     predictions = list(predictions)
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} reference masks but {len(predictions)} predictions")
-    return [image_metrics(ref, pred) for ref, pred in zip(references, predictions)]
+    return [image_metrics(ref, pred, spacing) for ref, pred in zip(references, predictions)]
+
+
+def binary_set_metrics(references, predictions, batch_size=20):
+    """The set-level numbers of ``lungseg.scoring`` for binary masks of any sizes.
+
+    Masks of one frame share a shape; frames may differ. ``dice`` and ``iou`` are averaged
+    over consecutive batches of ``batch_size`` frames (each batch's pixels pooled), as the
+    paper's; ``dice_global`` pools every pixel.
+    """
+    references = [np.asarray(r, np.float64).ravel() for r in references]
+    predictions = [np.asarray(p, np.float64).ravel() for p in predictions]
+    if not references:
+        return {"dice": math.nan, "dice_global": math.nan, "iou": math.nan,
+                "binary_accuracy": math.nan}
+    batches = range(0, len(references), batch_size)
+
+    def pooled(items, start, stop):
+        return np.concatenate(items[start:stop])[None]
+
+    dice = [_dice(pooled(references, b, b + batch_size), pooled(predictions, b, b + batch_size), 1.0)
+            for b in batches]
+    iou_values = [_iou(pooled(references, b, b + batch_size), pooled(predictions, b, b + batch_size), 1.0)
+                  for b in batches]
+    everything = pooled(references, 0, None), pooled(predictions, 0, None)
+    return {
+        "dice": float(np.mean(dice)),
+        "dice_global": float(_dice(*everything, 1.0)),
+        "iou": float(np.mean(iou_values)),
+        "binary_accuracy": float(np.mean(everything[0] == everything[1])),
+    }
 
 
 def batch_dice(

@@ -10,19 +10,23 @@ mask is thresholded and resized back to each frame's own size.
 
 Command line::
 
-    lungseg-predict MODEL INPUT [--out DIR] [--threshold T] [--batch-size B] [--debug]
+    lungseg-predict MODEL_OR_RUN INPUT [--out DIR] [--tta flip] [--fold K] [--min-size PX]
+                    [--keep-largest N] [--save-probabilities] [--spacing MM] [--threshold T] ...
 
-INPUT is one frame or a folder of frames (any other entry of the folder, such as a
-sub-folder or a text file, is named in a warning and skipped). For each frame
-``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` (the frame with the mask tinted) are
-written to ``--out``, by default ``<INPUT stem>_masks/`` beside INPUT. Existing files of
-those names are replaced. Frames are resized as the model's training run did
-(``interpolation`` in the ``config.json`` of its run folder), nearest-neighbour when there
-is none, unless ``--interpolation`` is given.
-Exit status: 0 all frames segmented; 1 some frames of a folder could not be read and were
-skipped (each named on stderr, the others were written); 2 nothing was done because the
-model, the input, the options or the output folder are unusable, or no frame was readable;
-130 interrupted. Other exceptions are bugs and show their traceback.
+MODEL_OR_RUN is a ``.keras`` model or a run folder, whose finished fold models are averaged
+(``lungseg.inference.ensemble``). INPUT is a frame, a multi-page TIFF, a DICOM file, a video,
+or a folder searched recursively for them (``lungseg.data.sources``). For each frame
+``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` are written to ``--out`` (by default
+``<INPUT stem>_masks/`` beside INPUT) in the sub-folder mirroring INPUT's; the frames of a
+multi-frame file are named ``<stem>_0001`` ...; a video gets ``<stem>_overlay.<ext>``, a video
+of overlays. ``predictions.csv`` has one row per frame. Existing files of those names are
+replaced. Frames are resized as the model's training run did (``interpolation`` in the
+``config.json`` of its run folder), nearest-neighbour when there is none, unless
+``--interpolation`` is given. See ``docs/inference.md``.
+Exit status: 0 all files segmented; 1 some files of a folder could not be read or are of
+an unsupported type and were skipped (each named on stderr, the others were written); 2
+nothing was done because the model, the input, the options or the output folder are
+unusable, or no file was readable; 130 interrupted. Other exceptions are bugs and show their traceback.
 """
 
 import argparse
@@ -35,9 +39,11 @@ import numpy as np
 
 # Frames are resized exactly as for training (lungseg.data.frames.load_frames).
 from lungseg.data.frames import INTERPOLATIONS
-from lungseg.data.io import IMAGE_SUFFIXES, list_image_files, read_image, to_gray_uint8, write_image
+from lungseg.data.io import to_gray_uint8, write_image
+from lungseg.data.sources import SOURCE_SUFFIXES, find_sources, is_source
 from lungseg.cli import run_main
 from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.config import TTA_CHOICES
 from lungseg.progress import Progress
 
 DEFAULT_THRESHOLD = 0.5
@@ -46,6 +52,8 @@ DEFAULT_BATCH_SIZE = 20
 PREDICT_CHUNK_FRAMES = 512
 MASK_SUFFIX = "_mask.png"
 OVERLAY_SUFFIX = "_overlay.png"
+PROBABILITY_SUFFIX = "_prob.png"
+PREDICTIONS_CSV = "predictions.csv"
 
 
 def load_model(path, compile=False):
@@ -72,7 +80,7 @@ def load_model(path, compile=False):
     # loss and metrics that compiled lungseg models name.
     import keras
 
-    from lungseg import losses  # noqa: F401
+    from lungseg import inference, losses  # noqa: F401  (register FlipLeftRight and the Dice loss)
 
     try:
         model = keras.models.load_model(path, compile=compile, safe_mode=True)
@@ -207,28 +215,29 @@ def segment(model, frame, threshold=DEFAULT_THRESHOLD, interpolation="nearest"):
 
 
 def _frame_files(input_path):
-    """The frame files named by INPUT: the file itself, or a folder's frames sorted by name."""
+    """(frame files, files of other types) named by INPUT: the file itself, or every frame,
+    DICOM and video file below a folder (recursively, sorted by path)."""
     if not input_path.exists():
         raise DataError(f"{input_path}: input does not exist")
-    suffixes = ", ".join(IMAGE_SUFFIXES)
     if input_path.is_file():
-        if input_path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"{input_path}: not a frame file (expected one of {suffixes})")
-        return [input_path]
-    files, skipped = list_image_files(input_path)
-    for line in skipped:
-        print(f"warning: {line}", file=sys.stderr)
+        if not is_source(input_path):
+            raise DataError(f"{input_path}: unsupported file type (expected a frame "
+                            f"({', '.join(SOURCE_SUFFIXES)}) or a DICOM file)")
+        return [input_path], []
+    files, others = find_sources(input_path)
     if not files:
-        raise DataError(f"{input_path}: folder holds no frames ({suffixes})")
+        raise DataError(f"{input_path}: folder holds no frames ({', '.join(SOURCE_SUFFIXES)}, "
+                        "DICOM), in it or below it")
     stems = {}
     for path in files:
-        if path.stem in stems:
+        key = (path.parent, path.stem)
+        if key in stems:
             raise DataError(
-                f"{path}: same name as {stems[path.stem].name}; their masks would overwrite "
+                f"{path}: same name as {stems[key].name}; their masks would overwrite "
                 "each other (rename one)"
             )
-        stems[path.stem] = path
-    return files
+        stems[key] = path
+    return files, others
 
 
 def default_output_folder(input_path):
@@ -250,36 +259,97 @@ def _check_output_folder(out):
         )
 
 
-def _write_outputs(out, source, frame, mask):
-    """``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for one frame, atomically."""
+def _write(path, image):
+    try:
+        write_image(path, image)
+    except OSError as error:
+        raise LungsegError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def _write_outputs(folder, base, frame, mask, probability=None, overlay=True):
+    """``<base>_mask.png`` (0/255), ``<base>_overlay.png`` and ``<base>_prob.png``, atomically."""
     from lungseg.figures import blend_mask  # matplotlib: only once there is a mask to draw
 
-    overlay_bgr = cv2.cvtColor(blend_mask(frame, mask), cv2.COLOR_RGB2BGR)
-    for path, image in (
-        (out / f"{source.stem}{MASK_SUFFIX}", mask * np.uint8(255)),
-        (out / f"{source.stem}{OVERLAY_SUFFIX}", overlay_bgr),
-    ):
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / f"{base}{MASK_SUFFIX}", mask * np.uint8(255))
+    if overlay:
+        _write(folder / f"{base}{OVERLAY_SUFFIX}", cv2.cvtColor(blend_mask(frame, mask), cv2.COLOR_RGB2BGR))
+    if probability is not None:
+        _write(folder / f"{base}{PROBABILITY_SUFFIX}",
+               np.round(np.clip(probability, 0, 1) * 65535).astype(np.uint16))
+
+
+VIDEO_CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+
+
+def _write_overlay_video(path, frames, masks, fps):
+    """The frames with their masks tinted, as a video of the input's kind, atomically."""
+    from lungseg.figures import blend_mask
+    from lungseg.files import atomic_path
+
+    height, width = frames[0].shape[:2]
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_CODECS[path.suffix.lower()]),
+                                 fps or 25.0, (width, height), True)
+        if not writer.isOpened():
+            raise LungsegError(f"{path}: cannot write the overlay video (no {path.suffix} encoder)")
         try:
-            write_image(path, image)
-        except OSError as error:
-            raise LungsegError(f"{path}: cannot write ({error.strerror or error})") from error
+            for frame, mask in zip(frames, masks):
+                writer.write(cv2.cvtColor(blend_mask(frame, mask), cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+
+
+def spacing_option(text):
+    """``MM`` (square pixels) or ``ROWxCOL`` in mm, e.g. ``0.2`` or ``0.2x0.3``."""
+    try:
+        values = tuple(float(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MM or ROWxCOL in mm, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive MM or ROWxCOL in mm, got {text!r}")
+    return values
+
+
+def add_prediction_options(parser):
+    """Options prediction and evaluation share: ensemble, TTA, post-processing."""
+    from lungseg.cli import positive_int
+
+    parser.add_argument("--fold", type=positive_int, action="append", metavar="K",
+                        help="with a run folder, use only fold K (repeatable; default: the mean "
+                        "of every finished fold model)")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
+                        help="flip: average with the prediction on the mirrored frame (default: none)")
+    parser.add_argument("--min-size", type=int, default=0, metavar="PX",
+                        help="remove predicted components under PX pixels at the frame's own size "
+                        "(default: 0, keep all)")
+    parser.add_argument("--keep-largest", type=positive_int, metavar="N",
+                        help="keep only the N largest predicted components (default: all)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="lungseg-predict",
-        description="Segment ribs in lung ultrasound frames with a trained V-Unet or X-Unet.",
+        description="Segment ribs in lung ultrasound frames with a trained V-Unet or X-Unet, "
+        "or the mean of a run's fold models.",
         epilog=(
-            "Writes <stem>_mask.png (0/255) and <stem>_overlay.png per frame. Exit status: "
-            "0 done; 1 some frames could not be read (skipped, named on stderr); 2 error."
+            "Writes <name>_mask.png (0/255) and <name>_overlay.png per frame (frames of a "
+            "multi-frame file are numbered <stem>_0001 ...; a video gets <stem>_overlay.<ext>), "
+            "and predictions.csv. Exit status: 0 done; 1 some files could not be read "
+            "(skipped, each named on stderr); 2 error."
         ),
     )
-    parser.add_argument("model", type=Path, help="trained model, a .keras file")
+    parser.add_argument("model", type=Path, metavar="MODEL_OR_RUN",
+                        help="a trained .keras model, or a run folder (its fold models' mean)")
     parser.add_argument(
-        "input", type=Path, help=f"a frame ({', '.join(IMAGE_SUFFIXES)}) or a folder of frames"
+        "input", type=Path, help="a frame (PNG, TIFF incl. multi-page, JPEG, BMP), DICOM file, "
+        "video (.mp4, .avi, .mov), or a folder searched recursively for them"
     )
     parser.add_argument(
-        "--out", type=Path, help="output folder (default: <INPUT stem>_masks beside INPUT)"
+        "--out", type=Path, help="output folder, mirroring INPUT's sub-folders "
+        "(default: <INPUT stem>_masks beside INPUT)"
     )
     parser.add_argument(
         "--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -294,69 +364,150 @@ def build_parser():
         help="resizing frames to the model input (default: the training run's, read from "
         "config.json beside the model or one folder up, else nearest as in the paper)",
     )
+    add_prediction_options(parser)
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <name>_prob.png: the probability at the frame's size, "
+                        "16-bit (value / 65535)")
+    parser.add_argument("--spacing", type=spacing_option, metavar="MM|ROWxCOL",
+                        help="pixel spacing in mm for rib areas in mm² (DICOM files give their own)")
+    parser.add_argument("--max-value", type=int, metavar="N",
+                        help="the largest value of 16-bit frames that do not state it, e.g. 4095 "
+                        "for 12-bit data (default: the file's sBIT or MaxSampleValue, else 65535)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
 
 def training_interpolation(model_path):
-    """The ``interpolation`` the run folder holding this model was trained with, or None."""
+    """The ``interpolation`` the run folder holding this model (or this run folder) was
+    trained with, or None."""
     from lungseg.runs import RunFolder
 
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        try:
+            return RunFolder.open(model_path).config.interpolation
+        except (LungsegError, OSError, ValueError, TypeError):
+            return None
     run = RunFolder.containing(model_path)
     return run.config.interpolation if run is not None else None
 
 
+PREDICTION_COLUMNS = ("file", "frame", "height", "width", "row_spacing_mm", "column_spacing_mm",
+                      "rib_area_px", "rib_area_mm2", "components", "mean_probability", "mask")
+
+
+def _predict_source(args, model, post, source, folder, relative):
+    """Masks (and overlays, probabilities) of every frame of one source; its CSV rows."""
+    frames = source.frames
+    multi = source.multi
+    spacing = source.spacing or args.spacing
+    rows, masks = [], []
+    from lungseg.inference import frame_record
+
+    for start in range(0, len(frames), PREDICT_CHUNK_FRAMES):
+        chunk = frames[start : start + PREDICT_CHUNK_FRAMES]
+        probabilities = predict_probabilities(model, chunk, args.batch_size, args.interpolation)
+        for offset, (frame, probability) in enumerate(zip(chunk, probabilities)):
+            index = start + offset + 1
+            height, width = frame.shape[:2]
+            mask = cv2.resize((probability > args.threshold).astype(np.uint8), (width, height),
+                              interpolation=cv2.INTER_NEAREST_EXACT)
+            mask = post(mask)
+            native = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+            base = f"{source.path.stem}_{index:04d}" if multi else source.path.stem
+            _write_outputs(folder, base, frame, mask,
+                           native if args.save_probabilities else None,
+                           overlay=source.kind != "video")
+            record = frame_record(mask, native, spacing)
+            rows.append({
+                "file": relative.as_posix(), "frame": index, **{k: record[k] for k in ("height", "width")},
+                "row_spacing_mm": spacing[0] if spacing else None,
+                "column_spacing_mm": spacing[1] if spacing else None,
+                **{k: record[k] for k in ("rib_area_px", "rib_area_mm2", "components", "mean_probability")},
+                "mask": (relative.parent / f"{base}{MASK_SUFFIX}").as_posix(),
+            })
+            if source.kind == "video":
+                masks.append(mask)
+    if source.kind == "video":
+        _write_overlay_video(folder / f"{source.path.stem}_overlay{source.path.suffix.lower()}",
+                             frames, masks, source.fps)
+    return rows
+
+
+def _csv_text(rows):
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PREDICTION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v)
+                         for k, v in row.items()})
+    return buffer.getvalue()
+
+
 def run(args):
-    """Do the work of the command line; return its exit status (0, or 1 if frames skipped)."""
+    """Do the work of the command line; return its exit status (0, or 1 if files skipped)."""
+    from lungseg.data.sources import read_source
+    from lungseg.files import write_text
+    from lungseg.inference import PostProcess, load_predictor
+    from lungseg.runs import fold_name
+
     if args.interpolation is None:
         args.interpolation = training_interpolation(args.model) or "nearest"
     _check_threshold(args.threshold)
     _check_batching(args.batch_size, args.interpolation)
-    files = _frame_files(args.input)
+    post = PostProcess(args.min_size, args.keep_largest)
+    if args.max_value is not None and not 0 < args.max_value < 65536:
+        raise ConfigError(f"--max-value must be between 1 and 65535, got {args.max_value}")
+    if args.fold and not args.model.is_dir():
+        raise ConfigError("--fold takes a run folder, not a model file")
+    files, others = _frame_files(args.input)
     out = args.out if args.out is not None else default_output_folder(args.input)
     _check_output_folder(out)
-    model = load_model(args.model)
+    predictor = load_predictor(args.model, tta=args.tta,
+                               folds=[fold_name(k) for k in args.fold] if args.fold else None)
+    model = predictor.model
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise LungsegError(f"{out}: cannot create the output folder ({error.strerror})") from error
 
-    skipped = []
-    with Progress(len(files), "segmenting frames", enabled=len(files) > 1) as progress:
-        for start in range(0, len(files), args.batch_size):
-            chunk = files[start : start + args.batch_size]
-            readable = []
-            for path in chunk:
-                try:
-                    readable.append((path, read_image(path)))
-                except DataError as error:
-                    if args.input.is_file():  # INPUT was this one frame: nothing left to do
-                        raise
-                    skipped.append(str(error))
-            masks = segment_batch(
-                model, [frame for _, frame in readable], args.batch_size, args.threshold,
-                args.interpolation,
-            )
-            for (path, frame), mask in zip(readable, masks):
-                _write_outputs(out, path, frame, mask)
-            progress.advance(len(chunk))
+    skipped = [f"{path}: unsupported file type" for path in others]
+    rows = []
+    with Progress(len(files), "segmenting files", enabled=len(files) > 1) as progress:
+        for path in files:
+            relative = path.relative_to(args.input) if args.input.is_dir() else Path(path.name)
+            try:
+                source = read_source(path, args.max_value)
+            except DataError as error:
+                if args.input.is_file():  # INPUT was this one file: nothing left to do
+                    raise
+                skipped.append(str(error))
+                progress.advance(1)
+                continue
+            rows += _predict_source(args, model, post, source, out / relative.parent, relative)
+            progress.advance(1)
+    if rows:
+        write_text(out / PREDICTIONS_CSV, _csv_text(rows))
 
-    written = len(files) - len(skipped)
+    total = len(files) + len(others)
+    written = len(files) - (len(skipped) - len(others))
     if written:
         print(
-            f"wrote {written} mask(s) and overlay(s) to {out} "
-            f"(frames resized with {args.interpolation}, threshold {args.threshold:g})"
+            f"wrote {len(rows)} mask(s) of {written} file(s) to {out}, and {PREDICTIONS_CSV} "
+            f"({predictor.description}; frames resized with {args.interpolation}, "
+            f"threshold {args.threshold:g}; post-processing: {post.describe()})"
         )
     for problem in skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     if not written:
-        print(
-            f"error: none of the {len(files)} frames could be read (listed above)", file=sys.stderr
-        )
+        print(f"error: none of the {total} files could be read (listed above)", file=sys.stderr)
         return 2
     if skipped:
         print(
-            f"error: {len(skipped)} of {len(files)} frames could not be read (listed above); "
+            f"error: {len(skipped)} of {total} files could not be read (listed above); "
             "the others were written",
             file=sys.stderr,
         )

@@ -10,7 +10,15 @@
 
 Every model is scored by ``lungseg.scoring.score_frames`` at its own input resolution, the
 very function the stage runner used, so a fold scored on its held-out frames here reports the
-Dice its ``summary.json`` holds.
+Dice its ``summary.json`` holds (``fold_metrics``). The per-image metrics (``per_image.csv``,
+the per-image columns of ``results.md``) are measured at each frame's own size by default
+(``resolution="model"`` for the model's input size), with HD95 and ASSD also in mm when the
+pixel spacing is given. A folder of masks made by another tool is scored the same way,
+without any model (``masks``).
+
+Prediction options (a run's fold ensemble, flip TTA, post-processing) are scored beside the
+plain models: each run appears twice in the table, as it is and with the options, so their
+effect on Dice, spurious components and HD95 is read off directly.
 
 Results folder::
 
@@ -23,21 +31,62 @@ Results folder::
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 from lungseg import figures
 from lungseg.console import log
 from lungseg.data.frames import FLIP_SUFFIX
 from lungseg.data.io import write_image
 from lungseg.errors import ConfigError, DataError
-from lungseg.evaluation import EMPTY_MASK_RULE, METRICS, aggregate_folds, nan_to_none, summarize
+from lungseg.evaluation import (
+    EMPTY_MASK_RULE,
+    METRICS,
+    aggregate_folds,
+    binary_set_metrics,
+    image_metrics,
+    nan_to_none,
+    summarize,
+)
+from lungseg.inference import PostProcess, ensemble
 from lungseg.files import write_json, write_text
 from lungseg.predict import input_size, load_model
 from lungseg.runs import RunFolder, display_name
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 
 SCORES = ("dice", "dice_global", "dice_per_image")
+RESOLUTIONS = ("native", "model")
+
+
+@dataclass(frozen=True)
+class PredictionOptions:
+    """How masks are made from the models: as ``lungseg-predict`` does with the same options."""
+
+    ensemble: bool = False  # the mean of a run's fold models, scored as one model
+    tta: str = "none"
+    post: PostProcess = PostProcess()
+
+    @property
+    def active(self):
+        return self.ensemble or self.tta != "none" or self.post.active
+
+    def describe(self):
+        parts = (["fold ensemble"] if self.ensemble else []) + (["flip TTA"] if self.tta == "flip" else [])
+        if self.post.active:
+            parts.append(self.post.describe())
+        return "; ".join(parts) or "plain"
+
+    def suffix(self):
+        parts = (["ensemble"] if self.ensemble else []) + (["flip"] if self.tta == "flip" else [])
+        if self.post.min_size:
+            parts.append(f"min{self.post.min_size}")
+        if self.post.keep_largest is not None:
+            parts.append(f"largest{self.post.keep_largest}")
+        return "+".join(parts)
 
 
 @dataclass
@@ -55,6 +104,9 @@ class Experiment:
     stage1_metrics: dict = None  # stage 1 scored on the test frames, when there are some
     predictions: dict = field(default_factory=dict)  # frame name -> (image, reference, mask)
     masks: dict = field(default_factory=dict)  # (fold, frame name) -> predicted mask
+    options: PredictionOptions = PredictionOptions()
+    groups: dict = field(default_factory=dict)  # frame name -> its group (for the figure)
+    mask_folder: Path = None  # a folder of predicted masks (model "masks")
 
     @property
     def config(self):
@@ -62,8 +114,16 @@ class Experiment:
 
     @property
     def display_name(self):
+        if self.model == "masks":
+            return f"masks ({self.label})"
         encoder = (self.training or {}).get("encoder_weights_used")
         return f"{display_name(self.model, encoder)} ({self.label})"
+
+    def with_options(self, options):
+        """The same models, predicted with ``options``: a second row of the table."""
+        return Experiment(label=f"{self.label}+{options.suffix()}", model=self.model,
+                          models=dict(self.models), run=self.run, training=self.training,
+                          options=options)
 
 
 def open_experiment(path):
@@ -130,11 +190,12 @@ def trained_on(names, training_names):
 class FrameSource:
     """The frames each model is scored on, decoded once per resolution and run."""
 
-    def __init__(self, test=None, test_list=None):
+    def __init__(self, test=None, test_list=None, native=False):
         if test and test_list:
             raise ConfigError("give --test or --test-list, not both")
         self.test, self.test_names = test, read_test_list(test_list) if test_list else None
         self.test_list = test_list
+        self.native = native  # also keep each mask at its frame's own size
         self._cache = {}
 
     @property
@@ -155,7 +216,8 @@ class FrameSource:
             if shape not in self._cache:
                 from lungseg.data import find_pairs, load_frames
 
-                self._cache[shape] = load_frames(find_pairs(self.test), shape, progress=True)
+                self._cache[shape] = load_frames(find_pairs(self.test), shape, progress=True,
+                                                 native=self.native)
             return self._cache[shape]
         if experiment.run is None:
             option = "--test DIR" if not self.test_names else "--test DIR (a test list names frames of a run folder's pool)"
@@ -170,23 +232,60 @@ class FrameSource:
 
     def _run_frames(self, run):
         if not self.test_names:
-            return run.lus_frames()[0]
-        everything = run.all_lus_frames()
+            return run.lus_frames(native=self.native)[0]
+        everything = run.all_lus_frames(native=self.native)
         missing = [name for name in self.test_names if name not in set(everything.names)]
         if missing:
             raise DataError([f"{self.test_list}: frame {name} is not in the data of {run.root}" for name in missing])
         return everything
 
 
-def score(experiment, source, batch_size=20):
+def _load_scored_model(paths, options):
+    """The model a row is scored with: one fold model, or the ensemble, with TTA as asked."""
+
+    paths = paths if isinstance(paths, list) else [paths]
+    return ensemble([load_model(path) for path in paths], tta=options.tta)
+
+
+def per_image_rows(frames, masks, resolution="native", post=PostProcess(), spacing=None):
+    """Per-image metric rows and final masks of predicted ``masks`` (at the model's size).
+
+    At ``native`` resolution each mask is resized to its frame's own size (nearest, as
+    ``lungseg-predict`` writes it) and compared with the mask as stored; HD95 and ASSD are
+    also given in mm with ``spacing``. At ``model`` resolution the comparison is at the
+    model's input size, in pixels only. Post-processing applies at the resolution compared.
+    """
+    rows, finals = [], []
+    for index, (name, mask) in enumerate(zip(frames.names, masks)):
+        if resolution == "native":
+            reference = frames.native_masks[index]
+            height, width = reference.shape
+            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+            row_spacing = spacing
+        else:
+            reference = frames.masks[index, :, :, 0]
+            row_spacing = None
+        mask = post(mask)
+        rows.append({"frame": name, **image_metrics(reference, mask, row_spacing)})
+        finals.append(mask)
+    return rows, finals
+
+
+def score(experiment, source, batch_size=20, resolution="native", spacing=None):
     """Score every model of the experiment on its frames and fill its rows; one model at a time."""
+    if experiment.model == "masks":
+        return score_mask_folder(experiment, source, resolution, spacing)
+    options = experiment.options
     expected = tuple(experiment.config.image_size) if experiment.config else None
     models = dict(experiment.models)
-    if source.fixed() and experiment.run and experiment.model == "vunet" and experiment.run.is_done("stage1"):
+    if options.ensemble:
+        models = {"ensemble": list(models.values())}
+    elif source.fixed() and experiment.run and experiment.model == "vunet" and experiment.run.is_done("stage1") \
+            and not options.active:
         models = {"stage1": experiment.run.model_path("stage1"), **models}  # the paper's stage-1 Dice
     splits = experiment.run.read_splits() if experiment.run else None
     for fold, path in models.items():
-        model = load_model(path)
+        model = _load_scored_model(path, options)
         height, width, _ = input_size(model, str(path))
         if expected and (height, width) != expected:
             raise DataError(
@@ -195,7 +294,7 @@ def score(experiment, source, batch_size=20):
             )
         frames = source.frames(experiment, fold, (height, width))
         scores = score_frames(model, frames, batch_size)
-        if splits and source.test_names:
+        if splits and source.test_names and fold != "ensemble":
             part = splits["stage1"] if fold == "stage1" else splits["folds"][int(fold.split("_")[1]) - 1]
             experiment.trained_on_test[fold] = trained_on(frames.names, part["train"])
         if fold == "stage1":
@@ -203,14 +302,92 @@ def score(experiment, source, batch_size=20):
             log(f"{experiment.display_name} stage 1: {len(frames)} frames, Dice {scores.metrics['dice']:.4f}")
             continue
         experiment.fold_metrics[fold] = scores.metrics
-        for row, image, reference, mask in zip(scores.rows, frames.images, frames.masks, scores.masks):
+        rows, masks = per_image_rows(frames, scores.masks, resolution, options.post, spacing)
+        for row, image, reference, mask, group in zip(rows, frames.images, frames.masks, masks, frames.groups):
             experiment.rows.append({"experiment": experiment.label, "model": experiment.model, "fold": fold, **row})
             experiment.masks[fold, row["frame"]] = mask
+            experiment.groups[row["frame"]] = group
             experiment.predictions.setdefault(row["frame"], (image[..., 0], reference[..., 0], mask))
         note = ""
         if fold in experiment.trained_on_test:
             note = f"; it trained on {experiment.trained_on_test[fold]} of them (contaminated)"
         log(f"{experiment.display_name} {fold}: {len(frames)} frames, Dice {scores.metrics['dice']:.4f}{note}")
+
+
+MASK_NAME_FORMS = ("{}", "{}_mask", "mask_{}")
+
+
+def open_mask_folder(path):
+    """An Experiment scoring a folder of predicted masks (any tool's) without a model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder of predicted masks")
+    return Experiment(label=path.name, model="masks", models={}, mask_folder=path)
+
+
+def _mask_files(folder):
+    from lungseg.data.io import IMAGE_SUFFIXES
+
+    files = {}
+    for file in sorted(folder.rglob("*")):
+        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
+            files.setdefault(file.stem, file)
+    return files
+
+
+def score_mask_folder(experiment, source, resolution="native", spacing=None):
+    """Score predicted mask files against the test set's references, at the references' size.
+
+    The mask of frame ``<name>`` is ``<name>``, ``<name>_mask`` (as ``lungseg-predict``
+    writes) or ``mask_<name>``, with any image suffix, anywhere below the folder.
+    """
+    from lungseg.data.io import read_mask
+
+    if not source.test:
+        raise ConfigError(f"{experiment.mask_folder}: a folder of masks is scored against --test DIR")
+    from lungseg.data import find_pairs
+
+    pairs = find_pairs(source.test)
+    files = _mask_files(experiment.mask_folder)
+    problems, references, predictions, names = [], [], [], []
+    for pair in pairs:
+        found = next((files[form.format(pair.name)] for form in MASK_NAME_FORMS
+                      if form.format(pair.name) in files), None)
+        if found is None:
+            problems.append(f"{experiment.mask_folder}: no mask for frame {pair.name} "
+                            f"({', '.join(f.format(pair.name) for f in MASK_NAME_FORMS)}.png ...)")
+            continue
+        try:
+            reference, prediction = read_mask(pair.mask), read_mask(found)
+        except DataError as error:
+            problems += error.problems
+            continue
+        if reference.shape != prediction.shape:
+            problems.append(f"{found}: size {prediction.shape[0]} x {prediction.shape[1]} differs from "
+                            f"its reference {pair.mask} ({reference.shape[0]} x {reference.shape[1]})")
+            continue
+        references.append(reference)
+        predictions.append(experiment.options.post(prediction))
+        names.append(pair.name)
+        experiment.groups[pair.name] = pair.group
+    if problems:
+        raise DataError(problems)
+    metrics = binary_set_metrics(references, predictions)
+    for name, reference, prediction in zip(names, references, predictions):
+        row = {"frame": name, **image_metrics(reference, prediction, spacing)}
+        experiment.rows.append({"experiment": experiment.label, "model": "masks", "fold": "masks", **row})
+        experiment.masks["masks", name] = prediction
+    image_by_name = {pair.name: pair.image for pair in pairs}
+    from lungseg.data.io import read_image
+
+    for name, reference, prediction in zip(names, references, predictions):
+        experiment.predictions[name] = (read_image(image_by_name[name]), reference, prediction)
+    metrics.update({
+        "dice_per_image": summarize(experiment.rows)["metrics"]["dice"]["mean"],
+        "frames": len(names),
+    })
+    experiment.fold_metrics["masks"] = metrics
+    log(f"{experiment.display_name}: {len(names)} frames, Dice {metrics['dice']:.4f}")
 
 
 def experiment_summary(experiment):
@@ -232,7 +409,7 @@ def experiment_summary(experiment):
         frames = (f"{config.lus_frames}" + (" (with flips)" if config.flips else "")
                   + f"; {'/'.join(map(str, per_fold))} per fold model")
     if config is None:
-        strategy = "-"
+        strategy = "-" if experiment.model != "masks" else f"masks from {experiment.mask_folder}"
     elif config.model == "vunet":
         strategy = "decoder, then all layers"
     elif config.pretrained:
@@ -259,6 +436,10 @@ def experiment_summary(experiment):
         "per_image_dice_mean": metrics["dice"]["mean"],
         "spurious_per_image": metrics["spurious"]["mean"],
         "hd95_mean": metrics["hd95"]["mean"],
+        "assd_mean": metrics["assd"]["mean"],
+        "hd95_mm_mean": metrics["hd95_mm"]["mean"] if "hd95_mm" in metrics else None,
+        "assd_mm_mean": metrics["assd_mm"]["mean"] if "assd_mm" in metrics else None,
+        "prediction": experiment.options.describe() if experiment.model != "masks" else "mask files",
         "per_image": per_image,
     }
 
@@ -267,35 +448,53 @@ def _number(value, digits=4):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def results_table(summaries, scored_on):
+def results_table(summaries, scored_on, resolution="native", spacing=None):
     """The paper-style Markdown table, one row per experiment, and what each number means."""
+    millimetres = spacing is not None and resolution == "native"
+    where = ("each frame's own size" if resolution == "native" else "the model's input size")
     lines = [
         "# Results",
         "",
         f"Scored on: {scored_on}.",
         "",
-        "| experiment | model | training frames | fine-tuning | stage-1 Dice | fold Dice (mean ± SD) "
+        f"Per-image metrics (per-image Dice, spurious components, HD95, ASSD) at {where}"
+        + (f", pixel spacing {spacing[0]:g} x {spacing[1]:g} mm (row x column)." if millimetres else "."),
+        "",
+        "| experiment | model | prediction | training frames | fine-tuning | stage-1 Dice | fold Dice (mean ± SD) "
         "| SD as the paper (np.std) | best fold | global Dice | per-image Dice "
-        "| spurious components / image | HD95 (px) | test frames trained on |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| spurious components / image | HD95 (px) | ASSD (px) |"
+        + (" HD95 (mm) | ASSD (mm) |" if millimetres else "") + " test frames trained on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if millimetres else ""),
     ]
     for s in summaries:
         across = s["across_folds"]
         trained = s["trained_on_test_frames"]
         contamination = "-" if trained is None else ", ".join(f"{fold} {n}" for fold, n in trained.items())
+        mm = (f" {_number(s['hd95_mm_mean'], 2)} | {_number(s['assd_mm_mean'], 2)} |" if millimetres else "")
         lines.append(
-            f"| {s['experiment']} | {s['model']} | {s['training_frames'] or '-'} | {s['fine_tuning']} "
+            f"| {s['experiment']} | {s['model']} | {s.get('prediction', 'plain')} | {s['training_frames'] or '-'} "
+            f"| {s['fine_tuning']} "
             f"| {_number(s['stage1_dice'])} | {_number(s['fold_dice_mean'])} ± {_number(s['fold_dice_sd'])} "
             f"| {_number(s['fold_dice_sd_paper'])} | {s['best_fold']} ({_number(s['best_fold_dice'])}) "
             f"| {_number(across['dice_global']['mean'])} | {_number(s['per_image_dice_mean'])} "
-            f"| {_number(s['spurious_per_image'], 2)} | {_number(s['hd95_mean'], 1)} | {contamination} |"
+            f"| {_number(s['spurious_per_image'], 2)} | {_number(s['hd95_mean'], 1)} "
+            f"| {_number(s.get('assd_mean'), 1)} |{mm} {contamination} |"
         )
     lines += ["", "What the numbers are:", ""]
     lines += [f"- **{name}**: {text}." for name, text in (
+        ("prediction", "how masks were made: plain (one model, threshold 0.5), or with a run's fold "
+         "ensemble (the mean of its fold models' probabilities), flip test-time augmentation and "
+         "post-processing, as lungseg-predict does with the same options; a run scored both ways "
+         "shows their effect row by row"),
         ("fold Dice", METRIC_DEFINITIONS["dice"] + "; mean over folds ± sample SD (ddof 1); the paper "
-         "reported np.std (ddof 0), given beside it"),
+         "reported np.std (ddof 0), given beside it; always at the model's input size, from the "
+         "probabilities (post-processing does not change it)"),
         ("global Dice", METRIC_DEFINITIONS["dice_global"]),
-        ("per-image Dice", METRIC_DEFINITIONS["dice_per_image"]),
+        ("per-image Dice", "mean over frames of each frame's Dice of its final mask, at the "
+         "resolution stated above (frames with both masks empty skipped)"),
+        ("HD95, ASSD", "95th-percentile Hausdorff distance and average symmetric surface distance "
+         "between the predicted and reference boundaries, in pixels at the resolution stated "
+         "above, and in mm when the pixel spacing is known"),
         ("stage-1 Dice", "V-Unet's decoder stage scored on the test frames when there are some, else on its "
          "hold-out; X-Unet's on its salient-object hold-out"),
         ("test frames trained on", "per fold model, how many of the scored frames it trained on as the frame "
@@ -314,22 +513,63 @@ def per_image_csv(experiments):
     return buffer.getvalue()
 
 
+def _mean_dice_by_frame(experiment):
+    values = {}
+    for row in experiment.rows:
+        values.setdefault(row.get("frame"), []).append(row.get("dice", math.nan))
+    return {name: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan
+            for name, v in values.items()}
+
+
+def _spread_labels(n):
+    if n == 1:
+        return ["median"]
+    return ["worst" if i == 0 else "best" if i == n - 1 else ("median" if 2 * i == n - 1 else f"q{round(100 * i / (n - 1))}")
+            for i in range(n)]
+
+
+def spread_frames(experiments, n_frames=4):
+    """Frames for the overlay figure: a spread of the first experiment's per-image Dice, from
+    worst through median to best, each from a different group when the groups allow, so the
+    figure shows failures and successes rather than the first frames of one sequence."""
+    common = set.intersection(*(set(e.predictions) for e in experiments))
+    first = experiments[0]
+    dice = _mean_dice_by_frame(first)
+    with_ribs = [n for n in common if first.predictions[n][1].any() and not math.isnan(dice.get(n, math.nan))]
+    pool = sorted(with_ribs or common, key=lambda n: (dice.get(n, math.nan) if not math.isnan(dice.get(n, math.nan))
+                                                     else -1.0, n))
+    if len(pool) <= n_frames:
+        return pool
+    targets = [round(i * (len(pool) - 1) / max(n_frames - 1, 1)) for i in range(n_frames)]
+    if n_frames == 1:
+        targets = [(len(pool) - 1) // 2]
+    chosen, used_groups = [], set()
+    for target in targets:
+        order = sorted(range(len(pool)), key=lambda i: (abs(i - target), i))
+        candidates = [pool[i] for i in order if pool[i] not in chosen]
+        fresh = [n for n in candidates if first.groups.get(n, n) not in used_groups]
+        pick = (fresh or candidates)[0]
+        chosen.append(pick)
+        used_groups.add(first.groups.get(pick, pick))
+    return chosen
+
+
 def make_figures(experiments, summaries, n_frames=4):
     """name -> Figure: overlays, training curves, box plots, and Dice against frame count."""
     result = {}
-    common = set.intersection(*(set(e.predictions) for e in experiments))
+    chosen = spread_frames(experiments, n_frames)
     first = experiments[0]
-    with_ribs = [n for n in first.predictions if n in common and first.predictions[n][1].any()]
-    chosen = (with_ribs or sorted(common))[:n_frames]
+    dice = _mean_dice_by_frame(first)
     result["overlays"] = figures.overlay_grid(
         [first.predictions[n][0] for n in chosen],
         [first.predictions[n][1] for n in chosen],
         {e.display_name: [e.predictions[n][2] for n in chosen] for e in experiments},
-        names=chosen,
+        names=[f"{n} ({label}, Dice {dice.get(n, math.nan):.2f})"
+               for n, label in zip(chosen, _spread_labels(len(chosen)))],
     )
     histories = {}
     for e in experiments:
-        for stage in e.run.stages() if e.run else ():
+        for stage in e.run.stages() if e.run and not e.options.active else ():
             if e.run.history_path(stage).is_file():
                 histories[f"{e.label} {stage}"] = figures.read_history_csv(e.run.history_path(stage))
     if histories:
@@ -339,7 +579,7 @@ def make_figures(experiments, summaries, n_frames=4):
     )
     points = {}
     for e, s in zip(experiments, summaries):
-        if e.config is not None:
+        if e.config is not None and not e.options.active:
             dice = s["across_folds"]["dice"]
             sd = dice["sd"] if dice["sd"] is not None else float("nan")
             points.setdefault(s["model"], []).append((e.config.lus_frames, dice["mean"], sd))
@@ -348,22 +588,41 @@ def make_figures(experiments, summaries, n_frames=4):
     return result
 
 
-def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, save_masks=False):
-    """Score ``runs`` (run folders or .keras files) and write the results folder ``out``.
+def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, save_masks=False,
+             resolution="native", spacing=None, options=PredictionOptions(), masks=()):
+    """Score ``runs`` (run folders or .keras files) and ``masks`` (folders of predicted masks)
+    and write the results folder ``out``.
 
-    Everything is scored before anything is written, so bad input leaves ``out`` untouched.
+    Per-image metrics are at each frame's own size (``resolution="native"``) or the model's
+    (``"model"``); ``spacing`` (row mm, column mm) adds HD95 and ASSD in mm. With ``options``
+    (:class:`PredictionOptions`) every run is scored as it is and again with them. Everything
+    is scored before anything is written, so bad input leaves ``out`` untouched.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output path exists and is not a folder")
-    source = FrameSource(test, test_list)
+    if resolution not in RESOLUTIONS:
+        raise ConfigError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+    if not runs and not masks:
+        raise ConfigError("nothing to score: give run folders, .keras files or --masks folders")
+    if options.ensemble and not test:
+        raise ConfigError("--ensemble needs --test DIR: on held-out folds or a test list the other "
+                          "fold models trained on the frames")
+    source = FrameSource(test, test_list, native=resolution == "native")
     experiments = [open_experiment(path) for path in runs]
+    if options.active:
+        experiments = [variant for e in experiments for variant in (e, e.with_options(options))]
+    experiments += [open_mask_folder(path) for path in masks]
+    if options.post.active:
+        for e in experiments:
+            if e.model == "masks":
+                e.options = PredictionOptions(post=options.post)
     labels = [e.label for e in experiments]
     if len(set(labels)) != len(labels):
         raise DataError(f"two runs share a name ({', '.join(labels)}); results would mix")
     log(f"scoring {len(experiments)} experiment(s) on {source.description}")
     for experiment in experiments:
-        score(experiment, source, batch_size)
+        score(experiment, source, batch_size, resolution, spacing)
     summaries = [experiment_summary(e) for e in experiments]
     built = make_figures(experiments, summaries, n_frames)
 
@@ -371,11 +630,13 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
     write_text(out / "per_image.csv", per_image_csv(experiments))
     write_json(out / "summary.json", nan_to_none({
         "scored_on": source.description,
+        "per_image_resolution": resolution,
+        "pixel_spacing_mm": list(spacing) if spacing else None,
         "metric_definitions": METRIC_DEFINITIONS,
         "empty_mask_rule": EMPTY_MASK_RULE,
         "experiments": summaries,
     }))
-    table = results_table(summaries, source.description)
+    table = results_table(summaries, source.description, resolution, spacing)
     write_text(out / "results.md", table)
     for name, figure in built.items():
         figures.save_figure(figure, out / f"{name}.png")

@@ -186,26 +186,27 @@ class RunFolder:
 
     # --- data ----------------------------------------------------------------------------
 
-    def lus_frames(self, keep_generated=False):
+    def lus_frames(self, keep_generated=False, native=False):
         """The run's LUS frames (its training pool) as its training loaded them, and the
-        sentence saying which rule chose them."""
+        sentence saying which rule chose them; ``native`` keeps each mask at its own size too."""
         from lungseg.data import select_lus_frames
 
         config = self.config
-        frames = self._load_lus(keep_generated)
+        frames = self._load_lus(keep_generated, native)
         return select_lus_frames(frames, config.lus_frames, flips=config.flips)
 
-    def all_lus_frames(self):
+    def all_lus_frames(self, native=False):
         """Every frame of the run's LUS data and its mirror image (a test list may name any)."""
-        return self._load_lus(False).with_flips()
+        return self._load_lus(False, native).with_flips()
 
-    def _load_lus(self, keep_generated):
+    def _load_lus(self, keep_generated, native=False):
         from lungseg.data import find_pairs, load_frames
 
         config = self.config
         with self._data_folder("lus", config.data, lus_pool_size(config), keep_generated) as root:
             pairs = find_pairs(root, groups=config.groups)
-            return load_frames(pairs, config.image_size, config.interpolation, progress=True)
+            return load_frames(pairs, config.image_size, config.interpolation, progress=True,
+                               native=native)
 
     def salient_frames(self, keep_generated=False):
         """The salient-object frames of X-Unet's pre-training."""

@@ -120,7 +120,7 @@ def test_components_use_8_connectivity():
 def test_every_metric_is_reported_with_its_value_for_identical_masks():
     metrics = image_metrics(square(), square())  # a 10 x 10 square in a 30 x 30 frame
     assert metrics == {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0,
-                       "hd95": 0.0, "components_pred": 1, "components_ref": 1, "spurious": 0}
+                       "hd95": 0.0, "assd": 0.0, "components_pred": 1, "components_ref": 1, "spurious": 0}
 
 
 def test_rejects_non_binary_and_mismatched_masks():
@@ -259,3 +259,41 @@ def test_batch_dice_per_batch_equals_keras_evaluate():
     expected = batch_dice(references, images, batch_size=2)
     assert result["dice_coef"] == pytest.approx(expected, rel=1e-5)
     assert batch_dice(references, images) != pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 4, 15])
+def test_hd95_and_assd_at_native_size_in_pixels_and_mm(k):
+    """The issue's worked example: a 960 x 128 mask shifted by k native pixels."""
+    import cv2
+
+    from lungseg.evaluation import assd
+
+    reference = np.zeros((960, 128), np.uint8)
+    reference[300:700, 30:90] = 1
+    prediction = np.roll(reference, k, axis=0)  # k rows down
+    spacing = (0.1, 0.25)  # mm per row, per column
+    assert hd95(reference, prediction) == pytest.approx(k)
+    assert hd95(reference, prediction, spacing) == pytest.approx(k * 0.1)
+    metrics = image_metrics(reference, prediction, spacing)
+    assert metrics["hd95"] == pytest.approx(k) and metrics["hd95_mm"] == pytest.approx(k * 0.1)
+    assert 0 < metrics["assd"] < k and 0 < metrics["assd_mm"] <= k * 0.1
+    assert assd(reference, prediction, (0.2, 0.2)) == pytest.approx(metrics["assd"] * 0.2)
+    assert assd(reference, reference) == 0.0
+    sideways = np.roll(reference, k, axis=1)
+    assert hd95(reference, sideways, spacing) == pytest.approx(k * 0.25)
+    # Squashed to 256 x 256 (the model's resolution) the same shift reads k * 256 / 960 px.
+    if k == 15:
+        small = [cv2.resize(m, (256, 256), interpolation=cv2.INTER_NEAREST_EXACT)
+                 for m in (reference, prediction)]
+        assert hd95(*small) == pytest.approx(4.0)
+
+
+def test_binary_set_metrics_pools_frames_of_different_sizes():
+    from lungseg.evaluation import binary_set_metrics
+
+    references = [np.ones((2, 2)), np.zeros((3, 1))]
+    predictions = [np.ones((2, 2)), np.ones((3, 1))]
+    metrics = binary_set_metrics(references, predictions, batch_size=1)
+    assert metrics["dice"] == pytest.approx((1.0 + 1 / 4) / 2)  # (2*4+1)/(4+4+1), then 1/(0+3+1)
+    assert metrics["dice_global"] == pytest.approx((2 * 4 + 1) / (4 + 7 + 1))
+    assert metrics["binary_accuracy"] == pytest.approx(4 / 7)

@@ -205,7 +205,7 @@ def test_cli_skips_an_unreadable_frame_and_exits_1(models, tmp_path, capsys):
     check_outputs(out, frames)
     assert not (out / "broken_mask.png").exists()
     err = capsys.readouterr().err
-    assert "broken.png" in err and "1 of 3 frames" in err
+    assert "broken.png" in err and "1 of 3 files" in err
 
 
 def test_cli_unreadable_single_frame_or_whole_folder_exits_2(models, tmp_path, capsys):
@@ -216,7 +216,7 @@ def test_cli_unreadable_single_frame_or_whole_folder_exits_2(models, tmp_path, c
     assert f"{broken}: not a readable image" in cli_error([str(models[1]), str(broken)], capsys)
     assert main([str(models[1]), str(folder)]) == 2
     err = capsys.readouterr().err
-    assert "broken.tif" in err and "none of the 1 frames" in err
+    assert "broken.tif" in err and "none of the 1 files" in err
 
 
 def cli_error(argv, capsys):

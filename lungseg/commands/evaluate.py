@@ -4,6 +4,10 @@ Each RUN is a run folder written by train_vunet.py / train_xunet.py (its fold mo
 scored on their own held-out folds) or a .keras model (needs --test). With --test DIR every
 model is scored on the same frames of a separate folder; with --test-list CSV on named frames
 of its run's pool, as the paper measured (its Default_testset.csv is read as it is).
+Per-image metrics are measured at each frame's own size (--resolution model: the model's
+input size), in mm too with --spacing. --masks DIR scores a folder of masks made by another
+tool against --test, without a model. --ensemble, --tta and --min-size / --keep-largest score
+every run a second time as lungseg-predict would predict with them (docs/inference.md).
 """
 
 import argparse
@@ -15,7 +19,7 @@ from lungseg.cli import positive_int, run_main
 def run(argv):
     """Parse ``argv`` and score; raises ``LungsegError`` on bad input (``main`` prints it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders or .keras files")
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders or .keras files")
     parser.add_argument("--test", metavar="DIR", help="score every model on this fixed test set "
                         "(IMG/ + MASK/, images/ + masks/)")
     parser.add_argument("--test-list", metavar="CSV", help="score every model on these frames of its "
@@ -26,15 +30,42 @@ def run(argv):
     parser.add_argument("--batch-size", type=positive_int, default=20, help="frames per forward pass")
     parser.add_argument("--figure-frames", type=positive_int, default=4, help="frames in the overlay figure")
     parser.add_argument("--save-masks", action="store_true", help="also write every predicted mask as PNG")
+    parser.add_argument("--masks", metavar="DIR", action="append", default=[],
+                        help="a folder of predicted masks (<name>.png, <name>_mask.png or mask_<name>.png) "
+                        "to score against --test without a model; repeatable")
+    parser.add_argument("--resolution", choices=("native", "model"), default="native",
+                        help="per-image metrics at each frame's own size or at the model's input size")
+    parser.add_argument("--spacing", metavar="MM|ROWxCOL", help="pixel spacing in mm of the frames at "
+                        "their own size: HD95 and ASSD in mm too")
+    parser.add_argument("--ensemble", action="store_true", help="also score each run's fold ensemble "
+                        "(the mean of its fold models) as one model; needs --test")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="also score with flip test-time augmentation")
+    parser.add_argument("--min-size", type=int, default=0, metavar="PX",
+                        help="also score with predicted components under PX pixels removed")
+    parser.add_argument("--keep-largest", type=positive_int, metavar="N",
+                        help="also score keeping only the N largest predicted components")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
+    if not args.runs and not args.masks:
+        parser.error("give at least one RUN or --masks DIR")
+    spacing = None
+    if args.spacing:
+        from lungseg.predict import spacing_option
 
-    # NumPy, SciPy, OpenCV and matplotlib: after --help and option errors. Keras and TensorFlow
-    # load later still, with the first model (lungseg.predict.load_model).
-    from lungseg.report import evaluate
+        try:
+            spacing = spacing_option(args.spacing)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--spacing: {error}")
 
+    from lungseg.inference import PostProcess  # imports TensorFlow: after --help and option errors
+    from lungseg.report import PredictionOptions, evaluate
+
+    options = PredictionOptions(ensemble=args.ensemble, tta=args.tta,
+                                post=PostProcess(args.min_size, args.keep_largest))
     evaluate(args.runs, args.out, test=args.test, test_list=args.test_list, batch_size=args.batch_size,
-             n_frames=args.figure_frames, save_masks=args.save_masks)
+             n_frames=args.figure_frames, save_masks=args.save_masks, resolution=args.resolution,
+             spacing=spacing, options=options, masks=args.masks)
 
 
 def main(argv=None):

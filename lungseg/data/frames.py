@@ -39,12 +39,15 @@ class FrameSet:
 
     ``images`` are uint8 ``[N, H, W, 1]`` with values 0-255, ``masks`` uint8 ``[N, H, W, 1]``
     of 0 and 1; ``names`` and ``groups`` give each frame's name and split group.
+    ``native_masks``, when loaded (``load_frames(..., native=True)``), holds each mask at its
+    frame's own size (2-D uint8 0/1), for metrics in native pixels.
     """
 
     names: list
     groups: list
     images: np.ndarray
     masks: np.ndarray
+    native_masks: list = None
 
     def __post_init__(self):
         self.names = list(self.names)
@@ -92,6 +95,8 @@ class FrameSet:
             groups=self.groups + self.groups,
             images=np.concatenate([self.images, self.images[:, :, ::-1]]),
             masks=np.concatenate([self.masks, self.masks[:, :, ::-1]]),
+            native_masks=None if self.native_masks is None
+            else self.native_masks + [mask[:, ::-1] for mask in self.native_masks],
         )
 
     def _select(self, indices):
@@ -100,17 +105,20 @@ class FrameSet:
             groups=[self.groups[i] for i in indices],
             images=self.images[indices],
             masks=self.masks[indices],
+            native_masks=None if self.native_masks is None
+            else [self.native_masks[i] for i in indices],
         )
 
 
-def load_frames(pairs, image_size, interpolation="nearest", progress=False):
+def load_frames(pairs, image_size, interpolation="nearest", progress=False, native=False):
     """Read, check and resize every pair into a ``FrameSet``.
 
     ``image_size`` is ``(height, width)``. Frames are resized with ``interpolation``
     (``"nearest"``, as Keras' loader did in the paper, ``"area"`` or ``"bilinear"``), masks with
     nearest so they stay binary. Every problem (unreadable, empty or corrupt file, frame and mask
     of different sizes, mask that is not binary) is collected and raised together as one
-    ``DataError``. ``progress=True`` draws a progress bar on stderr.
+    ``DataError``. ``progress=True`` draws a progress bar on stderr. ``native=True`` also
+    keeps every mask at its frame's own size (``FrameSet.native_masks``).
     """
     height, width = _check_size(image_size)
     if interpolation not in INTERPOLATIONS:
@@ -122,6 +130,7 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False):
         raise DataError("no image/mask pairs to load")
     images = np.zeros((len(pairs), height, width, 1), np.uint8)
     masks = np.zeros((len(pairs), height, width, 1), np.uint8)
+    native_masks = [None] * len(pairs)
 
     def load(index):
         pair = pairs[index]
@@ -148,6 +157,8 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False):
                 masks[index, :, :, 0] = cv2.resize(
                     mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT
                 )
+                if native:
+                    native_masks[index] = mask
         return problems
 
     # OpenCV decodes without holding the GIL, so threads use every core.
@@ -165,6 +176,7 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False):
         groups=[pair.group for pair in pairs],
         images=images,
         masks=masks,
+        native_masks=native_masks if native else None,
     )
 
 

@@ -12,6 +12,7 @@ from lungseg.files import atomic_path
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
 # Hidden entries named in a folder's one line about them; more are counted.
 HIDDEN_NAMES_SHOWN = 5
 
@@ -44,14 +45,20 @@ def list_image_files(folder):
     return files, skipped
 
 
-def read_image(path):
+def read_image(path, top=None):
     """Read a frame as a 2-D uint8 gray array.
 
     8- and 16-bit gray, RGB and RGBA files are accepted: colour is converted to gray with
     OpenCV's luminance weights (as Keras' ``color_mode="grayscale"`` does), alpha is dropped
-    and 16-bit values are scaled to 0-255.
+    and 16-bit values are scaled to 0-255 by their range: ``top`` when given, else the
+    range the file states (:func:`stated_maximum`: a PNG's ``sBIT``, a TIFF's
+    ``MaxSampleValue``), else the full 0-65535. A multi-page TIFF is refused (one frame is
+    expected here; ``lungseg.data.sources.read_source`` reads every page).
     """
-    return to_gray_uint8(decode_image(path), path)
+    array = decode_image(path)
+    if array.dtype == np.uint16 and top is None:
+        top = stated_maximum(path)
+    return to_gray_uint8(array, path, top)
 
 
 def decode_image(path):
@@ -62,10 +69,91 @@ def decode_image(path):
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
     data = np.fromfile(path, dtype=np.uint8)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        pages = decode_pages(path, data)
+        if len(pages) > 1:
+            raise DataError(f"{path}: holds {len(pages)} pages where one frame is expected")
+        return pages[0]
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None or array.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt, truncated or not an image file)")
     return array
+
+
+def decode_pages(path, data=None):
+    """Every page of a (multi-page) TIFF as decoded arrays; ``DataError`` unless all decode."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if data is None else data
+    try:
+        ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        ok, pages = False, []
+    pages = [page for page in (pages or []) if page is not None and page.size]
+    if not ok or not pages:
+        raise DataError(f"{path}: not a readable image (corrupt, truncated or not an image file)")
+    expected = _tiff_page_count(path)
+    if expected is not None and len(pages) != expected:
+        raise DataError(f"{path}: only {len(pages)} of its {expected} pages could be decoded")
+    return list(pages)
+
+
+def _tiff_page_count(path):
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            return len(tiff.pages)
+    except Exception:  # tifffile missing or the file beyond it: trust OpenCV's count
+        return None
+
+
+def stated_maximum(path):
+    """The largest value a 16-bit file says its samples reach, or None when it says nothing.
+
+    PNG: ``2**bits - 1`` from the ``sBIT`` chunk (significant bits, e.g. 12). TIFF: the
+    ``MaxSampleValue`` (or ``SMaxSampleValue``) tag. Scanners store 10-, 12- or 14-bit
+    frames in 16-bit files; scaled by 65535 they come out almost black.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".png":
+            bits = _png_significant_bits(path.read_bytes())
+            return (1 << bits) - 1 if bits else None
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                tags = tiff.pages[0].tags
+                for name in ("MaxSampleValue", "SMaxSampleValue"):
+                    if name in tags:
+                        value = tags[name].value
+                        value = max(value) if isinstance(value, (tuple, list)) else value
+                        if 0 < int(value) < 65535:
+                            return int(value)
+    except (OSError, ValueError, ImportError):
+        return None
+    return None
+
+
+def _png_significant_bits(data):
+    """Significant bits of a 16-bit PNG's colour channels from its sBIT chunk, or None."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 33:
+        return None
+    bit_depth, colour_type = data[24], data[25]
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        body = data[position + 8:position + 8 + length]
+        if kind == b"sBIT" and bit_depth == 16:
+            colours = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(colour_type, 1)
+            bits = max(body[:colours]) if body else 0
+            return bits if 0 < bits < 16 else None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        position += 12 + length
+    return None
 
 
 def read_mask(path):
@@ -108,10 +196,18 @@ def binarize_mask(gray, path="<array>", tolerance=0.02):
     return mask
 
 
-def to_gray_uint8(array, path="<array>"):
-    """A decoded array (8/16-bit, gray/RGB/RGBA, OpenCV channel order) as 2-D uint8 gray."""
+def to_gray_uint8(array, path="<array>", top=None):
+    """A decoded array (8/16-bit, gray/RGB/RGBA, OpenCV channel order) as 2-D uint8 gray.
+
+    16-bit values are scaled so that ``top`` (default 65535, the full range) becomes 255; a
+    value above ``top`` raises ``DataError``, as the file then is not what it says.
+    """
     if array.dtype == np.uint16:
-        array = (array / 257.0).round().astype(np.uint8)
+        top = 65535 if top is None else int(top)
+        if top < 65535 and array.size and int(array.max()) > top:
+            raise DataError(f"{path}: holds values up to {int(array.max())}, above the "
+                            f"{top} its bit depth states")
+        array = (array / (top / 255.0)).round().astype(np.uint8)
     elif array.dtype != np.uint8:
         raise DataError(f"{path}: unsupported pixel type {array.dtype} (use 8- or 16-bit images)")
     if array.ndim == 3:

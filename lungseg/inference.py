@@ -1,0 +1,239 @@
+"""Prediction beyond one model: slim model files, fold ensembles, flip TTA, post-processing.
+
+* :func:`inference_copy` / :func:`save_inference_model`: a model without its optimizer state
+  or compile configuration. Such a ``.keras`` file holds only Keras' own layers, so plain
+  ``keras.models.load_model(path)`` loads it in a process that never imports lungseg.
+* :func:`ensemble`: one Keras model whose output is the mean of several models'
+  probabilities (nnU-Net's fold ensemble) and, with ``tta="flip"``, of their outputs on the
+  left-right mirrored frame mirrored back. It is an ordinary model, so everything that takes
+  a model (``predict_probabilities``, ``score_frames``, ``lungseg-export``) takes it too.
+* :func:`load_predictor`: a run folder (its finished fold models, ensembled) or one model file.
+* :func:`postprocess`: remove components under a size, keep the largest N.
+* :func:`frame_record`: the numbers ``predictions.csv`` holds for a frame.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+from skimage.measure import label
+
+from lungseg.config import TTA_CHOICES
+from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.evaluation import CONNECTIVITY
+from lungseg.files import atomic_path
+
+
+
+# --- slim model files --------------------------------------------------------------------
+
+
+def inference_copy(model):
+    """An uncompiled copy of ``model`` with the same weights: no optimizer, loss or metrics.
+
+    Saved, it is about a third of a compiled model trained with Adam (which keeps two
+    moments per weight) and loads with plain Keras, as it names no lungseg loss.
+    """
+    # Not keras.models.clone_model: it compiles the copy as the original was.
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def save_inference_model(model, path):
+    """Save :func:`inference_copy` of ``model`` to ``path`` (a ``.keras`` file) atomically."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ConfigError(f"{path}: a Keras model file must end in .keras")
+    with atomic_path(path) as tmp:
+        inference_copy(model).save(tmp)
+    return path
+
+
+# --- ensembles and test-time augmentation ------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class FlipLeftRight(keras.layers.Layer):
+    """Mirror (batch, height, width, channels) images left-right (exactly; no resampling)."""
+
+    def call(self, inputs):
+        return ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _size_of(model):
+    from lungseg.predict import input_size
+
+    return input_size(model)
+
+
+def ensemble(models, tta="none", name="ensemble"):
+    """One model giving the mean probability of ``models`` (and of their mirrored outputs).
+
+    ``models`` all take frames of one height and width; a gray (1-channel) ensemble input is
+    copied to three channels for a member that takes three. With ``tta="flip"`` each member
+    also sees the frame mirrored left-right and its output is mirrored back; the output is the
+    mean of all ``len(models) * 2`` maps. One model without TTA is returned as it is. Members
+    are renamed ``member_1`` ... so that their layers' names do not clash.
+    """
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_CHOICES)}")
+    models = list(models)
+    if not models:
+        raise ConfigError("an ensemble needs at least one model")
+    if len(models) == 1 and tta == "none":
+        return models[0]
+    shapes = [_size_of(model) for model in models]
+    if len({shape[:2] for shape in shapes}) > 1:
+        sizes = ", ".join(f"{h}x{w}" for h, w, _ in shapes)
+        raise ConfigError(f"the models of an ensemble must take frames of one size, got {sizes}")
+    height, width, channels = shapes[0]
+    if any(c < channels for _, _, c in shapes):
+        raise ConfigError("cannot ensemble a gray-input model after a colour-input one")
+    inputs = keras.Input((height, width, channels), name="image")
+    rgb = None
+    outputs = []
+    for index, (model, shape) in enumerate(zip(models, shapes), start=1):
+        model.name = f"member_{index}"
+        x = inputs
+        if shape[2] != channels:
+            if rgb is None:
+                rgb = keras.layers.Concatenate(name="gray_to_rgb")([inputs] * 3)
+            x = rgb
+        outputs.append(model(x))
+        if tta == "flip":
+            mirrored = FlipLeftRight(name=f"flip_in_{index}")(x)
+            outputs.append(FlipLeftRight(name=f"flip_out_{index}")(model(mirrored)))
+    mean = keras.layers.Average(name="mean")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(inputs, mean, name=name)
+
+
+@dataclass
+class Predictor:
+    """What ``load_predictor`` gives: the model to run and what it is made of."""
+
+    model: object  # a keras.Model: one model or the ensemble
+    paths: list  # the model files it was built from
+    run: object = None  # the RunFolder when given one
+    tta: str = "none"
+    folds: list = field(default_factory=list)
+
+    @property
+    def description(self):
+        what = (f"mean of {len(self.paths)} fold models of {self.run.root}" if len(self.paths) > 1
+                else str(self.paths[0]))
+        return what + (" with flip test-time augmentation" if self.tta == "flip" else "")
+
+
+def load_predictor(path, tta="none", folds=None):
+    """A run folder's fold ensemble, or one ``.keras`` model, ready to predict.
+
+    ``path`` is a run folder (every finished fold model is loaded, or only ``folds``, names
+    such as ``fold_2``) or a model file. Raises ``LungsegError`` naming what is missing.
+    """
+    from lungseg.predict import load_model
+    from lungseg.runs import CONFIG, RunFolder
+
+    path = Path(path)
+    if not path.exists():
+        if path.suffix in (".keras", ".h5"):
+            raise LungsegError(f"{path}: model file does not exist")
+        raise LungsegError(f"{path}: does not exist (give a run folder or a .keras model file)")
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise DataError(f"{path}: not a run folder (no {CONFIG}) nor a .keras model file")
+        run = RunFolder.open(path)
+        finished = run.finished_folds()
+        chosen = finished if not folds else list(folds)
+        missing = [fold for fold in chosen if fold not in finished]
+        if missing:
+            raise DataError(f"{path}: fold(s) {', '.join(missing)} not finished "
+                            f"(finished: {', '.join(finished) or 'none'})")
+        if not chosen:
+            raise DataError(f"{path}: no finished fold model (fold_k/model.keras); finish training first")
+        paths = [run.model_path(fold) for fold in chosen]
+    else:
+        run, chosen, paths = None, [], [path]
+    model = ensemble([load_model(p) for p in paths], tta=tta)
+    return Predictor(model=model, paths=paths, run=run, tta=tta, folds=chosen)
+
+
+# --- post-processing and per-frame numbers -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Connected-component clean-up of a binary mask (8-connectivity, as evaluation counts).
+
+    ``min_size``: components with fewer pixels (at the mask's resolution) are removed.
+    ``keep_largest``: then only the N largest components are kept (None: all).
+    """
+
+    min_size: int = 0
+    keep_largest: int = None
+
+    def __post_init__(self):
+        if self.min_size < 0:
+            raise ConfigError(f"minimum component size must be 0 or more, got {self.min_size}")
+        if self.keep_largest is not None and self.keep_largest < 1:
+            raise ConfigError(f"keep-largest must be at least 1, got {self.keep_largest}")
+
+    @property
+    def active(self):
+        return self.min_size > 0 or self.keep_largest is not None
+
+    def describe(self):
+        parts = []
+        if self.min_size:
+            parts.append(f"components under {self.min_size} px removed")
+        if self.keep_largest is not None:
+            parts.append(f"largest {self.keep_largest} component(s) kept")
+        return ", ".join(parts) or "none"
+
+    def __call__(self, mask):
+        return postprocess(mask, self.min_size, self.keep_largest)
+
+
+def postprocess(mask, min_size=0, keep_largest=None):
+    """``mask`` (2-D, 0/1 or bool) without components under ``min_size`` pixels, and only
+    its ``keep_largest`` largest ones when given (ties broken by position, top-left first).
+    Returns uint8 0/1 of the same shape."""
+    mask = np.asarray(mask).astype(bool)
+    if not min_size and keep_largest is None:
+        return mask.astype(np.uint8)
+    labels, count = label(mask, connectivity=CONNECTIVITY, return_num=True)
+    if count == 0:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    kept = np.flatnonzero(sizes >= min_size)
+    if keep_largest is not None:
+        kept = kept[np.argsort(-sizes[kept], kind="stable")][:keep_largest]
+    return np.isin(labels, kept + 1).astype(np.uint8)
+
+
+def frame_record(mask, probability=None, spacing=None):
+    """Numbers of one predicted frame: rib area (px, and mm² with a spacing), components,
+    mean probability over the predicted rib pixels (None when none is predicted).
+
+    ``mask`` is the final 0/1 mask at the frame's own size; ``probability`` the sigmoid map
+    at the same size; ``spacing`` (row mm, column mm) of one pixel, or None.
+    """
+    mask = np.asarray(mask).astype(bool)
+    area = int(np.count_nonzero(mask))
+    components = int(label(mask, connectivity=CONNECTIVITY, return_num=True)[1])
+    mean = None
+    if probability is not None and area:
+        mean = float(np.asarray(probability, np.float64)[mask].mean())
+    return {
+        "height": mask.shape[0],
+        "width": mask.shape[1],
+        "rib_area_px": area,
+        "rib_area_mm2": area * spacing[0] * spacing[1] if spacing else None,
+        "components": components,
+        "mean_probability": mean,
+    }

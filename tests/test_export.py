@@ -1,0 +1,219 @@
+"""Slim model files that plain Keras loads, and lungseg-export run by each format's runtime."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import lungseg
+from lungseg.export import main
+from lungseg.inference import ensemble, inference_copy, save_inference_model
+from lungseg.predict import load_model, model_batch, predict_probabilities
+
+
+def frames(n=3, shape=(32, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+def trained_tiny_xunet(seed=1):
+    """A tiny X-Unet compiled with lungseg's loss and trained one step: it has Adam state."""
+    keras.utils.set_random_seed(seed)
+    model = lungseg.build_xunet((32, 32, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lungseg.dice_loss,
+                  metrics=[lungseg.dice_coef])
+    x = np.stack(frames(4, seed=seed))[..., None].astype(np.float32)
+    model.fit(x, (x > 127).astype(np.float32), epochs=1, batch_size=4, verbose=0)
+    return model
+
+
+def write_run(root, models):
+    """A minimal run folder whose fold_k/model.keras are ``models`` (slim)."""
+    from lungseg.config import make_config
+
+    root.mkdir(parents=True)
+    config = make_config("xunet", root.name, "quick", folds=len(models), image_size=(32, 32))
+    (root / "config.json").write_text(config.to_json())
+    for k, model in enumerate(models, start=1):
+        save_inference_model(model, root / f"fold_{k}" / "model.keras")
+        (root / f"fold_{k}" / "metrics.json").write_text("{}")
+    return root
+
+
+PLAIN_KERAS = textwrap.dedent("""
+    import sys
+    import keras
+    import numpy as np
+    model = keras.models.load_model(sys.argv[1])
+    out = model.predict(np.load(sys.argv[2]).astype("float32"), verbose=0)
+    np.save(sys.argv[3], out)
+    print("lungseg imported:", any(name.split(".")[0] == "lungseg" for name in sys.modules))
+""")
+
+
+def plain_keras_predict(model_path, batch, tmp_path):
+    """Load and run a model in a fresh process that never imports lungseg."""
+    np.save(tmp_path / "batch.npy", batch)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_KERAS, str(model_path), str(tmp_path / "batch.npy"),
+         str(tmp_path / "out.npy")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "lungseg imported: False" in result.stdout
+    return np.load(tmp_path / "out.npy")[..., 0]
+
+
+def test_slim_file_has_no_optimizer_and_loads_with_plain_keras(tmp_path):
+    model = trained_tiny_xunet()
+    assert model.optimizer.variables  # Adam's moments: twice the weights again
+    slim = save_inference_model(model, tmp_path / "slim.keras")
+    weights_bytes = 4 * model.count_params()
+    assert weights_bytes < slim.stat().st_size < 1.01 * weights_bytes + 1e6
+    with zipfile.ZipFile(slim) as archive:
+        assert not json.loads(archive.read("config.json")).get("compile_config")
+    assert not inference_copy(model).compiled
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+    batch_frames = frames(3, (48, 40), seed=5)
+    expected = predict_probabilities(load_model(slim), batch_frames)
+    plain = plain_keras_predict(slim, model_batch(batch_frames, 32, 32, 1), tmp_path)
+    np.testing.assert_allclose(plain, expected, atol=1e-6)
+    np.testing.assert_allclose(predict_probabilities(model, batch_frames), expected, atol=1e-6)
+
+    # fine-tuning from the slim file still works through lungseg
+    from lungseg.training import load_model_for_finetuning  # noqa: F401  (the path used)
+
+    reloaded = keras.models.load_model(slim)
+    reloaded.compile(optimizer="adam", loss=lungseg.dice_loss)
+    x = np.stack(batch_frames[:2])[..., None][:, :32, :32].astype(np.float32)
+    reloaded.fit(x, (x > 127).astype(np.float32), epochs=1, verbose=0)
+
+
+def test_slim_xunet_file_at_256_is_under_130_mb(tmp_path):
+    path = save_inference_model(lungseg.build_xunet((256, 256, 1)), tmp_path / "x.keras")
+    size_mb = path.stat().st_size / 1e6
+    print(f"slim X-Unet 256x256: {size_mb:.1f} MB")
+    assert size_mb <= 130
+
+
+def test_ensemble_is_the_mean_of_its_members_and_flip_tta_is_symmetric():
+    keras.utils.set_random_seed(3)
+    first, second = lungseg.build_xunet((32, 32, 1)), lungseg.build_xunet((32, 32, 1))
+    batch = frames(4, seed=2)
+    expected = (predict_probabilities(first, batch) + predict_probabilities(second, batch)) / 2
+    both = ensemble([first, second])
+    np.testing.assert_allclose(predict_probabilities(both, batch), expected, atol=1e-6)
+    assert ensemble([first]) is first
+
+    half = np.random.default_rng(4).integers(0, 256, (32, 16), dtype=np.uint8)
+    symmetric = np.concatenate([half, half[:, ::-1]], axis=1)
+    plain = predict_probabilities(first, [symmetric])[0]
+    assert not np.allclose(plain, plain[:, ::-1], atol=1e-4)  # the model alone is not symmetric
+    flipped = predict_probabilities(ensemble([first], tta="flip"), [symmetric])[0]
+    np.testing.assert_array_equal(flipped, flipped[:, ::-1])
+    mirrored = predict_probabilities(first, [symmetric[:, ::-1]])[0][:, ::-1]
+    np.testing.assert_allclose(flipped, (plain + mirrored) / 2, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    keras.utils.set_random_seed(11)
+    models = [lungseg.build_xunet((32, 32, 1)) for _ in range(2)]
+    root = write_run(tmp_path_factory.mktemp("export") / "run", models)
+    batch = frames(3, seed=9)
+    expected = np.mean([predict_probabilities(m, batch) for m in models], axis=0)
+    return {"root": root, "batch": model_batch(batch, 32, 32, 1).astype(np.float32),
+            "expected": expected, "fold_2": predict_probabilities(models[1], batch)}
+
+
+def test_export_keras_format_of_a_run_is_its_ensemble_and_needs_no_lungseg(tiny_run, tmp_path, capsys):
+    out = tmp_path / "ensemble.keras"
+    assert main([str(tiny_run["root"]), "--format", "keras", "--out", str(out)]) == 0
+    assert "mean of 2 fold models" in capsys.readouterr().out
+    plain = plain_keras_predict(out, tiny_run["batch"], tmp_path)
+    np.testing.assert_allclose(plain, tiny_run["expected"], atol=1e-6)
+
+    one = tmp_path / "fold2.keras"
+    assert main([str(tiny_run["root"]), "--fold", "2", "--format", "keras", "--out", str(one)]) == 0
+    np.testing.assert_allclose(plain_keras_predict(one, tiny_run["batch"], tmp_path),
+                               tiny_run["fold_2"], atol=1e-6)
+
+
+def test_export_saved_model_runs_in_tensorflow(tiny_run, tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "saved"
+    assert main([str(tiny_run["root"]), "--format", "saved_model", "--out", str(out)]) == 0
+    loaded = tf.saved_model.load(str(out))
+    output = loaded.serve(tf.constant(tiny_run["batch"])).numpy()[..., 0]
+    np.testing.assert_allclose(output, tiny_run["expected"], atol=1e-4)
+    signature = loaded.signatures["serving_default"]
+    assert list(signature(tf.constant(tiny_run["batch"])).values())[0].shape == (3, 32, 32, 1)
+
+
+def litert_interpreter():
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    import tensorflow as tf
+
+    return tf.lite.Interpreter
+
+
+def test_export_litert_runs_in_the_litert_interpreter(tiny_run, tmp_path):
+    out = tmp_path / "model.tflite"
+    argv = [str(tiny_run["root"]), "--fold", "2", "--format", "litert", "--out", str(out)]
+    assert main(argv) == 0
+    interpreter = litert_interpreter()(model_path=str(out))
+    batch = tiny_run["batch"]
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, batch)
+    interpreter.invoke()
+    output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[..., 0]
+    np.testing.assert_allclose(output, tiny_run["fold_2"], atol=1e-4)
+
+
+ONNX_MISSING = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+
+
+@pytest.mark.skipif(bool(ONNX_MISSING), reason=f"ONNX export needs {', '.join(ONNX_MISSING)}: "
+                    "pip install '.[export,test]'")
+def test_export_onnx_runs_in_onnxruntime(tiny_run, tmp_path):
+    import onnxruntime
+
+    out = tmp_path / "model.onnx"  # one fold: tf2onnx takes a minute per 31 M parameters
+    argv = [str(tiny_run["root"]), "--fold", "2", "--format", "onnx", "--out", str(out)]
+    assert main(argv) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    output = session.run(None, {name: tiny_run["batch"]})[0][..., 0]
+    np.testing.assert_allclose(output, tiny_run["fold_2"], atol=1e-4)
+
+
+def cli_error(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_export_errors_are_one_line(tiny_run, tmp_path, capsys):
+    root = str(tiny_run["root"])
+    assert "writes a .tflite file" in cli_error([root, "--format", "litert", "--out", str(tmp_path / "m.onnx")], capsys)
+    existing = tmp_path / "there.keras"
+    existing.write_text("x")
+    assert "already exists" in cli_error([root, "--format", "keras", "--out", str(existing)], capsys)
+    assert existing.read_text() == "x"
+    assert "fold_3" in cli_error([root, "--fold", "3", "--format", "keras", "--out", str(tmp_path / "a.keras")], capsys)
+    assert "does not exist" in cli_error([str(tmp_path / "nope"), "--format", "keras", "--out", str(tmp_path / "b.keras")], capsys)
+    assert not list(tmp_path.glob(".tmp*"))

@@ -1,0 +1,167 @@
+"""lungseg-predict on run folders, clinical inputs and folders of patients; post-processing."""
+
+import csv
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from lungseg.config import make_config
+from lungseg.inference import PostProcess, frame_record, postprocess, save_inference_model
+from lungseg.predict import main, predict_probabilities
+from test_data_sources import write_12_bit_png, write_dicom, write_tiff_pages, write_video
+
+
+def brightness_model(bias=-127.5, scale=1.0):
+    """Pixel probability sigmoid(scale * value + bias): rib where the frame is bright."""
+    inputs = keras.Input((32, 32, 1), name="image")
+    outputs = keras.layers.Conv2D(
+        1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(scale),
+        bias_initializer=keras.initializers.Constant(bias),
+    )(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return save_inference_model(brightness_model(), tmp_path_factory.mktemp("m") / "bright.keras")
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs") / "run"
+    root.mkdir()
+    config = make_config("xunet", "run", "quick", folds=2, image_size=(32, 32))
+    (root / "config.json").write_text(config.to_json())
+    models = [brightness_model(-100.0, 0.8), brightness_model(-150.0, 1.2)]
+    for k, model in enumerate(models, start=1):
+        save_inference_model(model, root / f"fold_{k}" / "model.keras")
+        (root / f"fold_{k}" / "metrics.json").write_text("{}")
+    return {"root": root, "models": models}
+
+
+def read_rows(out):
+    with open(out / "predictions.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_folder_prediction_is_the_mean_of_its_folds(run_folder, tmp_path, capsys):
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "f.png"), frame)
+    out = tmp_path / "out"
+    assert main([str(run_folder["root"]), str(tmp_path / "f.png"), "--out", str(out),
+                 "--save-probabilities"]) == 0
+    assert "mean of 2 fold models" in capsys.readouterr().out
+    saved = cv2.imread(str(out / "f_prob.png"), cv2.IMREAD_UNCHANGED) / 65535.0
+    expected = np.mean([predict_probabilities(m, [frame])[0] for m in run_folder["models"]], axis=0)
+    np.testing.assert_allclose(saved, expected, atol=1e-5)
+    mask = cv2.imread(str(out / "f_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, expected > 0.5)
+    row, = read_rows(out)
+    assert int(row["rib_area_px"]) == int((expected > 0.5).sum())
+    assert float(row["mean_probability"]) == pytest.approx(expected[expected > 0.5].mean(), abs=1e-4)
+    assert row["rib_area_mm2"] == ""  # no spacing known
+
+    one = tmp_path / "one"
+    assert main([str(run_folder["root"]), str(tmp_path / "f.png"), "--out", str(one), "--fold", "2",
+                 "--save-probabilities", "--tta", "flip"]) == 0
+    saved = cv2.imread(str(one / "f_prob.png"), cv2.IMREAD_UNCHANGED) / 65535.0
+    np.testing.assert_allclose(saved, predict_probabilities(run_folder["models"][1], [frame])[0], atol=1e-5)
+
+
+def test_three_page_tiff_gives_three_masks(model_path, tmp_path):
+    pages = [np.full((40, 20), 50 * k, np.uint8) for k in (1, 3, 5)]
+    write_tiff_pages(tmp_path / "stack.tif", pages)
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "stack.tif"), "--out", str(out)]) == 0
+    masks = sorted(p.name for p in out.glob("*_mask.png"))
+    assert masks == ["stack_0001_mask.png", "stack_0002_mask.png", "stack_0003_mask.png"]
+    rows = read_rows(out)
+    assert [r["frame"] for r in rows] == ["1", "2", "3"]
+    assert [int(r["rib_area_px"]) for r in rows] == [0, 800, 800]  # 150 and 250 are bright
+
+
+def test_video_gives_masks_and_an_overlay_video(model_path, tmp_path):
+    write_video(tmp_path / "cine.avi", 5)
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "cine.avi"), "--out", str(out)]) == 0
+    assert len(list(out.glob("cine_*_mask.png"))) == 5
+    assert not list(out.glob("*_overlay.png"))
+    capture = cv2.VideoCapture(str(out / "cine_overlay.avi"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    capture.release()
+    assert len(read_rows(out)) == 5
+
+
+def test_multi_frame_dicom_gives_masks_and_its_spacing(model_path, tmp_path):
+    frames = np.zeros((2, 16, 24), np.uint16)
+    frames[1, 4:8, 4:10] = 4095  # 24 bright pixels in the second frame
+    write_dicom(tmp_path / "scan.dcm", frames, spacing=(0.2, 0.3))
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "scan.dcm"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["scan_0001_mask.png", "scan_0002_mask.png"]
+    first, second = read_rows(out)
+    assert (second["row_spacing_mm"], second["column_spacing_mm"]) == ("0.2", "0.3")
+    assert int(second["rib_area_px"]) == 24 and int(first["rib_area_px"]) == 0
+    assert float(second["rib_area_mm2"]) == pytest.approx(24 * 0.2 * 0.3)
+    assert int(second["components"]) == 1
+
+
+def test_folders_are_searched_recursively_and_mirrored(model_path, tmp_path, capsys):
+    data = tmp_path / "patients"
+    for name in ("p1/a.png", "p2/visit/b.png"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / name), np.full((20, 20), 200, np.uint8))
+    write_12_bit_png(data / "p2" / "deep.png", np.full((20, 20), 4000, np.uint16))
+    (data / "p1" / "notes.txt").write_text("not a frame")
+    out = tmp_path / "out"
+    assert main([str(model_path), str(data), "--out", str(out), "--spacing", "0.5"]) == 1
+    assert (out / "p1" / "a_mask.png").is_file() and (out / "p2" / "visit" / "b_mask.png").is_file()
+    err = capsys.readouterr().err
+    assert "notes.txt: unsupported file type" in err and "1 of 4 files" in err
+    rows = {r["file"]: r for r in read_rows(out)}
+    assert set(rows) == {"p1/a.png", "p2/deep.png", "p2/visit/b.png"}
+    assert rows["p2/visit/b.png"]["mask"] == "p2/visit/b_mask.png"
+    assert int(rows["p2/deep.png"]["rib_area_px"]) == 400  # 4000 of 4095 is bright, not black
+    assert float(rows["p1/a.png"]["rib_area_mm2"]) == pytest.approx(400 * 0.25)
+
+
+def test_unreadable_and_unsupported_inputs_are_named(model_path, tmp_path, capsys):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"x" * 300)
+    assert main([str(model_path), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {bad}: not a readable DICOM file")
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    assert main([str(model_path), str(other)]) == 2
+    assert f"{other}: unsupported file type" in capsys.readouterr().err
+
+
+def test_postprocess_removes_small_components_and_keeps_the_largest():
+    mask = np.zeros((10, 12), np.uint8)
+    mask[0:2, 0:2] = 1  # 4 px
+    mask[4:7, 0:3] = 1  # 9 px
+    mask[0:4, 6:11] = 1  # 20 px
+    mask[9, 11] = 1  # 1 px
+    assert postprocess(mask).sum() == 34
+    assert postprocess(mask, min_size=5).sum() == 29
+    largest = postprocess(mask, keep_largest=1)
+    assert largest.sum() == 20 and largest[0:4, 6:11].all()
+    assert postprocess(mask, min_size=5, keep_largest=5).sum() == 29
+    assert not PostProcess().active and PostProcess(min_size=3).active
+    record = frame_record(postprocess(mask, min_size=5), np.full(mask.shape, 0.75), (0.1, 0.2))
+    assert record["components"] == 2 and record["rib_area_px"] == 29
+    assert record["rib_area_mm2"] == pytest.approx(29 * 0.02) and record["mean_probability"] == 0.75
+
+
+def test_cli_post_processing(model_path, tmp_path):
+    frame = np.zeros((32, 32), np.uint8)
+    frame[2:4, 2:4] = 255
+    frame[10:20, 10:20] = 255
+    cv2.imwrite(str(tmp_path / "f.png"), frame)
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "f.png"), "--out", str(out), "--min-size", "5"]) == 0
+    row, = read_rows(out)
+    assert (int(row["components"]), int(row["rib_area_px"])) == (1, 100)

@@ -1,0 +1,91 @@
+"""evaluate.py in native units, on a folder of masks, with prediction options; the figure's spread."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from lungseg.files import read_json
+from lungseg.report import Experiment, spread_frames
+
+
+def rows_of(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_native_metrics_with_spacing_and_options_on_a_test_set(xunet_run, tiny_lus, tmp_path):
+    out = tmp_path / "r"
+    code = run_script("evaluate", xunet_run["dir"], "--test", tiny_lus, "--out", out, "--spacing", "0.2",
+                      "--ensemble", "--tta", "flip", "--min-size", "20", "--save-masks")
+    assert code == 0
+    summary = read_json(out / "summary.json")
+    assert summary["per_image_resolution"] == "native" and summary["pixel_spacing_mm"] == [0.2, 0.2]
+    labels = [e["experiment"] for e in summary["experiments"]]
+    assert labels == ["x", "x+ensemble+flip+min20"]
+    plain, varied = summary["experiments"]
+    assert plain["prediction"] == "plain"
+    assert varied["prediction"] == "fold ensemble; flip TTA; components under 20 px removed"
+    assert list(varied["fold_metrics"]) == ["ensemble"]
+    rows = rows_of(out / "per_image.csv")
+    hd_px = [float(r["hd95"]) for r in rows if r["hd95"]]
+    hd_mm = [float(r["hd95_mm"]) for r in rows if r["hd95_mm"]]
+    assert hd_px and hd_mm == pytest.approx([0.2 * v for v in hd_px])
+    text = (out / "results.md").read_text()
+    assert "at each frame's own size, pixel spacing 0.2 x 0.2 mm" in text and "HD95 (mm)" in text
+    assert "| x+ensemble+flip+min20 | X-Unet | fold ensemble; flip TTA;" in text
+    # masks are written at each frame's own size (960 x 128) when scored natively
+    import cv2
+
+    mask = cv2.imread(str(next((out / "masks" / "x+ensemble+flip+min20" / "ensemble").glob("*.png"))), 0)
+    assert mask.shape == (960, 128)
+
+    # The variant's masks, scored as a folder without any model, give the same per-image rows.
+    masks_out = tmp_path / "m"
+    shutil.copytree(out / "masks" / "x+ensemble+flip+min20" / "ensemble", tmp_path / "predicted")
+    assert run_script("evaluate", "--masks", tmp_path / "predicted", "--test", tiny_lus, "--out", masks_out,
+                      "--spacing", "0.2") == 0
+    from_masks = {r["frame"]: r for r in rows_of(masks_out / "per_image.csv")}
+    from_model = {r["frame"]: r for r in rows if r["experiment"] == "x+ensemble+flip+min20"}
+    assert set(from_masks) == set(from_model)
+    for name, row in from_model.items():
+        for metric in ("dice", "hd95_mm", "spurious"):
+            assert from_masks[name][metric] == row[metric], (name, metric)
+
+
+def test_model_resolution_is_an_option(xunet_run, tiny_lus, tmp_path):
+    out = tmp_path / "r"
+    assert run_script("evaluate", xunet_run["dir"], "--test", tiny_lus, "--out", out,
+                      "--resolution", "model") == 0
+    assert "at the model's input size." in (out / "results.md").read_text()
+    assert not [r for r in rows_of(out / "per_image.csv") if r["hd95_mm"]]
+
+
+def test_mask_folder_errors_name_the_missing_frame(tiny_lus, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_script("evaluate", "--masks", tmp_path / "empty", "--test", tiny_lus, "--out", tmp_path / "o") == 2
+    assert "no mask for frame lung_pos" in capsys.readouterr().err
+    assert run_script("evaluate", "--masks", tmp_path / "empty", "--out", tmp_path / "o") == 2
+    assert "scored against --test" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ensemble_without_a_test_set_is_refused(xunet_run, tmp_path, capsys):
+    assert run_script("evaluate", xunet_run["dir"], "--ensemble", "--out", tmp_path / "o") == 2
+    assert "--ensemble needs --test" in capsys.readouterr().err
+
+
+def test_overlay_frames_spread_from_worst_to_best_across_groups():
+    experiment = Experiment(label="x", model="xunet", models={})
+    reference = np.ones((4, 4), np.uint8)
+    for index in range(12):
+        name = f"f{index:02d}"
+        experiment.predictions[name] = (reference, reference, reference)
+        experiment.rows.append({"frame": name, "dice": index / 11})
+        experiment.groups[name] = f"g{index // 3}"  # three consecutive frames per group
+    chosen = spread_frames([experiment], 4)
+    assert chosen[0] == "f00" and chosen[-1] == "f11"  # worst and best
+    groups = [experiment.groups[name] for name in chosen]
+    assert len(set(groups)) == 4  # one frame per group, not the first frames of one sequence
