@@ -402,7 +402,7 @@ def _predict_source(args, model, post, source, folder, relative):
     multi = source.multi
     spacing = source.spacing or args.spacing
     rows, masks = [], []
-    from lungseg.inference import frame_record
+    from lungseg.postprocess import frame_record
 
     for start in range(0, len(frames), PREDICT_CHUNK_FRAMES):
         chunk = frames[start : start + PREDICT_CHUNK_FRAMES]
@@ -451,7 +451,8 @@ def run(args):
     """Do the work of the command line; return its exit status (0, or 1 if files skipped)."""
     from lungseg.data.sources import read_source
     from lungseg.files import write_text
-    from lungseg.inference import PostProcess, load_predictor
+    from lungseg.inference import load_predictor
+    from lungseg.postprocess import PostProcess
     from lungseg.runs import fold_name
 
     if args.interpolation is None:

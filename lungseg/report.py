@@ -52,7 +52,7 @@ from lungseg.evaluation import (
     nan_to_none,
     summarize,
 )
-from lungseg.inference import PostProcess, ensemble
+from lungseg.postprocess import PostProcess
 from lungseg.files import write_json, write_text
 from lungseg.predict import input_size, load_model
 from lungseg.runs import RunFolder, display_name
@@ -242,6 +242,7 @@ class FrameSource:
 
 def _load_scored_model(paths, options):
     """The model a row is scored with: one fold model, or the ensemble, with TTA as asked."""
+    from lungseg.inference import ensemble  # Keras: only once a model is scored
 
     paths = paths if isinstance(paths, list) else [paths]
     return ensemble([load_model(path) for path in paths], tta=options.tta)

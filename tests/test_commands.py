@@ -14,6 +14,7 @@ COMMANDS = {
     "lungseg-train-xunet": "train_xunet.py",
     "lungseg-evaluate": "evaluate.py",
     "lungseg-predict": None,
+    "lungseg-export": None,
 }
 
 

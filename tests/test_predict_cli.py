@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lungseg.config import make_config
-from lungseg.inference import PostProcess, frame_record, postprocess, save_inference_model
+from lungseg.inference import save_inference_model
+from lungseg.postprocess import PostProcess, frame_record, postprocess
 from lungseg.predict import main, predict_probabilities
 from test_data_sources import write_12_bit_png, write_dicom, write_tiff_pages, write_video
 

@@ -58,7 +58,7 @@ def run(argv):
         except argparse.ArgumentTypeError as error:
             parser.error(f"--spacing: {error}")
 
-    from lungseg.inference import PostProcess  # imports TensorFlow: after --help and option errors
+    from lungseg.postprocess import PostProcess
     from lungseg.report import PredictionOptions, evaluate
 
     options = PredictionOptions(ensemble=args.ensemble, tta=args.tta,
