@@ -201,3 +201,50 @@ def unfreeze(model, part=None):
     for name in names:
         model.get_layer(name).trainable = True
     return parameter_counts(model)
+
+
+def with_policy(model, policy="float32", into=None):
+    """``model`` computing under the dtype ``policy``, its output layers kept in float32.
+
+    This is how ``build_vunet`` and ``build_xunet`` lay a policy out (the sigmoid head in
+    float32 under any policy), applied to a model that exists: a model trained under
+    ``mixed_bfloat16`` becomes float32 for saving, and a float32 model loaded for fine-tuning
+    takes the run's mixed policy (Keras keeps each layer's saved policy when loading, whatever
+    the global one). Returns ``model`` itself when its layers already compute so; otherwise a
+    copy rebuilt from its config with its weights, compiled as ``model`` is (a fresh optimizer:
+    no optimizer state is carried over). ``into``, an earlier copy of the same model made by
+    this function, is refreshed with ``model``'s weights instead of rebuilt: a save per epoch
+    then costs a copy of the weights, not a new model. Works on flat functional models (as
+    lungseg builds) on any Keras backend.
+    """
+    policy = keras.dtype_policies.get(policy)
+    float32 = keras.dtype_policies.get("float32")
+    config = model.get_config()
+    heads = config["output_layers"]
+    heads = {heads[0]} if heads and isinstance(heads[0], str) else {head[0] for head in heads}
+    changed = False
+    for layer in config["layers"]:
+        dtype = layer["config"].get("dtype")
+        if layer["class_name"] == "InputLayer" or dtype is None:
+            continue
+        target = float32 if layer["name"] in heads else policy
+        if keras.dtype_policies.get(dtype).name != target.name:
+            layer["config"]["dtype"] = keras.dtype_policies.serialize(target)
+            changed = True
+    if not changed:
+        return model
+    if into is None:
+        into = model.__class__.from_config(config)
+        into.dtype_policy = policy  # the model's own: decides e.g. float16 loss scaling in compile
+        if model.compiled:
+            into.compile_from_config(model.get_compile_config())
+    if [w.shape for w in into.weights] != [w.shape for w in model.weights]:
+        raise ValueError(f"{into.name} does not have the weights of {model.name}")
+    for target, source in zip(into.weights, model.weights):
+        target.assign(source)
+    return into
+
+
+def as_float32(model, into=None):
+    """``model`` computing in float32, for saving and inference (see ``with_policy``)."""
+    return with_policy(model, "float32", into)

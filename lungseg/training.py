@@ -12,6 +12,7 @@ Run folder::
     fold_1/ ... fold_k/    the same
 """
 
+import dataclasses
 import json
 import math
 import shutil
@@ -27,7 +28,8 @@ from lungseg.config import RunConfig
 from lungseg.errors import ConfigError, LungsegError, RunExistsError, WeightsUnavailableError
 from lungseg.files import atomic_path, read_json, write_json, write_text
 from lungseg.losses import dice_coef, dice_loss, iou
-from lungseg.models import build_vunet, build_xunet, freeze, part_layers, unfreeze
+from lungseg.models import as_float32, build_vunet, build_xunet, freeze, part_layers, unfreeze, with_policy
+from lungseg.precision import choose_precision
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
 # an empty (or all-foreground) prediction.
@@ -56,6 +58,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history_path = self.stage_dir / "history.csv"
         self.best_val_loss = math.inf
         self.best_epoch = None
+        self.saved_model = None  # the float32 copy saved as model.keras, reused epoch to epoch
 
     def restore(self, model):
         """Load the saved state into ``model`` (compiled); return the epoch to start from."""
@@ -83,8 +86,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         val_loss = (logs or {}).get("val_loss", math.nan)
         if math.isfinite(val_loss) and val_loss < self.best_val_loss:
             self.best_val_loss, self.best_epoch = float(val_loss), epoch + 1
+            # Saved in float32 whatever the training policy, so inference is not changed by it.
+            self.saved_model = as_float32(self.model, into=self.saved_model)
             with atomic_path(self.best_path) as tmp:
-                self.model.save(tmp)
+                self.saved_model.save(tmp)
         weights = f"epoch_{epoch + 1}.weights.h5"
         with atomic_path(self.state_dir / weights) as tmp:
             self.model.save_weights(tmp)
@@ -371,7 +376,7 @@ def load_model_for_finetuning(path, config):
             f"{path}: model takes {model.input_shape[1]}x{model.input_shape[2]} frames, "
             f"but --image-size is {config.image_size[0]}x{config.image_size[1]}"
         )
-    return model
+    return with_policy(model, config.precision)  # saved float32: computes as the run does
 
 
 def run_training(config: RunConfig, fold=None, overwrite=False):
@@ -383,6 +388,13 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
+    saved = Path(config.out) / config.name / "config.json"
+    saved = read_json(saved).get("precision") if saved.is_file() and not overwrite else None
+    precision, line, _ = choose_precision(
+        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved
+    )
+    log(line)
+    config = dataclasses.replace(config, precision=precision)  # config.json: the one chosen
     keras.mixed_precision.set_global_policy(config.precision)
 
     if config.freeze:
@@ -460,6 +472,7 @@ def summarize_run(run):
         "lus_frames": config.lus_frames,
         "freeze": config.freeze,
         "split": config.split,
+        "precision": config.precision,
         "complete": not missing,
         "folds_missing": missing,
         run.stage1: read_json(stage1_dir / "metrics.json") if run.is_done(stage1_dir) else None,
