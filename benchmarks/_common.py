@@ -439,14 +439,17 @@ def load_lus_400(folder, image_size):
     return frames, time.perf_counter() - t0
 
 
-def build_compiled_model(name, image_size, precision="float32"):
+def build_compiled_model(name, image_size, precision="float32", clear_session=True):
     """V-Unet (random VGG16 weights) or X-Unet for gray frames, compiled as lungseg.training does:
-    Adam, ``lungseg.dice_loss``, metrics Dice, IoU and binary accuracy."""
+    Adam, ``lungseg.dice_loss``, metrics Dice, IoU and binary accuracy; its layers compute under
+    the dtype policy ``precision`` (the sigmoid head in float32), which stays Keras' global
+    policy afterwards. ``clear_session=False`` keeps models built before alive and usable."""
     import keras
 
     import lungseg
 
-    keras.backend.clear_session()
+    if clear_session:
+        keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(precision)
     shape = (image_size, image_size, 1)
     if name == "vunet":

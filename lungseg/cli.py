@@ -8,7 +8,7 @@ from lungseg.config import (
     AUGMENT_INTERPOLATIONS,
     INITIALIZERS,
     INTERPOLATIONS,
-    PRECISIONS,
+    PRECISION_CHOICES,
     PRESETS,
     SPLITS,
     STAGE1_STEPS,
@@ -175,8 +175,10 @@ def training_parser(model, description):
     add("--name", help=f"run folder name (default: {model}_<preset>)")
     add("--out", metavar="DIR", help="folder holding run folders " + d(lambda c: c.out))
     add("--overwrite", action="store_true", help="replace a finished run of the same name")
-    add("--precision", choices=PRECISIONS,
-        help="compute precision; the sigmoid head and Dice sums stay float32 "
+    add("--precision", choices=PRECISION_CHOICES,
+        help="compute precision; the sigmoid head and Dice sums stay float32, saved models "
+        "are float32 whatever trained them; auto: mixed_bfloat16 on a CPU with bfloat16 "
+        "instructions (AVX-512 BF16 or AMX), else float32 "
         + d(lambda c: c.precision))
     add("--mixed-precision", dest="precision", action="store_const", const="mixed_float16",
         help="same as --precision mixed_float16 (GPU)")

@@ -20,23 +20,12 @@ import keras
 from keras import ops
 
 from lungseg.config import TTA_CHOICES
+from lungseg.models import inference_copy
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.files import atomic_path
 
 
 # --- slim model files --------------------------------------------------------------------
-
-
-def inference_copy(model):
-    """An uncompiled copy of ``model`` with the same weights: no optimizer, loss or metrics.
-
-    Saved, it is about a third of a compiled model trained with Adam (which keeps two
-    moments per weight) and loads with plain Keras, as it names no lungseg loss.
-    """
-    # Not keras.models.clone_model: it compiles the copy as the original was.
-    copy = type(model).from_config(model.get_config())
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def save_inference_model(model, path):

@@ -198,3 +198,65 @@ def unfreeze(model, part=None):
     for name in names:
         model.get_layer(name).trainable = True
     return parameter_counts(model)
+
+
+def with_policy(model, policy="float32"):
+    """``model`` computing under the dtype ``policy``, its output layers kept in float32.
+
+    This is how ``build_vunet`` and ``build_xunet`` lay a policy out (the sigmoid head in
+    float32 under any policy), applied to a model that exists: a float32 model loaded for
+    fine-tuning takes the run's mixed policy (Keras keeps each layer's saved policy when
+    loading, whatever the global one). Returns ``model`` itself when its layers already
+    compute so; otherwise an uncompiled copy rebuilt from its config, with its weights. Works
+    on flat functional models (as lungseg builds) on any Keras backend.
+    """
+    config, changed = _config_with_policy(model, policy)
+    return _copy_weights(model, _from_config(model, config, policy)) if changed else model
+
+
+def inference_copy(model, into=None):
+    """An uncompiled float32 copy of ``model`` with its weights, for saving and inference.
+
+    Whatever policy trained it, the copy computes in float32, so prediction and export are
+    neither slowed nor changed by the training precision; it holds no optimizer, loss or
+    metrics, so its ``.keras`` file is a third of a compiled one trained with Adam and loads
+    with plain Keras. ``into``, an earlier copy of the same model, is refreshed with
+    ``model``'s weights instead of rebuilt (a save per epoch then costs a weight copy).
+    """
+    if into is None:
+        config, _ = _config_with_policy(model, "float32")
+        into = _from_config(model, config, "float32")
+    return _copy_weights(model, into)
+
+
+def _config_with_policy(model, policy):
+    """``model``'s config with every layer under ``policy`` (heads float32); and whether it changed."""
+    policy = keras.dtype_policies.get(policy)
+    float32 = keras.dtype_policies.get("float32")
+    config = model.get_config()
+    heads = config["output_layers"]
+    heads = {heads[0]} if heads and isinstance(heads[0], str) else {head[0] for head in heads}
+    changed = False
+    for layer in config["layers"]:
+        dtype = layer["config"].get("dtype")
+        if layer["class_name"] == "InputLayer" or dtype is None:
+            continue
+        target = float32 if layer["name"] in heads else policy
+        if keras.dtype_policies.get(dtype).name != target.name:
+            layer["config"]["dtype"] = keras.dtype_policies.serialize(target)
+            changed = True
+    return config, changed
+
+
+def _from_config(model, config, policy):
+    copy = model.__class__.from_config(config)
+    copy.dtype_policy = keras.dtype_policies.get(policy)  # decides e.g. float16 loss scaling in compile
+    return copy
+
+
+def _copy_weights(model, into):
+    if [w.shape for w in into.weights] != [w.shape for w in model.weights]:
+        raise ValueError(f"{into.name} does not have the weights of {model.name}")
+    for target, source in zip(into.weights, model.weights):
+        target.assign(source.value)
+    return into

@@ -139,6 +139,12 @@ class RunFolder:
     def has_splits(self):
         return (self.root / SPLITS).is_file()
 
+    def saved_precision(self, overwrite=False):
+        """The precision an unfinished run of this folder chose (``auto`` keeps it on resume)."""
+        if overwrite or not (self.root / CONFIG).is_file():
+            return None
+        return read_json(self.root / CONFIG).get("precision")
+
     def read_summary(self):
         return read_json(self.root / SUMMARY) if (self.root / SUMMARY).is_file() else None
 

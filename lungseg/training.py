@@ -9,6 +9,7 @@ The run folder's layout belongs to ``lungseg.runs``; the end-of-stage scores com
 """
 
 import csv
+import dataclasses
 import math
 import shutil
 import time
@@ -24,7 +25,8 @@ from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
 from lungseg.files import atomic_path, read_json, write_json, write_text
 from lungseg.losses import dice_coef, dice_loss, iou
-from lungseg.models import build_vunet, build_xunet, freeze, part_layers, unfreeze
+from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
+from lungseg.precision import choose_precision
 from lungseg.runs import HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 
@@ -51,6 +53,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history_path = self.stage_dir / HISTORY
         self.best_val_loss = math.inf
         self.best_epoch = None
+        self.saved_model = None  # the float32 copy saved as model.keras, reused epoch to epoch
 
     def restore(self, model):
         """Load the saved state into ``model`` (compiled); return the epoch to start from."""
@@ -78,8 +81,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         val_loss = (logs or {}).get("val_loss", math.nan)
         if math.isfinite(val_loss) and val_loss < self.best_val_loss:
             self.best_val_loss, self.best_epoch = float(val_loss), epoch + 1
+            # Float32 and uncompiled whatever the training policy: inference is not changed or
+            # slowed by it, and the file holds no optimizer state (the resume state does).
+            self.saved_model = inference_copy(self.model, into=self.saved_model)
             with atomic_path(self.best_path) as tmp:
-                self.model.save(tmp)
+                self.saved_model.save(tmp)
         weights = f"epoch_{epoch + 1}.weights.h5"
         with atomic_path(self.state_dir / weights) as tmp:
             self.model.save_weights(tmp)
@@ -306,7 +312,7 @@ def load_model_for_finetuning(path, config):
             f"{path}: model takes {model.input_shape[1]}x{model.input_shape[2]} frames, "
             f"but --image-size is {config.image_size[0]}x{config.image_size[1]}"
         )
-    return model
+    return with_policy(model, config.precision)  # saved float32: computes as the run does
 
 
 def run_training(config: RunConfig, fold=None, overwrite=False):
@@ -318,6 +324,12 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
+    saved = RunFolder.for_config(config).saved_precision(overwrite)
+    precision, line, _ = choose_precision(
+        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved
+    )
+    log(line)
+    config = dataclasses.replace(config, precision=precision)  # config.json: the one chosen
     keras.mixed_precision.set_global_policy(config.precision)
 
     if config.freeze:
@@ -412,6 +424,7 @@ def summarize_run(run):
         "lus_frames": config.lus_frames,
         "freeze": config.freeze,
         "split": config.split,
+        "precision": config.precision,
         "complete": not missing,
         "folds_missing": missing,
         "encoder_weights_used": encoder,

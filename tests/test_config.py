@@ -45,6 +45,9 @@ def test_quick_preset_and_user_options_override_in_order():
     assert xunet.finetune.learning_rate == 1e-4
     assert xunet.initializer == "he_normal"
     assert make_config("xunet", "q", "quick", initializer="glorot_uniform").initializer == "glorot_uniform"
+    # bfloat16 where the CPU has it (resolved when the run starts); the paper's runs: float32.
+    assert (config.precision, xunet.precision, make_config("xunet", "p").precision) == ("auto", "auto", "float32")
+    assert make_config("xunet", "q", "quick", precision="float32").precision == "float32"
 
 
 def test_config_json_round_trip():
@@ -64,7 +67,7 @@ def test_config_json_round_trip():
         ({"initializer": "zeros"}, "--initializer must be one of glorot_uniform, he_normal"),
         ({"augment_interpolation": "cubic"}, "--augment-interpolation must be one of bilinear, nearest"),
         ({"stage1_steps": "all"}, "--stage1-steps must be one of pool, train"),
-        ({"precision": "float16"}, "--precision must be one of float32, mixed_bfloat16, mixed_float16"),
+        ({"precision": "float16"}, "--precision must be one of auto, float32, mixed_bfloat16, mixed_float16"),
     ],
 )
 def test_invalid_values_name_the_option(overrides, words):
@@ -98,6 +101,8 @@ def test_precision_and_paper_fidelity_options_reach_the_config():
         "mixed_bfloat16", "nearest", "train")
     args = parser.parse_args(["--mixed-precision"])  # the older flag, kept as an alias
     assert config_from_args("vunet", args, parser).precision == "mixed_float16"
+    args = parser.parse_args(["--precision", "auto"])
+    assert config_from_args("vunet", args, parser).precision == "auto"
 
 
 def test_every_preset_is_an_option_and_reaches_the_config():

@@ -217,3 +217,41 @@ def test_model_and_loss_code_never_imports_tensorflow():
         assert not any(m.split(".")[0] == "tensorflow" for m in imported), f"{path} imports tensorflow"
         todo += [m for m in imported if m.startswith("lungseg")]
     assert {"lungseg", "lungseg.models", "lungseg.losses", "lungseg.errors"} <= seen
+
+
+def policies(model):
+    return {layer.name: layer.dtype_policy.name for layer in model.layers[1:]}  # after the input
+
+
+@pytest.fixture
+def global_policy():
+    """Set Keras' global dtype policy for one test, float32 again afterwards."""
+    yield keras.mixed_precision.set_global_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("builder", [build_xunet, lambda shape: build_vunet(shape, encoder_weights=None)])
+def test_with_policy_lays_out_a_policy_as_the_builders_do(builder, global_policy):
+    from lungseg.models import inference_copy, with_policy
+
+    global_policy("mixed_bfloat16")
+    built_mixed = builder((32, 32, 1))
+    global_policy("float32")
+    model = builder((32, 32, 1))
+    assert with_policy(model, "float32") is model  # already float32: nothing rebuilt
+    mixed = with_policy(model, "mixed_bfloat16")
+    assert policies(mixed) == policies(built_mixed)
+    assert policies(mixed)["mask"] == "float32"  # the sigmoid head stays float32
+    back = inference_copy(mixed)
+    assert set(policies(back).values()) == {"float32"}
+    assert not back.compiled and back.optimizer is None  # nothing of training travels
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
+    expected = model.predict(frames, verbose=0)
+    np.testing.assert_array_equal(back.predict(frames, verbose=0), expected)
+    in_bf16 = mixed.predict(frames, verbose=0)
+    assert in_bf16.dtype == np.float32 and not np.array_equal(in_bf16, expected)
+    np.testing.assert_allclose(in_bf16, expected, atol=0.05)
+    # A later save refreshes the same copy with the current weights.
+    mixed.get_layer("decoder1_conv2").kernel.assign(np.zeros((3, 3, 64, 64), np.float32))
+    assert inference_copy(mixed, into=back) is back
+    np.testing.assert_array_equal(back.get_layer("decoder1_conv2").get_weights()[0], 0)

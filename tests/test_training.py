@@ -254,3 +254,41 @@ def test_mirrored_training_resumes_after_a_kill(xunet_run, tiny_lus, tmp_path):
     assert read_json(tmp_path / "m" / "summary.json")["environment"]["strategy"] == "MirroredStrategy"
     history = (tmp_path / "m" / "fold_1" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
+
+
+def test_bfloat16_run_records_its_precision_and_saves_float32(xunet_run, tiny_lus, tmp_path, capsys):
+    """A fine-tuning run in mixed_bfloat16 from a float32 pre-trained model: it trains in
+    bfloat16, config.json says so, and its model.keras computes in float32 (so predicting with
+    it gives exactly what the same weights give in a float32 model)."""
+    from lungseg.models import build_xunet, with_policy
+
+    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
+    try:
+        code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path,
+                          "--name", "bf16", "--epochs", "1", "--fold", "1", "--precision", "mixed_bfloat16",
+                          *TINY)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # as a fresh process has it
+    assert code == 0
+    # The tests run with oneDNN off (conftest), where bfloat16 is slow: the run says so.
+    assert capsys.readouterr().out.startswith("WARNING: mixed_bfloat16 will likely train slower")
+    run = tmp_path / "bf16"
+    assert read_json(run / "config.json")["precision"] == "mixed_bfloat16"
+    assert read_json(run / "summary.json")["precision"] == "mixed_bfloat16"
+
+    saved = keras.models.load_model(run / "fold_1" / "model.keras")
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    assert not saved.compiled  # no optimizer state or loss: loads with plain Keras
+    same_weights = build_xunet((32, 32, 1))
+    same_weights.set_weights(saved.get_weights())
+    frames = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 1)).astype(np.uint8)
+    expected = same_weights.predict(frames, verbose=0)
+    # Tolerance 0: the saved model is float32, the same graph as the rebuilt one.
+    np.testing.assert_array_equal(saved.predict(frames, verbose=0), expected)
+    # ... whereas the weights computed in bfloat16, as in training, give other values.
+    in_bf16 = with_policy(saved, "mixed_bfloat16").predict(frames, verbose=0)
+    assert not np.array_equal(in_bf16, expected)
+    # Fine-tuning changed the weights it started from.
+    start = keras.models.load_model(pretrained, compile=False)
+    assert not same(start.get_layer("block1_conv1").get_weights(), saved.get_layer("block1_conv1").get_weights())
