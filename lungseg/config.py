@@ -18,6 +18,11 @@ INTERPOLATIONS = ("nearest", "area", "bilinear")
 # How augmentation resamples frame and mask: bilinear (then the mask re-thresholded at 0.5) is
 # what the paper's ImageDataGenerator did; nearest keeps masks 0/1 in one pass.
 AUGMENT_INTERPOLATIONS = ("bilinear", "nearest")
+# What augmentation does when on (--augment): the paper's ImageDataGenerator ranges, or the
+# strong geometric and intensity augmentation of nnU-Net (lungseg.data.augment).
+AUGMENT_POLICIES = ("paper", "strong")
+# Training loss (--loss): the paper's Dice, or Dice plus binary cross-entropy (lungseg.losses).
+LOSSES = ("dice", "dice_bce")
 # Steps per stage-1 epoch: "pool" = len(whole pool) // batch, as the notebooks ran stage 1 while
 # training on 80 % of the pool (1.25 passes per epoch); "train" = one pass over the training part.
 STAGE1_STEPS = ("pool", "train")

@@ -8,12 +8,13 @@ Data flows one way through this package::
     kfold_splits / holdout_split                frame names per fold, saved as JSON
     make_dataset(frames, ...)  -> tf.data       batches, shuffled and augmented for training
 
-``synthetic`` makes LUS phantoms and salient-object composites in the same layouts, ``xpie``
+``synthetic`` makes LUS phantoms (one volunteer or many subjects, linear or convex probe)
+and salient-object composites in the same layouts, ``xpie``
 converts an XPIE download to the salient layout, and ``python -m lungseg.data`` generates,
 converts or checks a data set from the command line.
 """
 
-from lungseg.data.augment import PaperAugmentation
+from lungseg.data.augment import PaperAugmentation, StrongAugmentation, make_augmentation
 from lungseg.data.frames import FLIP_SUFFIX, FrameSet, load_frames, select_lus_frames
 from lungseg.data.pairs import LUS_FRAME_WINDOW, Pair, default_group, find_pairs
 from lungseg.data.pipeline import make_dataset
@@ -39,6 +40,8 @@ __all__ = [
     "load_frames",
     "select_lus_frames",
     "PaperAugmentation",
+    "StrongAugmentation",
+    "make_augmentation",
     "make_dataset",
     "kfold_splits",
     "holdout_split",
