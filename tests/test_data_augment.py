@@ -196,10 +196,10 @@ def test_seeds_decide_the_draws():
 
 # --- strong augmentation (nnU-Net's, issue 16) --------------------------------------------
 
-INTENSITY_OFF = dict(p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_gamma=0,
-                     p_gamma_inverted=0)
-INTENSITY_ALWAYS = dict(p_noise=1, p_blur=1, p_brightness=1, p_contrast=1, p_gamma=1,
-                        p_gamma_inverted=0)
+INTENSITY_OFF = {"p_noise": 0, "p_blur": 0, "p_brightness": 0, "p_contrast": 0, "p_gamma": 0,
+                 "p_gamma_inverted": 0}
+INTENSITY_ALWAYS = {"p_noise": 1, "p_blur": 1, "p_brightness": 1, "p_contrast": 1, "p_gamma": 1,
+                    "p_gamma_inverted": 0}
 
 
 def test_strong_draws_follow_their_ranges_and_probabilities():
@@ -260,7 +260,7 @@ def test_strong_geometry_moves_frame_and_mask_with_one_known_matrix(interpolatio
     for i, row in enumerate(matrices):
         affine = row[:6].astype(np.float64).reshape(2, 3)
 
-        def warp(picture):
+        def warp(picture, affine=affine):
             return cv2.warpAffine(picture, affine, (width, height), flags=flags,
                                   borderMode=cv2.BORDER_CONSTANT)
 
