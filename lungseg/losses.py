@@ -1,13 +1,18 @@
-"""The paper's Dice loss and metrics, over the whole batch flattened, smoothing 1.
+"""The paper's Dice loss and metrics, over the whole batch flattened, smoothing 1; Dice plus
+binary cross-entropy; and the streaming shares of empty and full predictions that tell a
+collapsed training stage.
 
 Written with ``keras.ops`` only and registered, so a compiled model saved to ``.keras``
-loads in a fresh process (safe mode on) once ``lungseg`` is imported.
+loads in a fresh process (safe mode on) once ``lungseg`` is imported. ``LOSS_FUNCTIONS``
+maps the names of ``config.LOSSES`` (``--loss``) to the functions.
 """
 
 import keras
 from keras import ops
 
 SMOOTH = 1.0
+# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the logarithm (Keras' epsilon).
+EPSILON = 1e-7
 
 
 def _flat_float32(y_true, y_pred):
@@ -38,3 +43,77 @@ def iou(y_true, y_pred):
     t, p = _flat_float32(y_true, y_pred)
     intersection = ops.sum(t * p)
     return (intersection + SMOOTH) / (ops.sum(t) + ops.sum(p) - intersection + SMOOTH)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def binary_crossentropy(y_true, y_pred):
+    """Mean over the flattened batch of -(t log p + (1 - t) log(1 - p)), p clipped to
+    [1e-7, 1 - 1e-7], in float32."""
+    t, p = _flat_float32(y_true, y_pred)
+    p = ops.clip(p, EPSILON, 1.0 - EPSILON)
+    return -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def dice_bce_loss(y_true, y_pred):
+    """Binary cross-entropy plus the paper's Dice loss (minus the Dice coefficient), weights
+    1 and 1, as nnU-Net's Dice + CE loss adds its soft Dice loss (-Dice) to the cross-entropy.
+
+    Dice alone gives no gradient towards a thin target the model has stopped predicting
+    (an all-background output scores Dice ~0 whatever it does nearby); the pixel-wise
+    cross-entropy still does. Ranges from -1 (perfect) upwards.
+    """
+    return binary_crossentropy(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+LOSS_FUNCTIONS = {"dice": dice_loss, "dice_bce": dice_bce_loss}
+
+
+class _FrameShare(keras.metrics.Metric):
+    """Share of frames of a kind, counted over every batch of an epoch (threshold 0.5)."""
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits",
+                                      aggregation="sum")
+        self.frames = self.add_variable(shape=(), initializer="zeros", name="frames",
+                                        aggregation="sum")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        batch = ops.shape(y_true)[0]
+        t = ops.reshape(ops.cast(y_true, "float32"), (batch, -1))
+        p = ops.reshape(ops.cast(y_pred, "float32"), (batch, -1))
+        hits, frames = self._count(t > 0.5, p > 0.5)
+        self.hits.assign_add(ops.sum(ops.cast(hits, "float32")))
+        self.frames.assign_add(ops.sum(ops.cast(frames, "float32")))
+
+    def result(self):
+        return ops.divide_no_nan(self.hits, self.frames)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class EmptyOnRibs(_FrameShare):
+    """Share of frames with ribs (any reference pixel) whose prediction is empty: the
+    streaming twin of ``lungseg.scoring``'s ``empty_on_ribs``."""
+
+    def __init__(self, name="empty_on_ribs", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def _count(self, reference, predicted):
+        has_ribs = ops.any(reference, axis=1)
+        return has_ribs & ~ops.any(predicted, axis=1), has_ribs
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class FullPredictions(_FrameShare):
+    """Share of frames predicted foreground everywhere: the streaming twin of
+    ``lungseg.scoring``'s ``full_predictions``."""
+
+    def __init__(self, name="full_predictions", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def _count(self, reference, predicted):
+        return ops.all(predicted, axis=1), ops.ones_like(predicted[:, 0])
