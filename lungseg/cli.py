@@ -138,7 +138,7 @@ def training_parser(model, description):
         help="use N original frames without mirror copies (the paper's 200-frame set)")
     add("--split", choices=SPLITS, help="paper: shuffled k-fold over all frames, flipped copies "
         "included, as the authors did; grouped: a frame, its flip and its neighbours stay in "
-        "one fold " + d(lambda c: c.split))
+        "one fold (all frames of a subject, when names carry one) " + d(lambda c: c.split))
     add("--folds", type=positive_int, metavar="N", help="cross-validation folds " + d(lambda c: c.folds))
     add("--fold", type=positive_int, metavar="K", help="run only fold K (1-based); other "
         "folds can run as separate jobs, and each job gathers the finished folds into summary.json")
