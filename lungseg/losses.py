@@ -11,8 +11,6 @@ import keras
 from keras import ops
 
 SMOOTH = 1.0
-# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the logarithm (Keras' epsilon).
-EPSILON = 1e-7
 
 
 def _flat_float32(y_true, y_pred):
@@ -47,11 +45,15 @@ def iou(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="lungseg")
 def binary_crossentropy(y_true, y_pred):
-    """Mean over the flattened batch of -(t log p + (1 - t) log(1 - p)), p clipped to
-    [1e-7, 1 - 1e-7], in float32."""
-    t, p = _flat_float32(y_true, y_pred)
-    p = ops.clip(p, EPSILON, 1.0 - EPSILON)
-    return -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))
+    """Mean over all pixels of the batch of -(t log p + (1 - t) log(1 - p)), in float32.
+
+    ``keras.ops.binary_crossentropy`` on the model's output as it is: on TensorFlow it finds
+    the logits behind the sigmoid head and works from them, so a prediction saturated at 0
+    or 1 keeps its gradient (otherwise p is clipped to [1e-7, 1 - 1e-7], and a model pushed
+    below 1e-7 everywhere would get no gradient back, a collapse of its own).
+    """
+    target = ops.cast(y_true, y_pred.dtype)
+    return ops.mean(ops.cast(ops.binary_crossentropy(target, y_pred), "float32"))
 
 
 @keras.saving.register_keras_serializable(package="lungseg")

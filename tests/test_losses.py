@@ -70,8 +70,9 @@ def test_dice_bce_by_hand():
     assert value(dice_bce_loss, t, p) == pytest.approx(np.log(8 / 3) / 2 - 0.7, rel=1e-5)
     # Certain and right: the cross-entropy of the clipped probabilities, -ln(1 - 1e-7).
     assert value(dice_bce_loss, T, T) == pytest.approx(-1.0, abs=1e-6)
-    # Certain and wrong: clipped, so finite: -ln(1e-7) = 16.118 where a rib pixel got 0, and
-    # -ln(1 - p) = 15.942 where background got 1, p clipped to float32(1 - 1e-7) = 1 - 2^-23.
+    # Probabilities without the head's logits are clipped, so certain and wrong is finite:
+    # -ln(1e-7) = 16.118 where a rib pixel got 0, -ln(1 - p) = 15.942 where background got
+    # 1, p clipped to float32(1 - 1e-7) = 1 - 2^-23.
     wrong = [[0, 0], [1, 1]]
     expected = (-np.log(1e-7) - np.log(1 - float(np.float32(1 - 1e-7)))) / 2  # 16.030
     assert value(binary_crossentropy, T, wrong) == pytest.approx(expected, rel=1e-5)
@@ -79,18 +80,39 @@ def test_dice_bce_by_hand():
     assert set(LOSS_FUNCTIONS) == set(__import__("lungseg.config").config.LOSSES)
 
 
-def test_dice_bce_keeps_a_gradient_on_an_empty_prediction_of_a_thin_target():
+def test_dice_bce_keeps_a_gradient_on_a_saturated_empty_prediction_of_a_thin_target():
     import tensorflow as tf
 
     truth = np.zeros((1, 8, 8, 1), np.float32)
     truth[0, 3, :] = 1  # a one-pixel line
-    logits = tf.Variable(np.full((1, 8, 8, 1), -12.0, np.float32))  # predicts all background
-    gradients = {}
+    for start in (-12.0, -40.0):  # predicts all background; at -40, p = 4e-18 (below 1e-7)
+        logits = tf.Variable(np.full((1, 8, 8, 1), start, np.float32))
+        gradients = {}
+        for name, loss in LOSS_FUNCTIONS.items():
+            with tf.GradientTape() as tape:
+                value_ = loss(truth, keras.activations.sigmoid(logits))  # as the model's head
+            gradients[name] = float(tf.reduce_sum(tf.abs(tape.gradient(value_, logits))))
+        # Cross-entropy from the head's logits: d/dlogit = (p - t) / 64, 8 line pixels at -1.
+        assert gradients["dice_bce"] == pytest.approx(8 / 64, rel=1e-3)
+        assert gradients["dice"] < 1e-3 * gradients["dice_bce"]
+
+
+def test_dice_bce_brings_a_model_stuck_at_all_background_back():
+    keras.utils.set_random_seed(0)
+    truth = np.zeros((4, 8, 8, 1), np.float32)
+    truth[:, 3, :] = 1
+    images = truth * 200 + 20
+    histories = {}
     for name, loss in LOSS_FUNCTIONS.items():
-        with tf.GradientTape() as tape:
-            value_ = loss(truth, tf.sigmoid(logits))
-        gradients[name] = float(tf.reduce_sum(tf.abs(tape.gradient(value_, logits))))
-    assert gradients["dice_bce"] > 1e3 * gradients["dice"]
+        inputs = keras.Input((8, 8, 1))
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        head = keras.layers.Conv2D(1, 1, activation="sigmoid",
+                                   bias_initializer=keras.initializers.Constant(-20.0))  # p 2e-9
+        model = keras.Model(inputs, head(x))
+        model.compile(optimizer=keras.optimizers.Adam(0.5), loss=loss, metrics=[EmptyOnRibs()])
+        histories[name] = model.fit(images, truth, epochs=40, verbose=0).history["empty_on_ribs"]
+    assert histories["dice"][-1] == 1.0  # Dice alone never leaves the collapse
+    assert histories["dice_bce"][-1] == 0.0  # with cross-entropy the line comes back
 
 
 def test_collapse_metrics_count_empty_and_full_frames_and_match_scoring():
