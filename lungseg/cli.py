@@ -172,8 +172,9 @@ def training_parser(model, description):
         "which keeps thin targets from collapsing to all background " + d(lambda c: c.loss))
     add("--stop-on-collapse", action="store_true", default=None,
         help="end a stage early when its validation predictions have been empty (or full) on "
-        "most frames with ribs for a few epochs running; the stage is marked collapsed in "
-        "summary.json (a collapse is logged as it happens either way)")
+        "most frames with ribs, with no progress in validation loss, for a few epochs running; "
+        "the stage is marked collapsed in summary.json (a collapse is logged as it happens "
+        "either way)")
     add("--augment-interpolation", choices=AUGMENT_INTERPOLATIONS,
         help="how augmentation resamples: bilinear with the mask re-thresholded at 0.5, as the "
         "paper's ImageDataGenerator did, or nearest " + d(lambda c: c.augment_interpolation))

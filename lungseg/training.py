@@ -31,9 +31,12 @@ from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 # A stage has collapsed when more than this share of validation frames that contain ribs get
 # an empty (or all-foreground) prediction.
 COLLAPSE_SHARE = 0.5
-# Epochs running with collapsed validation predictions before training says so (and, with
-# --stop-on-collapse, ends the stage).
+# Epochs running with collapsed validation predictions and no progress in validation loss (an
+# improvement under COLLAPSE_MIN_DELTA on the best before) before training says so (and, with
+# --stop-on-collapse, ends the stage). A stage learning a thin target with cross-entropy
+# predicts nothing above 0.5 for its first epochs while its loss falls: not a collapse.
 COLLAPSE_EPOCHS = 3
+COLLAPSE_MIN_DELTA = 1e-3
 METRICS = tuple(METRIC_DEFINITIONS)
 
 
@@ -151,17 +154,20 @@ def collapse_message(metrics):
 
 class CollapseWatch(keras.callbacks.Callback):
     """Notices a collapse while it happens, from the validation ``empty_on_ribs`` and
-    ``full_predictions`` that ``EmptyOnRibs`` and ``FullPredictions`` count each epoch.
+    ``full_predictions`` that ``EmptyOnRibs`` and ``FullPredictions`` count each epoch, and the
+    validation loss.
 
     After ``COLLAPSE_EPOCHS`` epochs running whose predictions ``collapse_message`` calls
-    collapsed, the log says so at once; with ``stop`` the stage ends there. ``history`` holds
-    the rows of epochs already run (a resumed stage), whose streak counts on.
+    collapsed while the validation loss did not improve on its best by ``COLLAPSE_MIN_DELTA``,
+    the log says so at once; with ``stop`` the stage ends there. ``history`` holds the rows
+    of epochs already run (a resumed stage), whose streak counts on.
     """
 
     def __init__(self, label, stop=False, history=()):
         super().__init__()
         self.label, self.stop = label, stop
         self.streak, self.noticed, self.stopped = 0, None, False
+        self.best_loss = math.inf
         for epoch, row in enumerate(history):
             self._update(epoch, row, resumed=True)
 
@@ -179,10 +185,16 @@ class CollapseWatch(keras.callbacks.Callback):
 
     def _update(self, epoch, logs, resumed=False):
         message = self._message(logs)
-        self.streak = self.streak + 1 if message else 0
+        loss = _number(logs.get("val_loss"))
+        # The first epoch has nothing to improve on: it counts as no progress.
+        progress = loss is not None and loss < self.best_loss - COLLAPSE_MIN_DELTA < math.inf
+        if loss is not None:
+            self.best_loss = min(self.best_loss, loss)
+        self.streak = self.streak + 1 if message and not progress else 0
         if self.streak < COLLAPSE_EPOCHS or self.noticed:
             return
-        self.noticed = {"epoch": epoch + 1, "message": f"{message}, {self.streak} epochs running"}
+        self.noticed = {"epoch": epoch + 1, "message": f"{message}, with no progress in validation "
+                        f"loss, {self.streak} epochs running"}
         self.stopped = self.stop
         if resumed:
             return

@@ -310,15 +310,25 @@ def test_a_collapsing_stage_is_noticed_while_it_happens_and_stopped(thin_target,
     assert "val_empty_on_ribs" in history[0] and "val_full_predictions" in history[0]
 
 
-def test_collapse_watch_counts_epochs_running_and_on_from_a_resumed_history():
+def test_collapse_watch_counts_stalled_collapsed_epochs_and_on_from_a_resumed_history():
     from lungseg.training import CollapseWatch
 
-    healthy = {"val_empty_on_ribs": "0.1", "val_full_predictions": "0.0"}
-    empty = {"val_empty_on_ribs": "0.9", "val_full_predictions": "0.0"}
-    full = {"val_empty_on_ribs": "0.0", "val_full_predictions": "0.75"}
+    def row(empty, full, loss):
+        return {"val_empty_on_ribs": str(empty), "val_full_predictions": str(full),
+                "val_loss": str(loss)}
+
+    healthy, empty, full = row(0.1, 0.0, -0.5), row(0.9, 0.0, -0.1), row(0.0, 0.75, -0.1)
     watch = CollapseWatch("s", stop=True, history=[empty, healthy, empty, full])  # 2 running
     assert (watch.streak, watch.noticed, watch.stopped) == (2, None, False)
     resumed = CollapseWatch("s", stop=True, history=[empty, full, empty])
     assert resumed.stopped and resumed.noticed["epoch"] == 3  # a resumed stage stays stopped
+    assert "no progress in validation loss, 3 epochs running" in resumed.noticed["message"]
     assert CollapseWatch("s", stop=False, history=[empty] * 3).stopped is False
     assert CollapseWatch("s", history=[{"val_empty_on_ribs": "nan"}] * 4).streak == 0
+    # Empty predictions while the loss keeps falling (cross-entropy learning a thin target
+    # first learns the background): no collapse; once the loss stalls, the streak counts.
+    learning = [row(1.0, 0.0, loss) for loss in (0.12, 0.09, 0.06, 0.03)]
+    assert CollapseWatch("s", history=learning[:1]).streak == 1  # nothing to improve on yet
+    assert CollapseWatch("s", history=learning).streak == 0
+    stalled = learning + [row(1.0, 0.0, 0.0305), row(1.0, 0.0, 0.0301), row(1.0, 0.0, 0.0302)]
+    assert CollapseWatch("s", history=stalled).noticed["epoch"] == 7
