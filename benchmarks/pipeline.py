@@ -23,7 +23,12 @@ rounds, in one process, so both see the same machine load. Our pipeline decodes 
 and caches them; the paper's decodes every file every epoch. The targets compare steady
 epochs; the one-time ``load_frames`` cost is reported beside them.
 
+With ``--augment strong`` our two pipelines augment with ``StrongAugmentation`` (nnU-Net's
+geometric and intensity augmentation, one resampling per frame) instead; the paper's pipeline
+and the targets stay the same, and so do the JSON keys (``settings.augment_policy`` says which).
+
     python benchmarks/pipeline.py --json /tmp/bench_pipeline.json     # about a minute
+    python benchmarks/pipeline.py --augment strong --json /tmp/bench_pipeline_strong.json
 """
 
 import shutil
@@ -62,6 +67,9 @@ def parse_args(argv=None):
     add("--ours-epochs", type=common.positive_int, default=5, help="our epochs per round (default 5)")
     add("--paper-epochs", type=common.positive_int, default=1,
         help="the paper's epochs per round (default 1)")
+    add("--augment", choices=("paper", "strong"), default="paper",
+        help="our pipelines' augmentation: the paper's ranges, or nnU-Net's strong geometric and "
+        "intensity augmentation (default paper); the paper's pipeline is always the paper's")
     return parser.parse_args(argv)
 
 
@@ -197,13 +205,15 @@ def main(argv=None):
     with common.CpuMonitor() as load_cpu:
         frames, load_s = common.load_lus_400(source, size)
     assert len(frames) == 400 and frames.image_size == (size, size)
+    bilinear_augmentation = data.make_augmentation(args.augment, "bilinear")
+    nearest_augmentation = data.make_augmentation(args.augment, "nearest")
     dataset = data.make_dataset(
-        frames, batch, training=True, augment=data.PaperAugmentation(), seed=0
+        frames, batch, training=True, augment=bilinear_augmentation, seed=0
     )
     nearest_dataset = data.make_dataset(
-        frames, batch, training=True, augment=data.PaperAugmentation(interpolation="nearest"),
-        seed=0,
+        frames, batch, training=True, augment=nearest_augmentation, seed=0,
     )
+    kind = type(bilinear_augmentation).__name__
 
     workdir = Path(tempfile.mkdtemp(prefix="lungseg-paper-layout-"))
     try:
@@ -245,9 +255,9 @@ def main(argv=None):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    ours_sum = summary("ours: make_dataset(training=True, augment=PaperAugmentation()), "
+    ours_sum = summary(f"ours: make_dataset(training=True, augment={kind}()), "
                        "bilinear", ours)
-    nearest_sum = summary("ours: make_dataset(training=True, augment=PaperAugmentation("
+    nearest_sum = summary(f"ours: make_dataset(training=True, augment={kind}("
                           "interpolation='nearest'))", nearest)
     paper_sum = summary("paper: ImageDataGenerator x2 (image + mask), zipped", paper)
     fps, paper_fps = ours_sum["frames_per_s"], paper_sum["frames_per_s"]
@@ -303,6 +313,8 @@ def main(argv=None):
             "960x128 8-bit TIFF, + mirror images",
             "image_size": size,
             "batch_size": batch,
+            "augment_policy": f"{args.augment}: {bilinear_augmentation!r} (ours; the paper's "
+            "pipeline runs the paper's augmentation)",
             "interpolation": "ours (the targets): bilinear, OpenCV warpAffine, mask thresholded "
             "at 0.5; ours_nearest: one packed nearest-neighbour ImageProjectiveTransformV3; "
             "paper: bilinear (scipy, interpolation_order=1)",
@@ -340,7 +352,8 @@ def report(r):
     say = common.say
     say("")
     say(f"== training input pipeline: 400 LUS frames (200 + mirror images), "
-        f"{s['image_size']}x{s['image_size']}, paper augmentation, batch {s['batch_size']} ==")
+        f"{s['image_size']}x{s['image_size']}, {s['augment_policy'].split(':')[0]} augmentation "
+        f"(ours), batch {s['batch_size']} ==")
     rows = []
     labels = {
         "ours": "ours: make_dataset, bilinear (cached frames)",

@@ -6,8 +6,10 @@ import traceback
 
 from lungseg.config import (
     AUGMENT_INTERPOLATIONS,
+    AUGMENT_POLICIES,
     INITIALIZERS,
     INTERPOLATIONS,
+    LOSSES,
     PRECISION_CHOICES,
     PRESETS,
     SPLITS,
@@ -126,13 +128,15 @@ def training_parser(model, description):
     add = parser.add_argument
     d = preset_defaults(model)
     add("--preset", choices=sorted(PRESETS), default="paper",
-        help="paper: the paper's protocol exactly; quick: a CPU-sized version for the demo "
-        "(default: paper)")
+        help="paper: the paper's protocol exactly; quick: a CPU-sized version for the demo; "
+        "sound: quick's sizes with a recipe that holds on new subjects (grouped split, strong "
+        "augmentation, Dice + BCE, He initialisation) (default: paper)")
     add("--data", metavar="DIR", help="LUS frames (IMG/ + MASK/, or images/ + masks/) "
         "(default: generated phantom frames, cached under --out)")
     add("--groups", metavar="REGEX|CSV", help="group of each frame for --split grouped: a regex "
         "whose first group is taken from the file stem, or a CSV of stem,group "
-        "(default: probe position and a window of neighbouring frame numbers)")
+        "(default: the subject when names carry one, subj<k>; else probe position and a window "
+        "of neighbouring frame numbers)")
     add("--lus-frames", type=positive_int, metavar="N", help="training frames; with flips N/2 "
         "frames plus their mirror images (the paper: 200 without flips, 400, 600) "
         + d(lambda c: c.lus_frames))
@@ -140,7 +144,7 @@ def training_parser(model, description):
         help="use N original frames without mirror copies (the paper's 200-frame set)")
     add("--split", choices=SPLITS, help="paper: shuffled k-fold over all frames, flipped copies "
         "included, as the authors did; grouped: a frame, its flip and its neighbours stay in "
-        "one fold " + d(lambda c: c.split))
+        "one fold (all frames of a subject, when names carry one) " + d(lambda c: c.split))
     add("--folds", type=positive_int, metavar="N", help="cross-validation folds " + d(lambda c: c.folds))
     add("--fold", type=positive_int, metavar="K", help="run only fold K (1-based); other "
         "folds can run as separate jobs, and each job gathers the finished folds into summary.json")
@@ -164,6 +168,19 @@ def training_parser(model, description):
         + d(lambda c: c.initializer))
     add("--no-augment", dest="augment", action="store_false", default=None,
         help="no augmentation of the LUS training frames (the paper's ImageDataGenerator settings)")
+    add("--augment", dest="augment_policy", choices=AUGMENT_POLICIES,
+        help="what augmentation does: paper, the paper's tiny ranges (rotation ±0.15°, shifts, "
+        "shear and zoom ±5 %%, flips); strong, nnU-Net's 2D augmentation (rotation ±15°, scaling "
+        "0.85-1.25, flips, noise, blur, brightness, contrast, gamma, each with a probability) "
+        + d(lambda c: c.augment_policy))
+    add("--loss", choices=LOSSES,
+        help="training loss: dice, the paper's; dice_bce, Dice plus binary cross-entropy, "
+        "which keeps thin targets from collapsing to all background " + d(lambda c: c.loss))
+    add("--stop-on-collapse", action="store_true", default=None,
+        help="end a stage early when its validation predictions have been empty (or full) on "
+        "most frames with ribs, with no progress in validation loss, for a few epochs running; "
+        "the stage is marked collapsed in summary.json (a collapse is logged as it happens "
+        "either way)")
     add("--augment-interpolation", choices=AUGMENT_INTERPOLATIONS,
         help="how augmentation resamples: bilinear with the mask re-thresholded at 0.5, as the "
         "paper's ImageDataGenerator did, or nearest " + d(lambda c: c.augment_interpolation))
@@ -203,6 +220,7 @@ def config_from_args(model, args, parser, extra=()):
     overrides = {}
     for field in ("data", "groups", "lus_frames", "flips", "split", "folds", "image_size",
                   "interpolation", "initializer", "augment", "augment_interpolation", "stage1_steps",
+                  "augment_policy", "loss", "stop_on_collapse",
                   "seed", "out", "precision", "jit_compile",
                   "deterministic", *extra):
         value = getattr(args, field)

@@ -17,6 +17,11 @@ INTERPOLATIONS = ("nearest", "area", "bilinear")
 # How augmentation resamples frame and mask: bilinear (then the mask re-thresholded at 0.5) is
 # what the paper's ImageDataGenerator did; nearest keeps masks 0/1 in one pass.
 AUGMENT_INTERPOLATIONS = ("bilinear", "nearest")
+# What augmentation does when on (--augment): the paper's ImageDataGenerator ranges, or the
+# strong geometric and intensity augmentation of nnU-Net (lungseg.data.augment).
+AUGMENT_POLICIES = ("paper", "strong")
+# Training loss (--loss): the paper's Dice, or Dice plus binary cross-entropy (lungseg.losses).
+LOSSES = ("dice", "dice_bce")
 # Steps per stage-1 epoch: "pool" = len(whole pool) // batch, as the notebooks ran stage 1 while
 # training on 80 % of the pool (1.25 passes per epoch); "train" = one pass over the training part.
 STAGE1_STEPS = ("pool", "train")
@@ -63,6 +68,9 @@ class RunConfig:
     interpolation: str = "nearest"
     augment: bool = True
     augment_interpolation: str = "bilinear"
+    augment_policy: str = "paper"  # what augmentation does when on: paper or strong (nnU-Net's)
+    loss: str = "dice"  # dice (the paper's) or dice_bce
+    stop_on_collapse: bool = False  # end a stage whose predictions collapsed for a few epochs
     encoder_weights: Optional[str] = "imagenet"  # V-Unet only
     initializer: str = "glorot_uniform"  # kernels of new ReLU convolutions (Keras' default)
     fallback_to_random_weights: bool = False  # quick preset: warn instead of failing offline
@@ -119,6 +127,8 @@ class RunConfig:
             ("--augment-interpolation", self.augment_interpolation, AUGMENT_INTERPOLATIONS),
             ("--stage1-steps", self.stage1_steps, STAGE1_STEPS),
             ("--precision", self.precision, PRECISION_CHOICES),
+            ("--augment", self.augment_policy, AUGMENT_POLICIES),
+            ("--loss", self.loss, LOSSES),
         ):
             if value not in choices:
                 raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
@@ -197,6 +207,20 @@ PRESETS = {
             "finetune": {"epochs": 8, "batch_size": 4, "learning_rate": 1e-4},
         },
     },
+}
+
+
+# "sound": the quick preset's sizes and budget (frames, epochs, learning rates) with a recipe that
+# holds on new subjects: folds that never split a subject (pairs.default_group groups by the
+# subject when names carry one, else by probe position and frame window), nnU-Net's strong
+# augmentation, Dice + binary cross-entropy (Dice alone collapses on thin targets) and He
+# initialisation. Beyond the paper: see docs/beyond_the_paper.md for what it buys.
+PRESETS["sound"] = {
+    **PRESETS["quick"],
+    "split": "grouped",
+    "augment_policy": "strong",
+    "loss": "dice_bce",
+    "initializer": "he_normal",
 }
 
 

@@ -1,9 +1,13 @@
-"""The paper's Dice loss and metrics, over the whole batch flattened, smoothing 1.
+"""The paper's Dice loss and metrics, over the whole batch flattened, smoothing 1; Dice plus
+binary cross-entropy; and the streaming shares of empty and full predictions that tell a
+collapsed training stage.
 
 Written with ``keras.ops`` only and registered, so a compiled model saved to ``.keras``
 loads in a fresh process (safe mode on) once ``lungseg`` is imported: importing Keras after
 lungseg, or lungseg after Keras, imports this module too (``lungseg._startup``), and
 ``lungseg.predict.load_model`` imports it itself.
+``LOSS_FUNCTIONS``
+maps the names of ``config.LOSSES`` (``--loss``) to the functions.
 """
 
 import keras
@@ -40,3 +44,81 @@ def iou(y_true, y_pred):
     t, p = _flat_float32(y_true, y_pred)
     intersection = ops.sum(t * p)
     return (intersection + SMOOTH) / (ops.sum(t) + ops.sum(p) - intersection + SMOOTH)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def binary_crossentropy(y_true, y_pred):
+    """Mean over all pixels of the batch of -(t log p + (1 - t) log(1 - p)), in float32.
+
+    ``keras.ops.binary_crossentropy`` on the model's output as it is: on TensorFlow it finds
+    the logits behind the sigmoid head and works from them, so a prediction saturated at 0
+    or 1 keeps its gradient (otherwise p is clipped to [1e-7, 1 - 1e-7], and a model pushed
+    below 1e-7 everywhere would get no gradient back, a collapse of its own).
+    """
+    target = ops.cast(y_true, y_pred.dtype)
+    return ops.mean(ops.cast(ops.binary_crossentropy(target, y_pred), "float32"))
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def dice_bce_loss(y_true, y_pred):
+    """Binary cross-entropy plus the paper's Dice loss (minus the Dice coefficient), weights
+    1 and 1, as nnU-Net's Dice + CE loss adds its soft Dice loss (-Dice) to the cross-entropy.
+
+    Dice alone gives no gradient towards a thin target the model has stopped predicting
+    (an all-background output scores Dice ~0 whatever it does nearby); the pixel-wise
+    cross-entropy still does. Ranges from -1 (perfect) upwards.
+    """
+    return binary_crossentropy(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+LOSS_FUNCTIONS = {"dice": dice_loss, "dice_bce": dice_bce_loss}
+
+
+class _FrameShare(keras.metrics.Metric):
+    """Share of frames of a kind, counted over every batch of an epoch (threshold 0.5)."""
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits",
+                                      aggregation="sum")
+        self.frames = self.add_variable(shape=(), initializer="zeros", name="frames",
+                                        aggregation="sum")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        batch = ops.shape(y_true)[0]
+        t = ops.reshape(ops.cast(y_true, "float32"), (batch, -1))
+        p = ops.reshape(ops.cast(y_pred, "float32"), (batch, -1))
+        hits, frames = self._count(t > 0.5, p > 0.5)
+        self.hits.assign_add(ops.sum(ops.cast(hits, "float32")))
+        self.frames.assign_add(ops.sum(ops.cast(frames, "float32")))
+
+    def result(self):
+        return ops.divide_no_nan(self.hits, self.frames)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class EmptyOnRibs(_FrameShare):
+    """Share of frames with ribs (any reference pixel) whose prediction is empty: the
+    streaming twin of ``lungseg.scoring``'s ``empty_on_ribs``."""
+
+    def __init__(self, name="empty_on_ribs", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def _count(self, reference, predicted):
+        has_ribs = ops.any(reference, axis=1)
+        return has_ribs & ~ops.any(predicted, axis=1), has_ribs
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class FullPredictions(_FrameShare):
+    """Share of frames predicted foreground everywhere: the streaming twin of
+    ``lungseg.scoring``'s ``full_predictions``."""
+
+    def __init__(self, name="full_predictions", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def _count(self, reference, predicted):
+        return ops.all(predicted, axis=1), ops.ones_like(predicted[:, 0])

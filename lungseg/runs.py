@@ -176,6 +176,10 @@ class RunFolder:
             else:
                 saved = read_json(self.root / CONFIG)
                 current = json.loads(self.config.to_json())
+                # Options added since the run was written take their defaults, which are what
+                # such runs did: an unfinished run still resumes after an upgrade.
+                saved = {key: current[key] for key in set(current) - set(saved)
+                         if current[key] == getattr(RunConfig, key, None)} | saved
                 differences = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
                 if differences:
                     raise RunExistsError(

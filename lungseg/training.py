@@ -24,7 +24,7 @@ from lungseg.console import interactive, log, warn
 from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
 from lungseg.files import atomic_path, read_json, write_json, write_text
-from lungseg.losses import dice_coef, dice_loss, iou
+from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
 from lungseg.runs import HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256
@@ -33,6 +33,12 @@ from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 # A stage has collapsed when more than this share of validation frames that contain ribs get
 # an empty (or all-foreground) prediction.
 COLLAPSE_SHARE = 0.5
+# Epochs running with collapsed validation predictions and no progress in validation loss (an
+# improvement under COLLAPSE_MIN_DELTA on the best before) before training says so (and, with
+# --stop-on-collapse, ends the stage). A stage learning a thin target with cross-entropy
+# predicts nothing above 0.5 for its first epochs while its loss falls: not a collapse.
+COLLAPSE_EPOCHS = 3
+COLLAPSE_MIN_DELTA = 1e-3
 METRICS = tuple(METRIC_DEFINITIONS)
 
 
@@ -138,10 +144,11 @@ def distribution_strategy():
 def collapse_message(metrics):
     """Words for a collapsed stage, or None."""
     if metrics["empty_on_ribs"] > COLLAPSE_SHARE:
+        empty = metrics.get("empty_predictions")  # not counted during training
         return (
             f"collapsed to all background: {metrics['empty_on_ribs']:.0%} of validation frames "
-            f"with ribs got an empty prediction ({metrics['empty_predictions']:.0%} of all "
-            "predictions are empty)"
+            "with ribs got an empty prediction"
+            + (f" ({empty:.0%} of all predictions are empty)" if empty is not None else "")
         )
     if metrics["full_predictions"] > COLLAPSE_SHARE:
         return (
@@ -149,6 +156,75 @@ def collapse_message(metrics):
             "predictions cover the whole frame"
         )
     return None
+
+
+class CollapseWatch(keras.callbacks.Callback):
+    """Notices a collapse while it happens, from the validation ``empty_on_ribs`` and
+    ``full_predictions`` that ``EmptyOnRibs`` and ``FullPredictions`` count each epoch, and the
+    validation loss.
+
+    After ``COLLAPSE_EPOCHS`` epochs running whose predictions ``collapse_message`` calls
+    collapsed while the validation loss did not improve on its best by ``COLLAPSE_MIN_DELTA``,
+    the log says so at once; with ``stop`` the stage ends there. ``history`` holds the rows
+    of epochs already run (a resumed stage), whose streak counts on.
+    """
+
+    def __init__(self, label, stop=False, history=()):
+        super().__init__()
+        self.label, self.stop = label, stop
+        self.streak, self.noticed, self.stopped = 0, None, False
+        self.best_loss = math.inf
+        for epoch, row in enumerate(history):
+            self._update(epoch, row, resumed=True)
+
+    @staticmethod
+    def _message(logs):
+        values = {key: _number(logs.get(f"val_{key}")) for key in ("empty_on_ribs", "full_predictions")}
+        if any(value is None for value in values.values()):
+            return None
+        return collapse_message(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._update(epoch, logs or {})
+        if self.stopped:
+            self.model.stop_training = True
+
+    def _update(self, epoch, logs, resumed=False):
+        message = self._message(logs)
+        loss = _number(logs.get("val_loss"))
+        # The first epoch has nothing to improve on: it counts as no progress.
+        progress = loss is not None and loss < self.best_loss - COLLAPSE_MIN_DELTA < math.inf
+        if loss is not None:
+            self.best_loss = min(self.best_loss, loss)
+        self.streak = self.streak + 1 if message and not progress else 0
+        if self.streak < COLLAPSE_EPOCHS or self.noticed:
+            return
+        self.noticed = {"epoch": epoch + 1, "message": f"{message}, with no progress in validation "
+                        f"loss, {self.streak} epochs running"}
+        self.stopped = self.stop
+        if resumed:
+            return
+        if self.stop:
+            warn(f"[{self.label}] epoch {epoch + 1}: {self.noticed['message']}; "
+                 "stopping the stage (--stop-on-collapse)")
+        else:
+            warn(f"[{self.label}] epoch {epoch + 1}: {self.noticed['message']} "
+                 "(--stop-on-collapse would end the stage here)")
+
+
+def _number(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _history_rows(path):
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def train_stage(label, run, stage_name, make_model, train, val, stage, config, frozen=(), augment=True,
@@ -169,8 +245,8 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
         trainable, frozen_count = freeze(model, list(frozen))
         model.compile(
             optimizer=keras.optimizers.Adam(stage.learning_rate),
-            loss=dice_loss,
-            metrics=[dice_coef, iou, "binary_accuracy"],
+            loss=LOSS_FUNCTIONS[config.loss],
+            metrics=[dice_coef, iou, "binary_accuracy", EmptyOnRibs(), FullPredictions()],
             jit_compile=config.jit_compile,
         )
         initial_epoch = checkpoint.restore(model)  # builds the optimizer, so inside the scope
@@ -179,12 +255,16 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
         f"[{label}] {trainable:,} trainable and {frozen_count:,} frozen parameters; "
         f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs "
         f"({steps}), batch {stage.batch_size}, Adam {stage.learning_rate:g}"
-        + (f", augmented ({config.augment_interpolation} resampling)" if augment else "")
+        + (f", loss {config.loss}" if config.loss != "dice" else "")
+        + (f", augmented ({config.augment_policy + ', ' if config.augment_policy != 'paper' else ''}"
+           f"{config.augment_interpolation} resampling)" if augment else "")
     )
     if initial_epoch:
         log(f"[{label}] resuming after epoch {initial_epoch} of {stage.epochs}")
     channels = model.input_shape[-1]
-    augmentation = data.PaperAugmentation(interpolation=config.augment_interpolation) if augment else None
+    augmentation = (
+        data.make_augmentation(config.augment_policy, config.augment_interpolation) if augment else None
+    )
     train_ds = data.make_dataset(
         train, stage.batch_size, channels=channels, training=True, augment=augmentation,
         seed=config.seed + initial_epoch,
@@ -192,7 +272,8 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     if steps_per_epoch:
         train_ds = train_ds.repeat()
     val_ds = data.make_dataset(val, stage.batch_size, channels=channels)
-    if initial_epoch < stage.epochs:
+    watch = CollapseWatch(label, config.stop_on_collapse, _history_rows(checkpoint.history_path))
+    if initial_epoch < stage.epochs and not watch.stopped:
         model.fit(
             train_ds,
             validation_data=val_ds,
@@ -204,6 +285,7 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
                 keras.callbacks.TerminateOnNaN(),
                 keras.callbacks.CSVLogger(str(checkpoint.history_path), append=True),
                 checkpoint,
+                watch,  # after the checkpoint: the epoch that stops the stage is saved
             ],
             shuffle=False,  # the data set shuffles itself, seeded
             verbose=1 if interactive() else 0,
@@ -224,6 +306,9 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
         trainable_parameters=trainable,
         frozen_parameters=frozen_count,
         collapse=collapse_message(metrics),
+        collapse_noticed=watch.noticed,
+        stopped_on_collapse=watch.stopped,
+        epochs_run=len(_history_rows(checkpoint.history_path)),
         train_seconds=_history_seconds(checkpoint.history_path),
         scoring_seconds=round(time.perf_counter() - started, 3),
         **(record or {}),
@@ -238,6 +323,9 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     )
     if metrics["collapse"]:
         warn(f"[{label}] {metrics['collapse']}")
+    if watch.stopped:
+        warn(f"[{label}] stopped after epoch {watch.noticed['epoch']} of {stage.epochs}: "
+             f"{watch.noticed['message']}")
     return metrics
 
 
@@ -437,6 +525,10 @@ def summarize_run(run):
     }
     stages = ([(run.stage1, stage1)] if stage1 else []) + list(folds.items())
     summary["collapse"] = {name: m["collapse"] for name, m in stages if m.get("collapse")}
+    stopped = {name: m["collapse_noticed"] for name, m in stages if m.get("stopped_on_collapse")}
+    for name, noticed in stopped.items():  # a stopped stage is marked even if its best epoch was not
+        summary["collapse"].setdefault(name, f"stopped after epoch {noticed['epoch']}: {noticed['message']}")
+    summary["stopped_on_collapse"] = {name: noticed["epoch"] for name, noticed in stopped.items()}
     summary["wall_seconds"] = {name: round(m["train_seconds"] + m["scoring_seconds"], 1) for name, m in stages}
     return summary
 

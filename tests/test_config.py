@@ -127,3 +127,53 @@ def test_option_types():
     assert freeze_spec("none") == []
     assert freeze_spec("bottleneck") == ["bottleneck"]
     assert freeze_spec("block1_conv1, block1_conv2") == ["block1_conv1", "block1_conv2"]
+
+
+def test_sound_preset_is_quick_sized_with_the_sound_recipe():
+    quick, sound = make_config("xunet", "q", "quick"), make_config("xunet", "s", "sound")
+    assert (sound.split, sound.augment_policy, sound.loss, sound.initializer) == (
+        "grouped", "strong", "dice_bce", "he_normal")
+    for field in ("image_size", "lus_frames", "folds", "stage1", "finetune", "augment",
+                  "augment_interpolation", "stage1_steps", "synthetic_lus"):
+        assert getattr(sound, field) == getattr(quick, field), field  # the same budget
+    paper = make_config("vunet", "p")
+    assert (paper.augment, paper.augment_policy, paper.loss, paper.stop_on_collapse) == (
+        True, "paper", "dice", False)  # the paper's protocol is unchanged
+    assert (quick.augment_policy, quick.loss, quick.split) == ("paper", "dice", "paper")
+
+
+def test_recipe_options_reach_the_config_and_its_json():
+    parser = training_parser("xunet", "test")
+    args = parser.parse_args(["--augment", "strong", "--loss", "dice_bce", "--stop-on-collapse"])
+    config = config_from_args("xunet", args, parser)
+    assert (config.augment, config.augment_policy, config.loss, config.stop_on_collapse) == (
+        True, "strong", "dice_bce", True)
+    saved = json.loads(config.to_json())
+    assert (saved["augment_policy"], saved["loss"], saved["stop_on_collapse"]) == (
+        "strong", "dice_bce", True)
+    assert RunConfig.from_dict(saved) == config
+    args = parser.parse_args(["--preset", "sound", "--no-augment", "--loss", "dice"])
+    config = config_from_args("xunet", args, parser)
+    assert (config.augment, config.augment_policy, config.loss, config.split) == (
+        False, "strong", "dice", "grouped")
+    for option, value, words in (("augment_policy", "wild", "--augment must be one of paper, strong"),
+                                 ("loss", "focal", "--loss must be one of dice, dice_bce")):
+        with pytest.raises(ConfigError, match=words):
+            make_config("vunet", "v", **{option: value})
+
+
+def test_a_run_written_before_the_recipe_options_still_resumes(tmp_path):
+    from lungseg.errors import RunExistsError
+    from lungseg.runs import RunFolder
+
+    config = make_config("vunet", "v", "quick")
+    old = json.loads(config.to_json())
+    for key in ("augment_policy", "loss", "stop_on_collapse"):
+        del old[key]
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "config.json").write_text(json.dumps(old))
+    RunFolder(tmp_path / "v", config).create()  # the defaults are what it ran: resumes
+    assert json.loads((tmp_path / "v" / "config.json").read_text())["loss"] == "dice"
+    (tmp_path / "v" / "config.json").write_text(json.dumps(old))
+    with pytest.raises(RunExistsError, match=r"different configuration \(loss\)"):
+        RunFolder(tmp_path / "v", make_config("vunet", "v", "quick", loss="dice_bce")).create()

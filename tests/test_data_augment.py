@@ -1,13 +1,15 @@
 """PaperAugmentation draws what ImageDataGenerator draws, moves pixels as it does (bilinear as
 the paper ran it, or nearest), and keeps frame and mask aligned and the mask binary."""
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras.src.legacy.preprocessing.image import ImageDataGenerator
 from scipy.stats import ks_2samp
 
-from lungseg.data import PaperAugmentation
+from lungseg.data import PaperAugmentation, StrongAugmentation
+from lungseg.data.augment import intensity_table
 from lungseg.errors import ConfigError
 
 PAPER_SETTINGS = dict(
@@ -190,3 +192,128 @@ def test_seeds_decide_the_draws():
     other = EXAGGERATED(images, masks, seed=tf.constant([5, 7], tf.int64))[0].numpy()
     np.testing.assert_array_equal(first, same)
     assert not np.array_equal(first, other)
+
+
+# --- strong augmentation (nnU-Net's, issue 16) --------------------------------------------
+
+INTENSITY_OFF = {"p_noise": 0, "p_blur": 0, "p_brightness": 0, "p_contrast": 0, "p_gamma": 0,
+                 "p_gamma_inverted": 0}
+INTENSITY_ALWAYS = {"p_noise": 1, "p_blur": 1, "p_brightness": 1, "p_contrast": 1, "p_gamma": 1,
+                    "p_gamma_inverted": 0}
+
+
+def test_strong_draws_follow_their_ranges_and_probabilities():
+    strong = StrongAugmentation()
+    n = 4000
+    geometry = {k: v.numpy() for k, v in strong.random_parameters(n, 64, 48, 3).items()}
+    for key in ("tx", "ty", "shear"):
+        assert not geometry[key].any()
+    np.testing.assert_array_equal(geometry["zx"], geometry["zy"])  # isotropic
+    rotated, scaled = geometry["theta"] != 0, geometry["zx"] != 1
+    assert np.abs(geometry["theta"]).max() <= 15 and np.abs(geometry["theta"]).max() > 14
+    assert 0.85 <= geometry["zx"].min() and geometry["zx"].max() <= 1.25
+    for share, p in ((rotated.mean(), 0.2), (scaled.mean(), 0.2), (geometry["flip"].mean(), 0.5)):
+        assert abs(share - p) < 0.03
+    assert abs((rotated & scaled).mean() - 0.04) < 0.015  # drawn independently
+    intensity = strong.intensity_parameters(n, 3).numpy()
+    noise, blur, brightness, contrast, gamma, inverted = intensity.T
+    expected = {"noise": (noise > 0, 0.1), "blur": (blur > 0, 0.2),
+                "brightness": (brightness != 1, 0.15), "contrast": (contrast != 1, 0.15),
+                "gamma": ((gamma != 1) & (inverted == 0), 0.3), "inverted": (inverted == 1, 0.1)}
+    for name, (drawn, p) in expected.items():
+        assert abs(drawn.mean() - p) < 0.025, name
+    assert noise.max() <= np.sqrt(0.1) and 0.5 <= blur[blur > 0].min() and blur.max() <= 1
+    assert 0.75 <= brightness.min() and brightness.max() <= 1.25
+    assert 0.7 <= gamma.min() and gamma.max() <= 1.5
+    assert abs((gamma[gamma != 1] < 1).mean() - 0.5) < 0.05
+    assert not np.array_equal(intensity, strong.intensity_parameters(n, 4).numpy())
+
+
+def test_intensity_table_by_hand():
+    levels = np.arange(256)
+    # brightness 1.2: level 100 -> 120
+    assert intensity_table(brightness=1.2)[100] == 120
+    # contrast 2 about the mean 100: 150 -> 100 + 2 * 50 = 200; 40 -> -20, clipped to 0
+    table = intensity_table(contrast=2.0, mean=100.0)
+    assert (table[150], table[40], table[100]) == (200, 0, 100)
+    # gamma 2: 128 -> 255 * (128/255)^2 = 64.25; inverted: 255 * (1 - (127/255)^2) = 191.75
+    assert intensity_table(gamma=2.0)[128] == 64
+    assert intensity_table(gamma=2.0, inverted=True)[128] == 192
+    np.testing.assert_array_equal(intensity_table(), levels)  # identity
+    assert (np.diff(intensity_table(1.1, 1.3, 0.8, True, 90.0).astype(int)) >= 0).all()  # monotone
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_strong_geometry_moves_frame_and_mask_with_one_known_matrix(interpolation):
+    strong = StrongAugmentation(p_rotation=1, p_scale=1, p_flip=0.5, **INTENSITY_OFF,
+                                interpolation=interpolation)
+    height, width = 41, 31  # odd: the centre is a pixel, (row 20, column 15)
+    images, masks = shapes_batch(n=8, size=64, seed=3)
+    images, masks = images[:, :height, :width].copy(), masks[:, :height, :width].copy()
+    images[:, 20, 15], masks[:, 20, 15] = 255, 1
+    new_images, new_masks = (t.numpy() for t in strong(images, masks, seed=9))
+    matrices = strong.matrices(strong.random_parameters(8, height, width, 9), height, width,
+                               keras_centre=False).numpy()
+    assert np.abs(matrices[:, 1]).max() > 0.05  # they really rotate
+    flags = cv2.WARP_INVERSE_MAP | (cv2.INTER_LINEAR if interpolation == "bilinear"
+                                    else cv2.INTER_NEAREST)
+    for i, row in enumerate(matrices):
+        affine = row[:6].astype(np.float64).reshape(2, 3)
+
+        def warp(picture, affine=affine):
+            return cv2.warpAffine(picture, affine, (width, height), flags=flags,
+                                  borderMode=cv2.BORDER_CONSTANT)
+
+        expected_mask = warp(masks[i, ..., 0] * 255) > 127
+        assert np.count_nonzero(new_masks[i, ..., 0] != expected_mask) <= 2
+        if interpolation == "bilinear":  # the frame: exactly OpenCV's resampling
+            np.testing.assert_array_equal(new_images[i, ..., 0], warp(images[i, ..., 0]))
+        # Rotation and scaling turn about the true centre: the centre pixel stays put.
+        assert new_masks[i, 20, 15] == 1 and new_images[i, 20, 15] == 255
+        assert new_images[i, 0, 0] == 0 or matrices[i, 1] == 0  # zeros outside, not edges
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_strong_augmentation_keeps_frames_on_masks_and_mask_values(interpolation):
+    from skimage.filters import threshold_otsu
+
+    images, masks = shapes_batch(n=12)
+    strong = StrongAugmentation(interpolation=interpolation)
+    for seed in range(4):
+        new_images, new_masks = (t.numpy() for t in strong(images, masks, seed=seed))
+        assert new_images.dtype == np.uint8 and set(np.unique(new_masks)) <= {0, 1}
+        for image, mask in zip(new_images, new_masks):
+            assert iou(image > threshold_otsu(image), mask > 0) >= 0.9
+    # Intensity alone: masks come back untouched, frames changed, the same way for each seed.
+    intensity_only = StrongAugmentation(p_rotation=0, p_scale=0, p_flip=0, **INTENSITY_ALWAYS,
+                                        interpolation=interpolation)
+    new_images, new_masks = (t.numpy() for t in intensity_only(images, masks, seed=2))
+    np.testing.assert_array_equal(new_masks, masks)
+    assert (np.abs(new_images.astype(int) - images).mean(axis=(1, 2, 3)) > 2).all()
+    again = intensity_only(images, masks, seed=2)[0].numpy()
+    np.testing.assert_array_equal(again, new_images)
+    assert not np.array_equal(intensity_only(images, masks, seed=3)[0].numpy(), new_images)
+
+
+def test_strong_augmentation_in_the_pipeline_and_by_name():
+    from lungseg.data import FrameSet, make_augmentation, make_dataset
+
+    assert isinstance(make_augmentation("strong", "nearest"), StrongAugmentation)
+    assert type(make_augmentation("paper")) is PaperAugmentation
+    with pytest.raises(ConfigError, match="unknown augmentation policy 'wild'"):
+        make_augmentation("wild")
+    with pytest.raises(ConfigError, match="probabilities"):
+        StrongAugmentation(p_noise=1.5)
+    images, masks = shapes_batch(n=10, size=32)
+    frames = FrameSet([f"f{i}" for i in range(10)], list(range(10)), images, masks)
+    for interpolation in ("bilinear", "nearest"):
+        strong = make_augmentation("strong", interpolation)
+        batches = list(make_dataset(frames, 4, training=True, augment=strong, seed=1))
+        again = list(make_dataset(frames, 4, training=True, augment=strong, seed=1))
+        assert [len(x) for x, _ in batches] == [4, 4, 2]
+        for (x, y), (x2, y2) in zip(batches, again):
+            assert x.dtype == tf.uint8 and y.dtype == tf.float32
+            assert set(np.unique(y.numpy())) <= {0.0, 1.0}
+            np.testing.assert_array_equal(x.numpy(), x2.numpy())
+    with pytest.raises(ConfigError, match="uint8 frames"):
+        StrongAugmentation()(images.astype(np.float32), masks, seed=1)

@@ -20,6 +20,17 @@ def test_generates_lus_and_salient_sets(tmp_path, capsys):
     assert "3 pairs in 2 groups, all readable" in capsys.readouterr().out
 
 
+def test_generates_subjects_probes_and_targets(tmp_path, capsys):
+    argv = ["lus", "--n", "4", "--subjects", "2", "--probe", "convex", "--target", "shadow",
+            "--out", str(tmp_path / "c"), "--quiet"]
+    assert main(argv) == 0
+    assert "(seed 0, subjects 2, probe convex, target shadow)" in capsys.readouterr().out
+    pairs = find_pairs(tmp_path / "c")
+    assert [p.name for p in pairs][:2] == ["lung_subj01_pos2_5", "lung_subj01_pos3_5"]
+    assert main(["check", str(tmp_path / "c"), "--size", "48", "64", "--quiet"]) == 0
+    assert "4 pairs in 2 groups" in capsys.readouterr().out  # grouped by subject
+
+
 def test_bad_output_path_is_one_error_line(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")

@@ -101,6 +101,14 @@ def test_default_groups_hold_ten_stored_frames_of_one_position():
     assert default_group("salient_0007") == "salient_0007"
 
 
+def test_default_groups_are_subjects_when_names_carry_one():
+    assert default_group("lung_subj03_pos2_35") == "subj03"
+    assert default_group("lung_subj03_pos3_905_flipped") == "subj03"
+    assert default_group("subj12_frame7") == "subj12"
+    assert default_group("lung_subjA_pos2_5") == "lung_subjA_pos2:0-49"  # no number: no subject
+    assert default_group("lung_nosubj3_pos2_5") == "lung_nosubj3_pos2:0-49"
+
+
 def test_groups_from_a_pattern(tmp_path):
     write_flat(tmp_path, ["patientA_01", "patientA_02", "patientB_01"])
     pairs = find_pairs(tmp_path, groups=r"^(patient\w)_")

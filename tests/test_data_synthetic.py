@@ -163,3 +163,136 @@ def test_ensure_dataset_never_leaves_half_a_set_or_touches_foreign_files(tmp_pat
         ensure_dataset("xpie", tmp_path / "x", n=1, seed=0)
     with pytest.raises(ConfigError, match="positive integer"):
         ensure_dataset("lus", tmp_path / "x", n=0, seed=0)
+
+
+# --- subjects, probes and targets (issue 16) ----------------------------------------------
+
+
+def folder_sha256(root):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path, data in folder_bytes(root).items():
+        digest.update(str(path).encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def test_default_set_is_byte_identical_to_the_one_before_subjects(tmp_path):
+    # Hashes of sets written by the generator before subjects, probes and targets existed
+    # (commit 8f6bb22), file names and bytes: the default set must not change.
+    assert folder_sha256(write_lus_dataset(tmp_path / "a", n=4, seed=0)) == (
+        "30c201f447327522123bc04931075f33f456bbaf457564da80052e9e64e92183"
+    )
+    assert folder_sha256(write_lus_dataset(tmp_path / "b", n=30, seed=5, shape=(48, 16))) == (
+        "f5a8ae0f82845ab560696a81a9875c3b100563bfb6c7fdf8afdaa5ddafb195fd"
+    )
+    # The explicit defaults are the same set, and its manifest is what it was.
+    explicit = write_lus_dataset(tmp_path / "c", n=4, seed=0, subjects=None, probe="linear",
+                                 target="rib")
+    assert folder_bytes(explicit) == folder_bytes(tmp_path / "a")
+    ensure_dataset("lus", tmp_path / "d", n=2, seed=0, probe="linear", target="rib")
+    assert (tmp_path / "d" / "synthetic.json").read_text().count(":") == 4  # kind n seed version
+
+
+def test_subjects_differ_in_their_drawn_settings_and_image_statistics(tmp_path):
+    subjects = [synthetic.random_subject(np.random.default_rng([0, k, 1])) for k in (1, 2, 3)]
+    for field in ("pleura", "skin", "fascia", "rib_half_width", "rib_inset", "rib_thickness",
+                  "rib_echo", "gain_db", "attenuation_db", "tgc_db", "speckle"):
+        values = [getattr(subject, field) for subject in subjects]
+        assert len(set(values)) == 3, field
+    out = write_lus_dataset(tmp_path / "s", n=36, seed=0, subjects=3, shape=(240, 64))
+    frames = load_frames(find_pairs(out), (240, 64))
+    subject_of = np.array([name.split("_")[1] for name in frames.names])
+    assert sorted(set(subject_of)) == ["subj01", "subj02", "subj03"]
+    assert set(frames.groups) == {"subj01", "subj02", "subj03"}  # default groups: subjects
+
+    def spread(statistic):
+        """Spread of the subjects' means against the spread within subjects."""
+        per_subject = [statistic[subject_of == s] for s in ("subj01", "subj02", "subj03")]
+        between = np.std([values.mean() for values in per_subject])
+        within = np.mean([values.std() for values in per_subject])
+        return between / within
+
+    images = frames.images[..., 0].astype(np.float64)
+    assert spread(images.mean(axis=(1, 2))) > 2  # gain, attenuation, echogenicity
+    depth_of_ribs = np.array([np.argwhere(m[..., 0])[:, 0].mean() for m in frames.masks])
+    assert spread(depth_of_ribs) > 2  # pleural depth and layers
+
+
+def test_subject_sets_are_reproducible_and_select_per_subject(tmp_path):
+    a = write_lus_dataset(tmp_path / "a", n=8, seed=2, subjects=2, shape=(48, 16))
+    b = write_lus_dataset(tmp_path / "b", n=8, seed=2, subjects=2, shape=(48, 16))
+    c = write_lus_dataset(tmp_path / "c", n=8, seed=3, subjects=2, shape=(48, 16))
+    assert folder_bytes(a) == folder_bytes(b) and folder_bytes(a) != folder_bytes(c)
+    pairs = find_pairs(a, groups=r"subj\d+")  # the documented regex: same groups as default
+    assert [p.name for p in pairs] == [
+        f"lung_subj0{k}_pos{p}_{n}" for k in (1, 2) for p in (2, 3) for n in (5, 10)
+    ]
+    assert [p.group for p in pairs] == [p.group for p in find_pairs(a)] == ["subj01"] * 4 + [
+        "subj02"] * 4
+    frames = load_frames(pairs, (48, 16))
+    chosen, rule = select_lus_frames(frames, 8)  # 4 originals: one per subject and position
+    assert chosen.names[:4] == [f"lung_subj0{k}_pos{p}_5" for k in (1, 2) for p in (2, 3)]
+    assert "subj01_pos2 1, subj01_pos3 1, subj02_pos2 1, subj02_pos3 1" in rule
+    with pytest.raises(ConfigError, match="number of subjects"):
+        write_lus_dataset(tmp_path / "x", n=2, subjects=0)
+
+
+def test_targets_mark_line_band_or_shadow_of_the_same_picture():
+    pictures = {}
+    for target in synthetic.TARGETS:
+        pictures[target] = next(lus_sequence(np.random.default_rng(4), 1, n_ribs=2, target=target))
+    (image, rib), line, shadow = pictures["rib"], pictures["line"][1], pictures["shadow"][1]
+    for target in ("line", "shadow"):
+        np.testing.assert_array_equal(pictures[target][0], image)  # only the mask changes
+    assert set(np.unique(line)) == {0, 1}
+    thickness = line.sum(axis=0)[line.any(axis=0)]
+    assert thickness.max() <= synthetic.LINE_SAMPLES + 1  # a line on the rib's surface
+    assert line.sum() < rib.sum() and line.mean() < 0.015
+    columns = rib.any(axis=0)
+    np.testing.assert_array_equal(line.argmax(axis=0)[columns], rib.argmax(axis=0)[columns])
+    assert (rib <= shadow).all() and shadow.mean() > 0.2  # the rib and all beneath it
+    assert shadow[-1].any() and not rib[-1].any()
+    assert image[700:][shadow[700:] > 0].mean() < 0.5 * image[700:][shadow[700:] == 0].mean()
+
+
+def test_convex_frames_are_black_outside_the_fan_with_masks_inside(tmp_path):
+    geometry = synthetic.ConvexGeometry()
+    assert geometry.image_shape == (820, 1124) and geometry.polar_shape == (960, 192)
+    fan = synthetic.convex_fan(geometry)
+    polar = next(lus_sequence(np.random.default_rng(1), 1, shape=geometry.polar_shape,
+                              n_ribs=2, zoom=synthetic.CONVEX_ZOOM, target="shadow"))
+    image, mask = synthetic.scan_convert(*polar, geometry)
+    assert image.shape == mask.shape == (820, 1124) and image.dtype == mask.dtype == np.uint8
+    assert 0.4 < fan.mean() < 0.8 and not fan[0, 0] and fan[410, 562]
+    assert not image[~fan].any() and image[fan].mean() > 20
+    assert mask.any() and not mask[~fan].any()
+    # Rib shadows fan out: the shadowed columns widen with depth.
+    rows = np.flatnonzero(mask.any(axis=1))
+    shallow, deep = mask[rows[0] + 50].sum(), mask[rows[0] + 450].sum()
+    assert deep > 1.3 * shallow
+    # Written sets: any frame size, every frame black outside its fan, masks inside.
+    out = write_lus_dataset(tmp_path / "c", n=4, seed=0, subjects=1, probe="convex",
+                            target="line", shape=(82, 112))
+    frames = load_frames(find_pairs(out), (82, 112))
+    small_fan = synthetic.convex_fan(synthetic.ConvexGeometry((82, 112)))
+    assert not frames.images[:, ~small_fan].any() and not frames.masks[:, ~small_fan].any()
+    assert frames.masks.any(axis=(1, 2, 3)).all() and frames.images[:, small_fan].mean() > 20
+    with pytest.raises(ConfigError, match="unknown probe 'phased'"):
+        write_lus_dataset(tmp_path / "x", n=1, probe="phased")
+
+
+def test_ensure_dataset_records_options_and_regenerates_when_they_change(tmp_path):
+    out = tmp_path / "lus"
+    ensure_dataset("lus", out, n=2, seed=0, subjects=1, target="line")
+    from lungseg.files import read_json
+
+    manifest = read_json(out / "synthetic.json")
+    assert (manifest["subjects"], manifest["target"]) == (1, "line") and "probe" not in manifest
+    assert synthetic.is_generated_set(out, "lus", 2, 0, subjects=1, target="line")
+    assert not synthetic.is_generated_set(out, "lus", 2, 0, subjects=1)
+    ensure_dataset("lus", out, n=2, seed=0, subjects=1, target="shadow")
+    assert read_json(out / "synthetic.json")["target"] == "shadow"
+    with pytest.raises(ConfigError, match="salient data sets take no option subjects"):
+        ensure_dataset("salient", tmp_path / "s", n=1, subjects=2)

@@ -292,3 +292,81 @@ def test_bfloat16_run_records_its_precision_and_saves_float32(xunet_run, tiny_lu
     # Fine-tuning changed the weights it started from.
     start = keras.models.load_model(pretrained, compile=False)
     assert not same(start.get_layer("block1_conv1").get_weights(), saved.get_layer("block1_conv1").get_weights())
+
+
+@pytest.fixture(scope="module")
+def thin_target(tmp_path_factory):
+    """Phantom frames of a thin target (the rib's surface line, 1-2 pixels at 96 rows) and a
+    tiny stand-in for a pre-trained model, so that X-Unet's fine-tuning runs in seconds."""
+    from lungseg.data import write_lus_dataset
+
+    root = tmp_path_factory.mktemp("thin")
+    data = write_lus_dataset(root / "lus", n=12, seed=3, target="line", shape=(96, 32))
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((96, 32, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", kernel_initializer="he_normal")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
+    model.save(root / "tiny.keras")
+    return {"data": data, "pretrained": root / "tiny.keras", "out": root / "runs"}
+
+
+@pytest.mark.parametrize("stop", [True, False], ids=["stop-on-collapse", "only-noticed"])
+def test_a_collapsing_stage_is_noticed_while_it_happens_and_stopped(thin_target, stop, capsys):
+    from lungseg.training import COLLAPSE_EPOCHS
+
+    name = "stop" if stop else "go"
+    # Adam at 10 on a thin target: every prediction collapses from the first epoch on.
+    code = run_script(
+        "train_xunet", "--data", thin_target["data"], "--pretrained", thin_target["pretrained"],
+        "--out", thin_target["out"], "--name", name, "--image-size", "96x32", "--lus-frames", "16",
+        "--folds", "2", "--fold", "1", "--batch-size", "4", "--epochs", "6", "--lr", "10",
+        "--seed", "1", *(["--stop-on-collapse"] if stop else []),
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    run = thin_target["out"] / name
+    epoch_lines = [line for line in out.splitlines() if "] epoch " in line and "/6:" in line]
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING") and " epoch 3: " in line)
+    assert "collapsed to all" in warning and f"{COLLAPSE_EPOCHS} epochs running" in warning
+    # The warning comes right after epoch 3, before any later epoch.
+    assert out.index(warning) > out.index(epoch_lines[2]) and len(epoch_lines) == (3 if stop else 6)
+    metrics = read_json(run / "fold_1" / "metrics.json")
+    summary = read_json(run / "summary.json")
+    assert metrics["collapse_noticed"]["epoch"] == 3
+    assert metrics["epochs_run"] == (3 if stop else 6) and metrics["epochs"] == 6
+    assert metrics["stopped_on_collapse"] is stop
+    if stop:
+        assert "stopping the stage (--stop-on-collapse)" in warning
+        assert summary["stopped_on_collapse"] == {"fold_1": 3}
+        assert summary["collapse"]["fold_1"].startswith("collapsed to all")
+        assert "stopped after epoch 3 of 6" in (run / "train.log").read_text()
+    else:
+        assert "--stop-on-collapse would end the stage here" in warning
+        assert summary["stopped_on_collapse"] == {}
+    history = (run / "fold_1" / "history.csv").read_text().splitlines()
+    assert "val_empty_on_ribs" in history[0] and "val_full_predictions" in history[0]
+
+
+def test_collapse_watch_counts_stalled_collapsed_epochs_and_on_from_a_resumed_history():
+    from lungseg.training import CollapseWatch
+
+    def row(empty, full, loss):
+        return {"val_empty_on_ribs": str(empty), "val_full_predictions": str(full),
+                "val_loss": str(loss)}
+
+    healthy, empty, full = row(0.1, 0.0, -0.5), row(0.9, 0.0, -0.1), row(0.0, 0.75, -0.1)
+    watch = CollapseWatch("s", stop=True, history=[empty, healthy, empty, full])  # 2 running
+    assert (watch.streak, watch.noticed, watch.stopped) == (2, None, False)
+    resumed = CollapseWatch("s", stop=True, history=[empty, full, empty])
+    assert resumed.stopped and resumed.noticed["epoch"] == 3  # a resumed stage stays stopped
+    assert "no progress in validation loss, 3 epochs running" in resumed.noticed["message"]
+    assert CollapseWatch("s", stop=False, history=[empty] * 3).stopped is False
+    assert CollapseWatch("s", history=[{"val_empty_on_ribs": "nan"}] * 4).streak == 0
+    # Empty predictions while the loss keeps falling (cross-entropy learning a thin target
+    # first learns the background): no collapse; once the loss stalls, the streak counts.
+    learning = [row(1.0, 0.0, loss) for loss in (0.12, 0.09, 0.06, 0.03)]
+    assert CollapseWatch("s", history=learning[:1]).streak == 1  # nothing to improve on yet
+    assert CollapseWatch("s", history=learning).streak == 0
+    stalled = learning + [row(1.0, 0.0, 0.0305), row(1.0, 0.0, 0.0301), row(1.0, 0.0, 0.0302)]
+    assert CollapseWatch("s", history=stalled).noticed["epoch"] == 7

@@ -1,6 +1,7 @@
 """Command line: generate look-alike data sets, convert XPIE, or check a data set on disk.
 
     python -m lungseg.data lus --n 200 --seed 0 --out data/lus
+    python -m lungseg.data lus --subjects 6 --probe convex --target line --out data/convex
     python -m lungseg.data salient --n 100 --seed 0 --out data/salient
     python -m lungseg.data xpie /path/to/XPIE --out data/xpie [--channel-order paper]
     python -m lungseg.data check data/lus --size 256 256
@@ -12,7 +13,7 @@ from collections import Counter
 
 from lungseg.data.frames import load_frames
 from lungseg.data.pairs import LAYOUTS, scan_pairs
-from lungseg.data.synthetic import ensure_dataset
+from lungseg.data.synthetic import LUS_OPTIONS, PROBES, TARGETS, ensure_dataset
 from lungseg.data.xpie import CHANNEL_ORDERS, convert_xpie
 from lungseg.cli import positive_int, run_main
 from lungseg.errors import DataError
@@ -27,6 +28,7 @@ def build_parser():
         epilog=(
             "examples:\n"
             "  python -m lungseg.data lus --n 200 --seed 0 --out data/lus\n"
+            "  python -m lungseg.data lus --subjects 6 --probe convex --target line --out data/c\n"
             "  python -m lungseg.data salient --n 100 --out data/salient\n"
             "  python -m lungseg.data xpie /path/to/XPIE --out data/xpie\n"
             "  python -m lungseg.data check /path/to/LUS --size 256 256\n"
@@ -52,6 +54,27 @@ def build_parser():
         command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         command.add_argument("--out", default=out, help=f"output folder (default {out})")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
+        if kind == "lus":
+            command.add_argument(
+                "--subjects", type=positive_int, metavar="K",
+                help="draw K subjects, each with its own anatomy and machine settings and two "
+                "probe positions, named lung_subj01_pos2_5 ... (group by subject with --groups "
+                "'subj\\d+', which grouped splits do by default); default: the paper-like "
+                "single volunteer, lung_pos2_5 ...",
+            )
+            command.add_argument(
+                "--probe", choices=PROBES, default="linear",
+                help="linear: 960 x 128 frames (depth samples x scan lines); convex: the same "
+                "physics scan-converted to an 820 x 1124 sector, black outside the fan "
+                "(default linear)",
+            )
+            command.add_argument(
+                "--target", choices=TARGETS, default="rib",
+                help="what the masks mark: rib, the rib's bright arc band; line, a thin line "
+                "on the rib's surface (1-2 pixels at about 100 rows); shadow, the rib and its "
+                "acoustic shadow down to the frame's bottom; the frames are the same "
+                "(default rib)",
+            )
     xpie = commands.add_parser(
         "xpie",
         help="convert XPIE (Images/*.jpg + Grounds/*.png) to gray images/ + 0/255 masks/",
@@ -109,8 +132,13 @@ def run(args):
             f"{args.size[0]} x {args.size[1]}"
         )
     else:
-        out = ensure_dataset(args.command, args.out, args.n, args.seed, progress=not args.quiet)
-        print(f"{args.command} data set of {args.n} frames (seed {args.seed}) in {out}")
+        options = {key: getattr(args, key) for key in LUS_OPTIONS if hasattr(args, key)}
+        out = ensure_dataset(
+            args.command, args.out, args.n, args.seed, progress=not args.quiet, **options
+        )
+        extra = "".join(f", {key} {value}" for key, value in options.items()
+                        if value != LUS_OPTIONS[key])
+        print(f"{args.command} data set of {args.n} frames (seed {args.seed}{extra}) in {out}")
 
 
 def check(root, layout="auto", groups=None, size=(256, 256), progress=False):

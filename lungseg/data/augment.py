@@ -1,4 +1,8 @@
-"""The paper's augmentation (Keras ``ImageDataGenerator``) for whole batches.
+"""The paper's augmentation (Keras ``ImageDataGenerator``) for whole batches, and a strong one.
+
+``PaperAugmentation`` is what the authors ran; ``StrongAugmentation`` is the geometric and
+intensity augmentation nnU-Net uses for 2D (see its class notes). ``make_augmentation(policy,
+interpolation)`` gives either, by the names of ``config.AUGMENT_POLICIES``.
 
 The authors augmented frame and mask with two ``ImageDataGenerator`` objects sharing a seed.
 ``PaperAugmentation`` draws the same random parameters from the same distributions and builds
@@ -35,11 +39,13 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from lungseg.config import AUGMENT_INTERPOLATIONS
+from lungseg.config import AUGMENT_INTERPOLATIONS, AUGMENT_POLICIES
 from lungseg.errors import ConfigError
 
 # Columns of the uniform random draw in ``random_parameters``.
 _DRAWS = ("theta", "tx", "ty", "shear", "zx", "zy", "flip")
+# Columns of ``StrongAugmentation.intensity_parameters`` (identity: 0, 0, 1, 1, 1, 0).
+INTENSITY_COLUMNS = ("noise", "blur", "brightness", "contrast", "gamma", "gamma_inverted")
 
 
 class PaperAugmentation:
@@ -52,6 +58,12 @@ class PaperAugmentation:
     ``(low, high)`` pair), and a horizontal flip with probability one half. ``interpolation``
     is ``"bilinear"`` (the paper's) or ``"nearest"`` (see the module notes).
     """
+
+    # Outside the frame: "nearest" repeats edge pixels (Keras' fill_mode="nearest");
+    # "constant" fills frame and mask with 0.
+    fill_mode = "nearest"
+    # Rotate and zoom about Keras' centre, (height / 2 - 0.5, width / 2 - 0.5) as (x, y).
+    keras_centre = True
 
     def __init__(
         self,
@@ -127,13 +139,14 @@ class PaperAugmentation:
         }
 
     @staticmethod
-    def matrices(parameters, height, width):
+    def matrices(parameters, height, width, keras_centre=True):
         """One projective transform per frame, ``[n, 8]`` float32, for ImageProjectiveTransformV3.
 
         Composes rotation, shift, shear and zoom as ``apply_affine_transform`` does
         (``R @ T @ S @ Z`` about the centre from ``transform_matrix_offset_center``), then the
         horizontal flip that ``apply_transform`` applies afterwards. Each row maps an output
-        pixel (x = column, y = row) to the input position it is read from.
+        pixel (x = column, y = row) to the input position it is read from. ``keras_centre``
+        False turns about the frame's true centre instead of Keras' (the same when square).
         """
         theta = parameters["theta"] * (np.pi / 180)
         shear = parameters["shear"] * (np.pi / 180)
@@ -171,6 +184,8 @@ class PaperAugmentation:
             zero, zero, one,
         )
         centre_x, centre_y = height / 2 - 0.5, width / 2 - 0.5  # Keras' order, see module doc
+        if not keras_centre:
+            centre_x, centre_y = centre_y, centre_x
         combined = (
             translation(centre_x, centre_y)
             @ rotation @ shift @ shearing @ zoom
@@ -194,7 +209,7 @@ class PaperAugmentation:
             output_shape=shape[1:3],
             fill_value=0.0,
             interpolation="NEAREST",
-            fill_mode="NEAREST",
+            fill_mode=self.fill_mode.upper(),
         )
 
     def __call__(self, images, masks, seed):
@@ -209,7 +224,8 @@ class PaperAugmentation:
         if self.interpolation == "bilinear":
             new_images, new_masks = tf.numpy_function(
                 _warp_bilinear,
-                [images, masks, self._random_matrices(tf.shape(images), seed)],
+                [images, masks, self._random_matrices(tf.shape(images), seed),
+                 self.fill_mode == "constant", *self._intensity_arguments(images, seed)],
                 [images.dtype, masks.dtype],
                 stateful=False,
             )
@@ -222,7 +238,8 @@ class PaperAugmentation:
             stacked = tf.concat([tf.cast(images, tf.float32), tf.cast(masks, tf.float32)], -1)
             moved = self.transform(stacked, seed)
             new_images, new_masks = moved[..., :-1], moved[..., -1:]
-        return tf.cast(new_images, images.dtype), tf.cast(new_masks, masks.dtype)
+        new_images = self._intensity(tf.cast(new_images, images.dtype), seed)
+        return new_images, tf.cast(new_masks, masks.dtype)
 
     def batch_loader(self, frames):
         """A function ``(indices, seed) -> (images, masks)``: augmented batches of ``frames``.
@@ -236,7 +253,8 @@ class PaperAugmentation:
 
             def load(indices, seed):
                 batch = tf.cast(tf.gather(packed, indices), tf.int32)
-                return unpack(self.transform(batch, seed))
+                images, masks = unpack(self.transform(batch, seed))
+                return self._intensity(images, seed), masks
 
             return load
         images, masks = tf.constant(frames.images), tf.constant(frames.masks)
@@ -247,15 +265,178 @@ class PaperAugmentation:
     def _random_matrices(self, shape, seed):
         """Random transform matrices [B, 8] for a batch of ``shape`` [B, H, W, C]."""
         size, height, width = shape[0], shape[1], shape[2]
-        return self.matrices(self.random_parameters(size, height, width, seed), height, width)
+        parameters = self.random_parameters(size, height, width, seed)
+        return self.matrices(parameters, height, width, keras_centre=self.keras_centre)
+
+    def _intensity_arguments(self, images, seed):
+        """What ``_warp_bilinear`` needs for the intensity transforms: none for the paper's."""
+        return []
+
+    def _intensity(self, images, seed):
+        """The intensity transforms of a resampled batch: none for the paper's."""
+        return images
 
 
-def _warp_bilinear(images, masks, matrices):
+class StrongAugmentation(PaperAugmentation):
+    """The 2D augmentation nnU-Net trains with (Isensee et al., 2021), for frames and masks.
+
+    Geometry, one matrix per frame through the same single resampling as the paper's:
+    rotation uniform in ``±rotation`` degrees with probability ``p_rotation``, isotropic
+    scaling uniform in ``scale`` with probability ``p_scale`` (nnU-Net's ``(0.85, 1.25)``:
+    above 1 the content shrinks), a horizontal flip with probability ``p_flip`` (no vertical
+    flip: the probe is at the top), about the frame's true centre, zeros outside the frame
+    (frame and mask). Rotation is limited to ±15 degrees (nnU-Net rotates 2D data freely),
+    since an ultrasound frame has a fixed up.
+
+    Intensity, on the frame only and in nnU-Net's order, each with its probability: Gaussian
+    noise of variance uniform in ``noise_variance`` times the frame's (``p_noise``), Gaussian
+    blur of sigma uniform in ``blur_sigma`` (``p_blur``), multiplicative brightness
+    (``p_brightness``), contrast about the frame's mean (``p_contrast``), gamma in ``gamma``
+    (below and above 1 equally often; ``p_gamma``) or, with ``p_gamma_inverted``, on the
+    inverted intensities. Values are clipped to 0-255 and rounded to uint8; gamma works on
+    the 0-255 range (nnU-Net on each image's own range, then restores its mean and SD).
+    Noise and blur run only on the frames that draw them, and brightness, contrast and gamma
+    are one lookup table per frame, so the batch costs little more than its resampling; frames
+    whose geometry is only a flip (most of them) are flipped, not resampled.
+    """
+
+    fill_mode = "constant"
+    keras_centre = False
+
+    def __init__(
+        self,
+        rotation=15.0,
+        p_rotation=0.2,
+        scale=(0.85, 1.25),
+        p_scale=0.2,
+        p_flip=0.5,
+        noise_variance=(0.0, 0.1),
+        p_noise=0.1,
+        blur_sigma=(0.5, 1.0),
+        p_blur=0.2,
+        brightness=(0.75, 1.25),
+        p_brightness=0.15,
+        contrast=(0.75, 1.25),
+        p_contrast=0.15,
+        gamma=(0.7, 1.5),
+        p_gamma=0.3,
+        p_gamma_inverted=0.1,
+        interpolation="bilinear",
+    ):
+        super().__init__(rotation_range=rotation, width_shift_range=0.0, height_shift_range=0.0,
+                         shear_range=0.0, zoom_range=tuple(scale), horizontal_flip=p_flip > 0,
+                         interpolation=interpolation)
+        self.p_rotation, self.p_scale, self.p_flip = float(p_rotation), float(p_scale), float(p_flip)
+        self.noise_variance, self.p_noise = tuple(map(float, noise_variance)), float(p_noise)
+        self.blur_sigma, self.p_blur = tuple(map(float, blur_sigma)), float(p_blur)
+        self.brightness, self.p_brightness = tuple(map(float, brightness)), float(p_brightness)
+        self.contrast, self.p_contrast = tuple(map(float, contrast)), float(p_contrast)
+        self.gamma, self.p_gamma = tuple(map(float, gamma)), float(p_gamma)
+        self.p_gamma_inverted = float(p_gamma_inverted)
+        probabilities = (self.p_rotation, self.p_scale, self.p_flip, self.p_noise, self.p_blur,
+                         self.p_brightness, self.p_contrast, self.p_gamma, self.p_gamma_inverted)
+        if not all(0 <= p <= 1 for p in probabilities) or self.p_gamma + self.p_gamma_inverted > 1:
+            raise ConfigError(f"augmentation probabilities must lie in [0, 1]: {self!r}")
+
+    def __repr__(self):
+        return (
+            f"StrongAugmentation(rotation={self.rotation_range}, p_rotation={self.p_rotation}, "
+            f"scale={self.zoom_range}, p_scale={self.p_scale}, p_flip={self.p_flip}, "
+            f"noise_variance={self.noise_variance}, p_noise={self.p_noise}, "
+            f"blur_sigma={self.blur_sigma}, p_blur={self.p_blur}, "
+            f"brightness={self.brightness}, p_brightness={self.p_brightness}, "
+            f"contrast={self.contrast}, p_contrast={self.p_contrast}, gamma={self.gamma}, "
+            f"p_gamma={self.p_gamma}, p_gamma_inverted={self.p_gamma_inverted}, "
+            f"interpolation={self.interpolation!r})"
+        )
+
+    def random_parameters(self, n, height, width, seed):
+        """The geometric draws, in ``PaperAugmentation.random_parameters``' keys (no shift,
+        no shear, ``zx == zy``); each transform applied with its probability."""
+        u = tf.unstack(tf.random.stateless_uniform([n, 5], seed=_seed_pair(seed)), axis=1)
+        low, high = self.zoom_range
+        zero = tf.zeros_like(u[0])
+        rotate = u[0] < self.p_rotation
+        scaled = u[2] < self.p_scale
+        zoom = tf.where(scaled, low + (high - low) * u[3], tf.ones_like(u[3]))
+        return {
+            "theta": tf.where(rotate, (2.0 * u[1] - 1.0) * self.rotation_range, zero),
+            "tx": zero,
+            "ty": zero,
+            "shear": zero,
+            "zx": zoom,
+            "zy": zoom,
+            "flip": tf.cast(u[4] < self.p_flip, tf.float32),
+        }
+
+    def intensity_parameters(self, n, seed):
+        """``[n, 6]`` float32 draws, columns ``INTENSITY_COLUMNS``: noise SD as a share of the
+        frame's SD (0: none), blur sigma (0: none), brightness, contrast and gamma factors (1:
+        none) and 1 where the gamma works on inverted intensities. Independent of the geometric
+        draws of the same ``seed``."""
+        key = tf.random.experimental.stateless_fold_in(_seed_pair(seed), 1)
+        u = tf.unstack(tf.random.stateless_uniform([n, 11], seed=key), axis=1)
+        zero, one = tf.zeros_like(u[0]), tf.ones_like(u[0])
+
+        def between(bounds, draw):
+            return bounds[0] + (bounds[1] - bounds[0]) * draw
+
+        low, high = self.gamma
+        gamma_value = tf.where(u[10] < 0.5, between((low, min(high, 1.0)), u[9]),
+                               between((max(low, 1.0), high), u[9]))
+        gamma_inverted = u[8] < self.p_gamma_inverted
+        with_gamma = u[8] < self.p_gamma_inverted + self.p_gamma
+        columns = [
+            tf.where(u[0] < self.p_noise, tf.sqrt(between(self.noise_variance, u[1])), zero),
+            tf.where(u[2] < self.p_blur, between(self.blur_sigma, u[3]), zero),
+            tf.where(u[4] < self.p_brightness, between(self.brightness, u[5]), one),
+            tf.where(u[6] < self.p_contrast, between(self.contrast, u[7]), one),
+            tf.where(with_gamma, gamma_value, one),
+            tf.cast(gamma_inverted, tf.float32),
+        ]
+        return tf.stack(columns, axis=1)
+
+    def _intensity_arguments(self, images, seed):
+        self._check_dtype(images)
+        n = tf.shape(images)[0]
+        key = tf.random.experimental.stateless_fold_in(_seed_pair(seed), 2)  # noise fields
+        return [self.intensity_parameters(n, seed), key]
+
+    def _intensity(self, images, seed):
+        new_images = tf.numpy_function(
+            _intensity_batch, [images, *self._intensity_arguments(images, seed)], images.dtype,
+            stateful=False,
+        )
+        new_images.set_shape(images.shape)
+        return new_images
+
+    @staticmethod
+    def _check_dtype(images):
+        if images.dtype != tf.uint8:
+            raise ConfigError(
+                f"strong augmentation changes intensities of uint8 frames, got {images.dtype.name}"
+            )
+
+
+def make_augmentation(policy="paper", interpolation="bilinear"):
+    """The augmentation of a ``config.AUGMENT_POLICIES`` name: ``PaperAugmentation()`` (the
+    paper's ranges) or ``StrongAugmentation()`` (nnU-Net's), resampling with ``interpolation``."""
+    if policy not in AUGMENT_POLICIES:
+        raise ConfigError(
+            f"unknown augmentation policy {policy!r}: use one of {', '.join(AUGMENT_POLICIES)}"
+        )
+    kind = StrongAugmentation if policy == "strong" else PaperAugmentation
+    return kind(interpolation=interpolation)
+
+
+def _warp_bilinear(images, masks, matrices, constant=False, intensity=None, noise_key=None):
     """NumPy side of bilinear augmentation: OpenCV resamples each frame and mask.
 
     Frames keep their dtype (uint8 rounded to the nearest level; types OpenCV cannot resample
     go through float32 and are rounded back); masks are resampled as 0/255 and thresholded at
-    half, as the notebooks thresholded at 0.5.
+    half, as the notebooks thresholded at 0.5. ``constant`` fills outside the frame with 0
+    instead of repeating the edges; ``intensity`` (with ``noise_key``) are the frames'
+    ``StrongAugmentation.intensity_parameters``, applied to the resampled frames.
     """
     source = images if images.dtype in _OPENCV_DTYPES else images.astype(np.float32)
     levels = masks.astype(bool).astype(np.uint8) * np.uint8(255)
@@ -263,25 +444,73 @@ def _warp_bilinear(images, masks, matrices):
     new_masks = np.empty_like(masks)
     for i, row in enumerate(matrices):
         affine = np.asarray(row[:6], np.float64).reshape(2, 3)
-        frame = _warp(source[i], affine)
+        frame = _warp(source[i], affine, constant)
         if source.dtype != images.dtype and np.issubdtype(images.dtype, np.integer):
             frame = np.rint(frame)
         new_images[i] = frame
-        new_masks[i] = _warp(levels[i], affine) > 127
+        new_masks[i] = _warp(levels[i], affine, constant) > 127
+    if intensity is not None:
+        new_images = _intensity_batch(new_images, intensity, noise_key)
     return new_images, new_masks
 
 
-def _warp(picture, affine):
-    """``picture`` [H, W, C] resampled bilinearly at ``affine`` (output to input), edges kept."""
+def _warp(picture, affine, constant=False):
+    """``picture`` [H, W, C] resampled bilinearly at ``affine`` (output to input), edges kept
+    (or 0 outside with ``constant``). An identity or a pure horizontal flip is copied, which
+    is what the resampling gives at whole-pixel positions."""
+    height, width = picture.shape[:2]
+    (a, b, c), (d, e, f) = affine.tolist()
+    if abs(b) < 1e-6 and abs(d) < 1e-6 and abs(e - 1) < 1e-6 and abs(f) < 1e-4:
+        if abs(a - 1) < 1e-6 and abs(c) < 1e-4:
+            return picture.reshape(height, width, -1).copy()
+        if abs(a + 1) < 1e-6 and abs(c - (width - 1)) < 1e-4:
+            return picture[:, ::-1].reshape(height, width, -1).copy()
     if picture.shape[-1] > 4:  # OpenCV resamples at most 4 channels at once
         channels = range(picture.shape[-1])
-        return np.concatenate([_warp(picture[..., c:c + 1], affine) for c in channels], -1)
-    height, width = picture.shape[:2]
+        return np.concatenate([_warp(picture[..., c:c + 1], affine, constant) for c in channels], -1)
     moved = cv2.warpAffine(
         picture, affine, (width, height),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT if constant else cv2.BORDER_REPLICATE,
     )
     return moved.reshape(height, width, -1)
+
+
+def _intensity_batch(images, intensity, noise_key):
+    """NumPy side of the strong intensity transforms: uint8 frames [B, H, W, C], their
+    ``intensity_parameters`` [B, 6] and the batch's noise key (int64 [2])."""
+    entropy = [int(word) for word in np.asarray(noise_key, np.int64).view(np.uint64)]
+    out = images.copy()
+    for i, (noise, blur, brightness, contrast, gamma, inverted) in enumerate(intensity):
+        frame = out[i]
+        channels = frame.shape[-1]
+        if noise > 0 or blur > 0:
+            values = frame.astype(np.float32)
+            if noise > 0:
+                sd = float(np.mean(cv2.meanStdDev(frame)[1]))
+                field = np.random.default_rng([*entropy, i + 1]).standard_normal(
+                    values.shape, np.float32)
+                values += field * np.float32(noise * sd)
+            if blur > 0:
+                values = cv2.GaussianBlur(values, (0, 0), float(blur))
+            # Clipped at 0, then rounded and saturated at 255 (OpenCV: fast, as np.rint + clip).
+            frame = cv2.convertScaleAbs(cv2.max(values, 0.0)).reshape(frame.shape)
+        if brightness != 1 or contrast != 1 or gamma != 1:
+            mean = float(np.mean(cv2.mean(frame)[:channels]))
+            table = intensity_table(brightness, contrast, gamma, inverted, mean)
+            frame = cv2.LUT(frame, table).reshape(frame.shape)
+        out[i] = frame
+    return out
+
+
+def intensity_table(brightness=1.0, contrast=1.0, gamma=1.0, inverted=False, mean=127.5):
+    """The 256-level lookup table of brightness, then contrast about ``mean`` (the frame's mean
+    gray level), then gamma (on inverted intensities with ``inverted``), clipped to 0-255."""
+    levels = np.arange(256, dtype=np.float64) * brightness
+    levels = (levels - mean * brightness) * contrast + mean * brightness
+    levels = np.clip(levels, 0, 255) / 255
+    levels = 1 - (1 - levels) ** gamma if inverted else levels**gamma
+    return np.clip(np.rint(levels * 255), 0, 255).astype(np.uint8)
 
 
 # Pixel types OpenCV's warpAffine resamples directly.

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from lungseg.data.io import read_image, read_mask
+from lungseg.data.pairs import SUBJECT_PREFIX
 from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 
@@ -27,8 +28,11 @@ INTERPOLATIONS = {
 FLIP_SUFFIX = "_flipped"  # the authors' name for a mirror image: img_lung_pos2_5_flipped.tif
 # The paper's frame numbering, lung_pos<P>_<n> (every 5th frame of a clip), and its sets: per
 # probe position the 200-frame set holds n mod 100 in 5, 10, ..., 50; the 300 frames of the
-# 600-frame experiment add 55..75 (PAPER.md, "Which frames").
-PAPER_FRAME_NAME = re.compile(r"^lung_pos(?P<position>\d+)_(?P<frame>\d+)$")
+# 600-frame experiment add 55..75 (PAPER.md, "Which frames"). Phantoms of several subjects
+# are numbered alike per subject and position: lung_subj<k>_pos<P>_<n>.
+PAPER_FRAME_NAME = re.compile(
+    rf"^lung_(?:(?P<subject>{SUBJECT_PREFIX}\d+)_)?pos(?P<position>\d+)_(?P<frame>\d+)$"
+)
 PAPER_FRAME_STEP = 5
 PAPER_SETS = ((200, 50), (300, 75))  # (originals, largest n mod 100 in that set)
 
@@ -185,9 +189,10 @@ def select_lus_frames(frames, n_frames, flips=True):
 
     With ``flips`` (the paper's "400 LUS" and "600 LUS") ``n_frames / 2`` originals and their
     mirror images, else ``n_frames`` originals ("200 LUS"). When every name follows the paper's
-    numbering (``lung_pos<P>_<n>``) the originals come from the paper's set for that size
-    (up to 200 originals: n mod 100 in 5..50; more: 5..75), an equal share per probe position
-    in frame-number order when fewer are wanted than the set holds; otherwise the first ones
+    numbering (``lung_pos<P>_<n>``, or ``lung_subj<k>_pos<P>_<n>`` for phantoms of several
+    subjects) the originals come from the paper's set for that size (up to 200 originals:
+    n mod 100 in 5..50; more: 5..75), an equal share per probe position (of each subject) in
+    frame-number order when fewer are wanted than the set holds; otherwise the first ones
     in name order. ``DataError`` says how many frames the chosen rule misses.
     """
     if not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
@@ -224,7 +229,8 @@ def _paper_selection(frames, originals, wanted):
     for index, match in enumerate(matches):
         number = int(match["frame"])
         if number % PAPER_FRAME_STEP == 0 and PAPER_FRAME_STEP <= number % 100 <= last:
-            by_position.setdefault(int(match["position"]), []).append((number, index))
+            sequence = (match["subject"] or "", int(match["position"]))  # per subject, if any
+            by_position.setdefault(sequence, []).append((number, index))
     description = f"the paper's {set_size}-frame set (lung_pos<P>_<n>, n mod 100 in 5..{last})"
     available = sum(len(found) for found in by_position.values())
     if available < originals:
@@ -239,7 +245,10 @@ def _paper_selection(frames, originals, wanted):
         for position, share in zip(positions, shares)
         for _, index in sorted(by_position[position])[:share]
     )
-    counts = ", ".join(f"pos{p} {share}" for p, share in zip(positions, shares))
+    counts = ", ".join(
+        f"{subject}_pos{p} {share}" if subject else f"pos{p} {share}"
+        for (subject, p), share in zip(positions, shares)
+    )
     if originals == available:
         return frames._select(indices), f"{description}: {counts}"
     return (

@@ -21,7 +21,9 @@ of the data folder itself (a README, a groups CSV) are not data and are left alo
 
 A *group* is a set of frames too alike to be split between training and validation (a frame,
 its mirror image and its neighbours in a clip); grouped cross-validation keeps each group on
-one side. Without instructions, LUS names ``<sequence>pos<k>_<frame>`` are grouped by probe
+one side. Without instructions, a name that carries a subject (``subj<k>`` between
+underscores, as ``lung_subj03_pos2_35``) is grouped by that subject, so that a grouped split
+holds out whole subjects; other LUS names ``<sequence>pos<k>_<frame>`` are grouped by probe
 position and windows of ``LUS_FRAME_WINDOW`` frame numbers; any other name is its own group.
 """
 
@@ -40,6 +42,9 @@ LAYOUTS = ("auto", "lus", "salient", "generic")
 # Frame numbers per default LUS group: 10 stored frames at the paper's every-5th-frame sampling.
 LUS_FRAME_WINDOW = 50
 _LUS_NAME = re.compile(r"^(?P<sequence>.*pos\d+)_(?P<frame>\d+)")
+# A subject in a name: subj<k> at the start or after an underscore, then an underscore or the end.
+SUBJECT_PREFIX = "subj"
+SUBJECT_TAG = re.compile(rf"(?:^|_)({SUBJECT_PREFIX}\d+)(?=_|$)")
 
 # (image folder, mask folder, image prefix, mask prefix, image suffixes, mask suffixes)
 _LAYOUT_RULES = {
@@ -65,11 +70,16 @@ def natural_key(name):
 
 
 def default_group(name):
-    """``lung_pos2_35`` -> ``lung_pos2:0-49`` (probe position and frame-number window).
+    """``lung_pos2_35`` -> ``lung_pos2:0-49`` (probe position and frame-number window);
+    ``lung_subj03_pos2_35`` -> ``subj03`` (the subject, all of their frames).
 
-    Names that do not look like LUS frames (``...pos<k>_<frame>``) are their own group. A
-    suffix after the frame number, such as ``_flipped``, keeps the original's group.
+    Names that carry no subject and do not look like LUS frames (``...pos<k>_<frame>``) are
+    their own group. A suffix after the frame number, such as ``_flipped``, keeps the
+    original's group.
     """
+    subject = SUBJECT_TAG.search(name)
+    if subject is not None:
+        return subject.group(1)
     match = _LUS_NAME.search(name)
     if match is None:
         return name

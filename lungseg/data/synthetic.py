@@ -7,10 +7,26 @@ the whole pipeline (not to reproduce the paper's numbers).
 LUS phantom (``lus_phantom``): a 960 x 128 B-mode frame (depth samples x scan lines) built
 the way the image forms: an echogenicity map (skin, fat, fascia, striated muscle, the bright
 pleural line, A-line reverberations at multiples of the pleural depth, optional B-lines, and
-0-2 ribs as bright convex arcs casting an acoustic shadow), depth attenuation, multiplicative
-Rayleigh speckle, log compression and a light smoothing in the log domain (the paper's frames
-were speckle-reduced). The mask is the rib's bright arc band. ``write_lus_dataset`` writes
+0-2 ribs as bright convex arcs casting an acoustic shadow), depth attenuation and time-gain
+compensation, multiplicative Rayleigh speckle, log compression and a light smoothing in the
+log domain (the paper's frames were speckle-reduced). The mask (``target``) is the rib's
+bright arc band (``"rib"``, the default), a thin line on the rib's surface (``"line"``), or
+the rib with the acoustic shadow beneath it (``"shadow"``). ``write_lus_dataset`` writes
 sequences per probe position whose neighbouring frames drift smoothly, named as in the paper.
+
+Subjects (``Subject``, ``random_subject``): anatomy and machine settings that stay fixed for
+all frames of one person (pleural depth, tissue layers, rib size, spacing and echogenicity,
+gain, attenuation and time-gain curve, speckle grain). Without ``subjects`` the set is the
+paper-like one volunteer (``PAPER_VOLUNTEER``, byte-identical to earlier versions); with
+``subjects=K`` each of K drawn subjects gets two probe positions, named
+``lung_subj01_pos2_5``: the regex ``subj\\d+`` (``--groups 'subj\\d+'``) groups by subject,
+and ``pairs.default_group`` does so by itself.
+
+Probes (``probe``): ``"linear"`` writes the 960 x 128 frames; ``"convex"`` renders the same
+physics on a polar grid (depth samples x scan lines fanning over 60 degrees) and
+scan-converts it to an 820 x 1124 sector image (``ConvexGeometry``), black outside the fan,
+with rib shadows fanning out; its anatomy is drawn at 0.7 of the linear scale
+(``CONVEX_ZOOM``), as a convex probe images a deeper and wider field.
 
 Salient composites (``salient_composite``): a photograph from ``skimage.data`` as background,
 1-3 objects (random smooth blobs, ellipses, polygons, the ``skimage.data.horse`` silhouette)
@@ -33,11 +49,20 @@ from scipy.special import expit
 
 from lungseg.data.frames import PAPER_FRAME_STEP, PAPER_SETS
 from lungseg.data.io import write_image
+from lungseg.data.pairs import SUBJECT_PREFIX
 from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 from lungseg.files import read_json, write_json
 
 LUS_SHAPE = (960, 128)  # depth samples x scan lines, as the paper's frames
+PROBES = ("linear", "convex")
+TARGETS = ("rib", "line", "shadow")
+# The "line" target: the rib's surface drawn this many samples deep per 960 samples of frame
+# height (whatever the anatomy's scale), i.e. 1-2 pixels once resized to about 100 rows.
+LINE_SAMPLES = 12
+CONVEX_ZOOM = 0.7  # a convex frame images a deeper and wider field: anatomy drawn smaller
+# Options of a generated LUS set besides n and seed, and their defaults (the paper-like set).
+LUS_OPTIONS = {"subjects": None, "probe": "linear", "target": "rib"}
 # Phantom frames are numbered as the paper's 300: every 5th frame, n mod 100 in 5..75.
 LUS_FRAME_STEP = PAPER_FRAME_STEP
 LUS_FRAMES_PER_HUNDRED = PAPER_SETS[-1][1] // PAPER_FRAME_STEP  # 15: 5, 10, ..., 75
@@ -48,6 +73,66 @@ KINDS = ("lus", "salient")
 
 # ---------------------------------------------------------------------------------------------
 # Lung-ultrasound phantom
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One person on one machine set-up: what stays fixed over all of their frames.
+
+    Depths are in samples of a 960-sample frame and widths in scan lines of a 128-line frame
+    (scaled to the frame drawn); a pair is the range a probe position draws its value from.
+    The defaults are the paper-like volunteer of the one-subject set; ``random_subject``
+    draws others.
+    """
+
+    pleura: tuple = (240, 300)  # depth of the pleural line
+    skin: tuple = (18, 30)  # depth where the skin ends
+    fascia: tuple = (80, 120)  # depth of the fascia under the fat
+    rib_gap: tuple = (45, 80)  # how far above the pleural line the ribs' apex sits
+    rib_half_width: tuple = (20, 38)  # a lone rib, lines
+    rib_pair_half_width: tuple = (20, 27)  # each of two ribs, lines
+    rib_inset: tuple = (-3, 4)  # how far two ribs sit in from the frame's sides (spacing), lines
+    rib_sag: tuple = (10, 24)  # curvature: how far the arc's ends sit below its apex
+    rib_thickness: tuple = (16, 28)  # of the bright band (the "rib" mask)
+    rib_echo: float = 1.0  # echogenicity of the rib surface, relative
+    gain_db: tuple = (-2, 2)  # overall gain
+    attenuation_db: float = 14.0  # loss over the frame's depth left after time-gain compensation
+    tgc_db: tuple = ()  # time-gain curve: extra gain (dB) at evenly spaced depths; () flat
+    speckle: float = 1.0  # speckle grain size (1: about 3 samples deep, 1.5 lines wide)
+
+
+PAPER_VOLUNTEER = Subject()
+
+
+def random_subject(rng):
+    """A random ``Subject``: each anatomy and machine setting drawn around its own centre."""
+    rng = np.random.default_rng(rng)
+
+    def around(centre, half):
+        return (float(centre - half), float(centre + half))
+
+    pleura = rng.uniform(190, 360)
+    skin = rng.uniform(12, 36)
+    gap = rng.uniform(40, 85)
+    # The fascia lies between the skin and the ribs, at a depth share of its own.
+    fascia = skin + 15 + rng.uniform(0.2, 0.7) * (pleura - gap - skin - 45)
+    size = rng.uniform(0.8, 1.25)
+    return Subject(
+        pleura=around(pleura, 25),
+        skin=around(skin, 5),
+        fascia=around(fascia, 12),
+        rib_gap=around(gap, 10),
+        rib_half_width=(20 * size, 38 * size),
+        rib_pair_half_width=(20 * size, 27 * size),
+        rib_inset=around(rng.uniform(-8, 10), 3.5),
+        rib_sag=around(rng.uniform(12, 22), 5),
+        rib_thickness=around(rng.uniform(18, 26), 3),
+        rib_echo=float(rng.uniform(0.6, 1.4)),
+        gain_db=around(rng.uniform(-6, 6), 1.5),
+        attenuation_db=float(rng.uniform(8, 22)),
+        tgc_db=tuple(float(gain) for gain in rng.uniform(-4, 4, size=5)),
+        speckle=float(rng.uniform(0.7, 1.5)),
+    )
 
 
 @dataclass(frozen=True)
@@ -74,37 +159,41 @@ class LusScene:
     wave_phase: float = 0.0  # phase of the gentle waviness of tissue layers
     gain_db: float = 0.0
     texture_seed: int = 0  # muscle fibre pattern, fixed while the probe rests
+    subject: Subject = PAPER_VOLUNTEER  # echogenicity, attenuation, time-gain curve, speckle
 
 
-def random_lus_scene(rng, n_ribs=None, shape=LUS_SHAPE):
-    """A random scene; ``n_ribs`` (0, 1 or 2) is drawn when not given (mostly 1 or 2)."""
+def random_lus_scene(rng, n_ribs=None, shape=LUS_SHAPE, subject=PAPER_VOLUNTEER, zoom=1.0):
+    """A random scene of ``subject``; ``n_ribs`` (0, 1 or 2) is drawn when not given (mostly 1
+    or 2). ``zoom`` scales the anatomy against the frame (0.5: a frame twice as deep and wide)."""
     rng = np.random.default_rng(rng)
     width = shape[1]
-    scale = shape[0] / LUS_SHAPE[0]
+    scale = shape[0] / LUS_SHAPE[0] * zoom
     if n_ribs is None:
         n_ribs = int(rng.choice(3, p=[0.1, 0.35, 0.55]))
     if n_ribs not in (0, 1, 2):
         raise ConfigError(f"a phantom has 0, 1 or 2 ribs, not {n_ribs}")
-    pleura = rng.uniform(240, 300) * scale
-    apex = pleura - rng.uniform(45, 80) * scale
+    pleura = rng.uniform(*subject.pleura) * scale
+    apex = pleura - rng.uniform(*subject.rib_gap) * scale
 
     def rib(centre, half_width):
         return Rib(
             centre=centre,
             half_width=half_width,
             top=apex + rng.uniform(-6, 6) * scale,
-            sag=rng.uniform(10, 24) * scale,
-            thickness=rng.uniform(16, 28) * scale,
+            sag=rng.uniform(*subject.rib_sag) * scale,
+            thickness=rng.uniform(*subject.rib_thickness) * scale,
         )
 
     if n_ribs == 1:
-        half_width = rng.uniform(20, 38) / 128 * width
+        half_width = rng.uniform(*subject.rib_half_width) / 128 * width * zoom
         ribs = (rib(rng.uniform(half_width, width - half_width), half_width),)
     elif n_ribs == 2:
-        left, right = rng.uniform(20, 27, size=2) / 128 * width
+        left, right = rng.uniform(*subject.rib_pair_half_width, size=2) / 128 * width * zoom
+        # Zoomed out, the pair keeps its anatomical spacing around the frame's middle.
+        margin = (1 - zoom) * width / 2
         ribs = (
-            rib(left + rng.uniform(-3, 4), left),
-            rib(width - right - rng.uniform(-3, 4), right),
+            rib(margin + left + rng.uniform(*subject.rib_inset) * zoom, left),
+            rib(width - margin - right - rng.uniform(*subject.rib_inset) * zoom, right),
         )
     else:
         ribs = ()
@@ -115,29 +204,36 @@ def random_lus_scene(rng, n_ribs=None, shape=LUS_SHAPE):
         b_lines = tuple(float(line) for line in chosen)
     return LusScene(
         pleura=pleura,
-        skin=rng.uniform(18, 30) * scale,
-        fascia=rng.uniform(80, 120) * scale,
+        skin=rng.uniform(*subject.skin) * scale,
+        fascia=rng.uniform(*subject.fascia) * scale,
         septum=rng.uniform(0.4, 0.6),
         ribs=ribs,
         b_lines=b_lines,
         wave_phase=rng.uniform(0, 2 * np.pi),
-        gain_db=rng.uniform(-2, 2),
+        gain_db=rng.uniform(*subject.gain_db),
         texture_seed=int(rng.integers(2**31)),
+        subject=subject,
     )
 
 
-def lus_phantom(rng, scene=None, speckle=None, shape=LUS_SHAPE):
-    """One B-mode frame and its rib mask: (uint8 image 0-255, uint8 mask 0/1), ``shape`` sized.
+def lus_phantom(rng, scene=None, speckle=None, shape=LUS_SHAPE, zoom=1.0, target="rib"):
+    """One B-mode frame and its mask: (uint8 image 0-255, uint8 mask 0/1), ``shape`` sized.
 
-    ``rng`` is a seed or ``numpy.random.Generator``; ``scene`` defaults to a random one;
-    ``speckle`` is a complex field from ``speckle_field`` (fresh when not given), which a
-    sequence correlates from frame to frame.
+    ``rng`` is a seed or ``numpy.random.Generator``; ``scene`` defaults to a random one (drawn
+    with ``zoom``, which must then be the scene's); ``speckle`` is a complex field from
+    ``speckle_field`` (fresh when not given), which a sequence correlates from frame to frame.
+    ``target`` is what the mask marks: ``"rib"`` the rib's bright arc band, ``"line"`` its
+    surface ``LINE_SAMPLES`` samples deep (per 960 rows, whatever the zoom), ``"shadow"`` the rib
+    and the acoustic shadow beneath it down to the frame's bottom. The picture does not depend
+    on ``target``.
     """
+    _check_choice("target", target, TARGETS)
     rng = np.random.default_rng(rng)
-    scene = random_lus_scene(rng, shape=shape) if scene is None else scene
-    speckle = speckle_field(rng, shape) if speckle is None else speckle
+    scene = random_lus_scene(rng, shape=shape, zoom=zoom) if scene is None else scene
+    subject = scene.subject
+    speckle = speckle_field(rng, shape, grain=subject.speckle) if speckle is None else speckle
     height, width = shape
-    scale = height / LUS_SHAPE[0]
+    scale = height / LUS_SHAPE[0] * zoom
     depth = np.arange(height, dtype=np.float32)[:, None]
     lines = np.arange(width, dtype=np.float32)[None, :]
     wave = np.sin(2 * np.pi * lines / (1.7 * width) + scene.wave_phase)
@@ -172,6 +268,7 @@ def lus_phantom(rng, scene=None, speckle=None, shape=LUS_SHAPE):
     # Ribs: a bright band (brightest at the surface) and an acoustic shadow beneath it, worked
     # out only on the scan lines near each rib.
     mask = np.zeros(shape, bool)
+    line_depth = LINE_SAMPLES * height / LUS_SHAPE[0]
     for rib in scene.ribs:
         near = slice(
             max(int(rib.centre - rib.half_width) - 8, 0),
@@ -182,15 +279,24 @@ def lus_phantom(rng, scene=None, speckle=None, shape=LUS_SHAPE):
         thickness = rib.thickness * (1 - 0.1 * np.minimum(u**2, 1))
         into = depth - surface
         band = (np.abs(u) <= 1) & (into >= 0) & (into < thickness)
-        mask[:, near] |= band
+        if target == "rib":
+            mask[:, near] |= band
+        elif target == "line":
+            mask[:, near] |= (np.abs(u) <= 1) & (into >= 0) & (into < line_depth)
+        else:
+            mask[:, near] |= (np.abs(u) <= 1) & (into >= 0)
         glow = 2.6 * np.exp(-np.clip(into, 0, None) / (0.7 * thickness)) + 0.7
-        tissue[:, near] = np.where(band, glow, tissue[:, near])
+        tissue[:, near] = np.where(band, subject.rib_echo * glow, tissue[:, near])
         # The shadow starts at the band's lower edge, with soft sides.
         side = expit((1 - np.abs(u)) * rib.half_width / 1.5)
         beneath = expit((into - thickness) / (2 * scale))
         tissue[:, near] *= 1 - 0.999 * side * beneath
 
-    attenuation = 10 ** ((scene.gain_db - 14 * depth / height) / 20)
+    gain = scene.gain_db - subject.attenuation_db * depth / height
+    if subject.tgc_db:
+        knots = np.linspace(0, height - 1, len(subject.tgc_db))
+        gain = gain + np.interp(depth, knots, subject.tgc_db).astype(np.float32)
+    attenuation = 10 ** (gain / 20)
     noise_floor = rng.rayleigh(0.007 / np.sqrt(2), shape).astype(np.float32)  # electronic noise
     amplitude = tissue * attenuation * np.abs(speckle) + noise_floor
     image = (20 * np.log10(amplitude + 1e-6) + 45) / 51  # 51 dB range, 6 dB above a unit echo
@@ -199,16 +305,18 @@ def lus_phantom(rng, scene=None, speckle=None, shape=LUS_SHAPE):
     return image, mask.astype(np.uint8)
 
 
-def speckle_field(rng, shape=LUS_SHAPE, previous=None, correlation=0.5):
+def speckle_field(rng, shape=LUS_SHAPE, previous=None, correlation=0.5, grain=1.0):
     """Complex Gaussian speckle whose magnitude is Rayleigh with unit mean square.
 
-    Blurring white noise gives speckle grains about 3 samples deep and 1.5 lines wide. With
-    ``previous``, the new field keeps ``correlation`` of it: neighbouring frames share part of
-    their speckle pattern, as consecutive frames of a clip do.
+    Blurring white noise gives speckle grains about 3 samples deep and 1.5 lines wide, times
+    ``grain``. With ``previous``, the new field keeps ``correlation`` of it: neighbouring frames
+    share part of their speckle pattern, as consecutive frames of a clip do.
     """
     rng = np.random.default_rng(rng)
     noise = rng.standard_normal((2, *shape), np.float32)
-    real, imaginary = (cv2.GaussianBlur(part, (0, 0), 0.8, sigmaY=1.6) for part in noise)
+    real, imaginary = (
+        cv2.GaussianBlur(part, (0, 0), 0.8 * grain, sigmaY=1.6 * grain) for part in noise
+    )
     field = real + 1j * imaginary
     field /= np.sqrt(np.mean(np.abs(field) ** 2))
     if previous is not None:
@@ -216,8 +324,11 @@ def speckle_field(rng, shape=LUS_SHAPE, previous=None, correlation=0.5):
     return field.astype(np.complex64)
 
 
-def lus_sequence(rng, n_frames, shape=LUS_SHAPE, n_ribs=None):
-    """Yield ``n_frames`` (image, mask) pairs of one probe position, drifting smoothly.
+def lus_sequence(
+    rng, n_frames, shape=LUS_SHAPE, n_ribs=None, subject=PAPER_VOLUNTEER, zoom=1.0, target="rib"
+):
+    """Yield ``n_frames`` (image, mask) pairs of one probe position of ``subject``, drifting
+    smoothly (``zoom`` and ``target`` as for ``lus_phantom``).
 
     Rib position, width, depth, curvature and thickness, the pleural depth and the layers wander
     along smooth random paths (breathing and hand motion); speckle is half renewed per frame.
@@ -225,8 +336,8 @@ def lus_sequence(rng, n_frames, shape=LUS_SHAPE, n_ribs=None):
     rng = np.random.default_rng(rng)
     if n_ribs is None:
         n_ribs = int(rng.choice([1, 2], p=[0.4, 0.6]))
-    base = random_lus_scene(rng, n_ribs=n_ribs, shape=shape)
-    scale = shape[0] / LUS_SHAPE[0]
+    base = random_lus_scene(rng, n_ribs=n_ribs, shape=shape, subject=subject, zoom=zoom)
+    scale = shape[0] / LUS_SHAPE[0] * zoom
 
     smoothing = 8.0  # frames
     unit = np.sqrt(2 * np.sqrt(np.pi) * smoothing)  # makes smoothed white noise unit variance
@@ -249,7 +360,7 @@ def lus_sequence(rng, n_frames, shape=LUS_SHAPE, n_ribs=None):
         ribs = tuple(
             Rib(
                 centre=rib.centre + slide[t] + p["centre"][t],
-                half_width=max(rib.half_width + p["half_width"][t], 15.0 / 128 * shape[1]),
+                half_width=max(rib.half_width + p["half_width"][t], 15.0 / 128 * shape[1] * zoom),
                 top=rib.top + breathe[t] + p["top"][t],
                 sag=max(rib.sag + p["sag"][t], 4 * scale),
                 thickness=float(np.clip(rib.thickness + p["thickness"][t], 15 * scale, 30 * scale)),
@@ -264,8 +375,8 @@ def lus_sequence(rng, n_frames, shape=LUS_SHAPE, n_ribs=None):
             ribs=ribs,
             b_lines=tuple(x + slide[t] + b_line_path[t] for x in base.b_lines),
         )
-        speckle = speckle_field(rng, shape, previous=speckle)
-        yield lus_phantom(rng, scene=scene, speckle=speckle, shape=shape)
+        speckle = speckle_field(rng, shape, previous=speckle, grain=subject.speckle)
+        yield lus_phantom(rng, scene=scene, speckle=speckle, shape=shape, zoom=zoom, target=target)
 
 
 def lus_frame_number(t):
@@ -290,7 +401,8 @@ def lus_phantoms_needed(originals, positions=2):
 
 
 def write_lus_dataset(
-    out, n=200, seed=0, positions=("pos2", "pos3"), progress=False, shape=LUS_SHAPE
+    out, n=200, seed=0, positions=("pos2", "pos3"), progress=False, shape=None,
+    subjects=None, probe="linear", target="rib",
 ):
     """Write ``n`` phantom frames in the paper's layout and return ``out``.
 
@@ -298,30 +410,128 @@ def write_lus_dataset(
     drifting sequence numbered as the paper's frames are (``lus_frame_number``):
     ``IMG/img_lung_pos2_5.tif``, ``MASK/mask_lung_pos2_5.tif`` (mask 0/255), ... 150 frames per
     position carry exactly the paper's 300 names. All files are 8-bit TIFF, ``shape`` sized
-    (default 960 x 128).
+    (default 960 x 128 for the linear probe, 820 x 1124 for the convex one).
+
+    ``subjects=K`` draws K subjects (``random_subject``), each with its own ``positions``, and
+    splits the frames evenly over all K x positions sequences: ``lung_subj01_pos2_5``, ...
+    The default (None) is the paper-like volunteer with unnumbered names. ``probe`` is
+    ``"linear"`` or ``"convex"`` (a scan-converted sector, ``ConvexGeometry``); ``target`` is
+    what the masks mark (``lus_phantom``). The pictures do not depend on ``target``.
     """
     out = Path(out)
     n = _check_count(n)
+    _check_choice("probe", probe, PROBES)
+    _check_choice("target", target, TARGETS)
     positions = (positions,) if isinstance(positions, str) else tuple(positions)
     if not positions:
         raise ConfigError("at least one probe position is needed")
-    counts = [len(part) for part in np.array_split(np.arange(n), len(positions))]
-    jobs = [
-        (position, index, count)
-        for index, (position, count) in enumerate(zip(positions, counts))
-        if count
-    ]
+    if subjects is None:
+        sequences = [
+            (f"lung_{position}", [seed, index], PAPER_VOLUNTEER)
+            for index, position in enumerate(positions)
+        ]
+    else:
+        subjects = _check_count(subjects, "number of subjects")
+        digits = max(2, len(str(subjects)))
+        sequences = []
+        for k in range(1, subjects + 1):
+            # Entropy words never end in 0, so no stream repeats another (SeedSequence pads
+            # with zeros), nor the one-volunteer set's [seed, index].
+            subject = random_subject(np.random.default_rng([seed, k, 1]))
+            sequences += [
+                (f"lung_{SUBJECT_PREFIX}{k:0{digits}d}_{position}", [seed, k, 2 + index], subject)
+                for index, position in enumerate(positions)
+            ]
+    counts = [len(part) for part in np.array_split(np.arange(n), len(sequences))]
+    convex = None
+    drawn, zoom = (LUS_SHAPE if shape is None else tuple(shape)), 1.0
+    if probe == "convex":
+        convex = ConvexGeometry() if shape is None else ConvexGeometry(tuple(shape))
+        drawn, zoom = convex.polar_shape, CONVEX_ZOOM
 
     def frames():
-        for position, index, count in jobs:
-            sequence = lus_sequence(np.random.default_rng([seed, index]), count, shape=shape)
+        for (prefix, entropy, subject), count in zip(sequences, counts):
+            if not count:
+                continue
+            sequence = lus_sequence(
+                np.random.default_rng(entropy), count, shape=drawn, subject=subject, zoom=zoom,
+                target=target,
+            )
             for t, (image, mask) in enumerate(sequence):
-                yield f"lung_{position}_{lus_frame_number(t)}", image, mask
+                if convex is not None:
+                    image, mask = scan_convert(image, mask, convex)
+                yield f"{prefix}_{lus_frame_number(t)}", image, mask
 
     for name, image, mask in progress_bar(frames(), n, "LUS phantoms", enabled=progress):
         write_image(out / "IMG" / f"img_{name}.tif", image)
         write_image(out / "MASK" / f"mask_{name}.tif", mask * 255)
     return out
+
+
+@dataclass(frozen=True)
+class ConvexGeometry:
+    """A convex probe's sector: ``image_shape`` (rows x columns) of the scan-converted frame,
+    the field of view ``angle`` (degrees) and the probe's radius as a share of the imaging
+    depth. The fan fills the frame, 1 % margins kept; the physics is drawn on ``polar_shape``
+    (depth samples x scan lines), 960 x 192 for the default 820 x 1124 frame."""
+
+    image_shape: tuple = (820, 1124)
+    angle: float = 60.0
+    radius: float = 0.375
+
+    @property
+    def polar_shape(self):
+        height, width = self.image_shape
+        return max(16, round(960 * height / 820)), max(8, round(192 * width / 1124))
+
+    def layout(self):
+        """(depth, radius, apex column, apex row, half angle in radians), in pixels."""
+        height, width = self.image_shape
+        half = np.radians(self.angle / 2)
+        depth = min(0.98 * height, 0.98 * width / (2 * (1 + self.radius) * np.sin(half)))
+        radius = self.radius * depth
+        return depth, radius, (width - 1) / 2, 0.01 * height - radius, half
+
+
+@functools.lru_cache(maxsize=4)
+def _scan_conversion(geometry):
+    """remap() maps (scan line, depth sample per output pixel) and the fan, for ``geometry``."""
+    height, width = geometry.image_shape
+    samples, lines = geometry.polar_shape
+    depth, radius, apex_x, apex_y, half = geometry.layout()
+    rows, columns = np.mgrid[0:height, 0:width].astype(np.float64)
+    dx, dy = columns - apex_x, rows - apex_y
+    distance, angle = np.hypot(dx, dy), np.arctan2(dx, dy)  # angle 0 straight down
+    inside = (distance >= radius) & (distance <= radius + depth) & (np.abs(angle) <= half)
+    sample = (distance - radius) / depth * samples - 0.5  # sample i's centre at i + 0.5
+    line = (angle + half) / (2 * half) * lines - 0.5
+    return line.astype(np.float32), sample.astype(np.float32), inside
+
+
+def convex_fan(geometry=None):
+    """Boolean [rows, columns] of the pixels inside ``geometry``'s fan (default geometry)."""
+    return _scan_conversion(geometry or ConvexGeometry())[2].copy()
+
+
+def scan_convert(image, mask, geometry=None):
+    """A polar frame and mask (samples x lines, ``geometry.polar_shape``) as the sector image.
+
+    Bilinear, as scanners scan-convert the log-compressed image; the mask is resampled as 0/255
+    and thresholded at half. Both are 0 outside the fan.
+    """
+    geometry = geometry or ConvexGeometry()
+    if image.shape != geometry.polar_shape or mask.shape != image.shape:
+        raise ConfigError(
+            f"a convex frame is drawn as {geometry.polar_shape}, got {image.shape} and {mask.shape}"
+        )
+    line, sample, inside = _scan_conversion(geometry)
+
+    def remap(picture):
+        return cv2.remap(picture, line, sample, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    picture = np.where(inside, remap(image), 0).astype(np.uint8)
+    labels = (remap(mask.astype(np.uint8) * np.uint8(255)) > 127) & inside
+    return picture, labels.astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,21 +659,23 @@ def _object_shape(rng, kind, height, width):
 _WRITERS = {"lus": write_lus_dataset, "salient": write_salient_dataset}
 
 
-def ensure_dataset(kind, out_dir, n, seed=0, progress=False):
+def ensure_dataset(kind, out_dir, n, seed=0, progress=False, **options):
     """Generate a ``kind`` (``"lus"`` or ``"salient"``) data set in ``out_dir`` unless it is there.
 
     The set is written to a temporary folder beside ``out_dir`` and renamed into place, so an
     interrupted generation never leaves half a data set. ``out_dir/synthetic.json`` records
-    ``kind``, ``n``, ``seed`` and the generator version: a matching set is reused as it is, a
-    different generated set is replaced, and a folder holding anything else is left alone
-    (``DataError``).
+    ``kind``, ``n``, ``seed``, the options that differ from the defaults (LUS: ``subjects``,
+    ``probe``, ``target``, see ``write_lus_dataset``) and the generator version: a matching set
+    is reused as it is, a different generated set is replaced, and a folder holding anything
+    else is left alone (``DataError``).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown data set kind {kind!r}: use one of {', '.join(KINDS)}")
     n = _check_count(n)
     out_dir = Path(out_dir)
-    wanted = {"kind": kind, "n": n, "seed": int(seed), "generator_version": GENERATOR_VERSION}
-    if is_generated_set(out_dir, kind, n, seed):
+    wanted = _wanted(kind, n, seed, options)
+    options = {key: value for key, value in wanted.items() if key in LUS_OPTIONS}
+    if _manifest(out_dir) == wanted:
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder")
@@ -476,7 +688,7 @@ def ensure_dataset(kind, out_dir, n, seed=0, progress=False):
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(temporary, ignore_errors=True)
-        _WRITERS[kind](temporary, n=n, seed=seed, progress=progress)
+        _WRITERS[kind](temporary, n=n, seed=seed, progress=progress, **options)
         write_json(temporary / MANIFEST, wanted)
         _replace_folder(temporary, out_dir)
     except OSError as error:
@@ -489,10 +701,21 @@ def ensure_dataset(kind, out_dir, n, seed=0, progress=False):
     return out_dir
 
 
-def is_generated_set(folder, kind, n, seed=0):
-    """Whether ``folder`` holds the complete set ``ensure_dataset(kind, folder, n, seed)`` makes."""
-    wanted = {"kind": kind, "n": int(n), "seed": int(seed), "generator_version": GENERATOR_VERSION}
-    return _manifest(folder) == wanted
+def is_generated_set(folder, kind, n, seed=0, **options):
+    """Whether ``folder`` holds the complete set ``ensure_dataset(kind, folder, n, seed,
+    **options)`` makes."""
+    return _manifest(folder) == _wanted(kind, int(n), seed, options)
+
+
+def _wanted(kind, n, seed, options):
+    """The manifest of a set: options at their defaults are left out, so a default set's
+    manifest is what earlier versions wrote."""
+    allowed = LUS_OPTIONS if kind == "lus" else {}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{kind} data sets take no option {', '.join(unknown)}")
+    extra = {key: value for key, value in options.items() if value != allowed[key]}
+    return {"kind": kind, "n": n, "seed": int(seed), "generator_version": GENERATOR_VERSION, **extra}
 
 
 def _manifest(folder):
@@ -517,10 +740,15 @@ def _replace_folder(new, target):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_count(n):
+def _check_count(n, what="number of frames"):
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"the number of frames must be a positive integer, got {n!r}")
+        raise ConfigError(f"the {what} must be a positive integer, got {n!r}")
     return int(n)
+
+
+def _check_choice(option, value, choices):
+    if value not in choices:
+        raise ConfigError(f"unknown {option} {value!r}: use one of {', '.join(choices)}")
 
 
 def _uncovered_lines(ribs, width):
