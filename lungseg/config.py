@@ -214,7 +214,7 @@ PRESETS = {
 # holds on new subjects: folds that never split a subject (pairs.default_group groups by the
 # subject when names carry one, else by probe position and frame window), nnU-Net's strong
 # augmentation, Dice + binary cross-entropy (Dice alone collapses on thin targets) and He
-# initialisation. Beyond the paper: see docs/beyond_the_paper.md for what it buys.
+# initialisation. Beyond the paper (docs/training.md).
 PRESETS["sound"] = {
     **PRESETS["quick"],
     "split": "grouped",

@@ -107,5 +107,5 @@ def test_predict_reports_progress_on_stderr_without_control_codes(tmp_path, caps
     assert captured.out.splitlines() == [captured.out.strip()]  # stdout: the result line only
     assert captured.out.startswith("wrote 5 mask(s)")
     lines = captured.err.splitlines()
-    assert lines[0] == "segmenting frames 0/5" and lines[-1].startswith("segmenting frames 5/5 (100%)")
+    assert lines[0] == "segmenting files 0/5" and lines[-1].startswith("segmenting files 5/5 (100%)")
     assert "\r" not in captured.err + captured.out and "\x1b" not in captured.err + captured.out
