@@ -241,7 +241,7 @@ def with_policy(model, policy="float32", into=None):
     if [w.shape for w in into.weights] != [w.shape for w in model.weights]:
         raise ValueError(f"{into.name} does not have the weights of {model.name}")
     for target, source in zip(into.weights, model.weights):
-        target.assign(source)
+        target.assign(source.value)
     return into
 
 

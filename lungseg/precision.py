@@ -1,12 +1,13 @@
 """Which compute precision a run trains in: the ``auto`` choice and the warnings of a poor one.
 
-``auto`` (the CPU-sized ``quick`` preset's setting) trains in ``mixed_bfloat16`` on a CPU that
-has bfloat16 instructions (AVX-512 BF16 or AMX), where TensorFlow's oneDNN kernels use them:
-measured 1.86x float32's training rate on an AMD EPYC with AVX-512 BF16 (no AMX), about 3x on
-an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without those instructions
-bfloat16 is emulated, and with oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``) TensorFlow's
-bfloat16 convolutions ran 10-20x slower than float32 even on that EPYC. With a GPU ``auto``
-leaves float32 too (choose ``mixed_float16`` there yourself).
+``auto`` (the CPU-sized ``quick`` preset's setting for V-Unet) trains in ``mixed_bfloat16`` on
+a CPU that has bfloat16 instructions (AVX-512 BF16 or AMX), where TensorFlow's oneDNN kernels
+use them: on an AMD EPYC with AVX-512 BF16 (no AMX) a 128x128 batch-20 training step ran 2.2x
+(X-Unet) and 2.4x (V-Unet) float32's rate, a whole quick run took 1.5-1.8x less time; about 3x
+was reported on an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without
+those instructions bfloat16 is emulated, and with oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``)
+TensorFlow's bfloat16 training steps ran 10-25x slower than float32 even on that EPYC. With a
+GPU ``auto`` leaves float32 too (choose ``mixed_float16`` there yourself).
 
 The caller says whether a GPU is present, so nothing here asks TensorFlow.
 """
