@@ -59,7 +59,9 @@ def choose_precision(requested, gpu, saved=None, cpuinfo=None, environ=None):
     """
     if requested == "auto":
         if saved in PRECISIONS:
-            return saved, f"precision auto: {saved}, as the run being resumed started with", False
+            _, line, warning = choose_precision(saved, gpu, cpuinfo=cpuinfo, environ=environ)
+            why = "as the run being resumed started with"
+            return saved, (f"{line} ({why})" if warning else f"precision auto: {saved}, {why}"), warning
         if gpu:
             return ("float32", "precision auto: float32 (a GPU is present; --precision "
                     "mixed_float16 uses its float16 units)", False)
