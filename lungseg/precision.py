@@ -2,9 +2,9 @@
 
 ``auto`` (the CPU-sized ``quick`` preset's setting for V-Unet) trains in ``mixed_bfloat16`` on
 a CPU that has bfloat16 instructions (AVX-512 BF16 or AMX), where TensorFlow's oneDNN kernels
-use them: on an AMD EPYC with AVX-512 BF16 (no AMX) a 128x128 batch-20 training step ran 2.2x
-(X-Unet) and 2.4x (V-Unet) float32's rate, a whole quick run took 1.5-1.8x less time; about 3x
-was reported on an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without
+use them: on an AMD EPYC with AVX-512 BF16 (no AMX), shared with other jobs, 128x128 batch-20
+training steps ran 1.8x (X-Unet) and 1.5-2.4x (V-Unet) float32's rate in two runs, and whole
+quick runs took 1.5-1.8x less time; about 3x was reported on an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without
 those instructions bfloat16 is emulated, and with oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``)
 TensorFlow's bfloat16 training steps ran 10-25x slower than float32 even on that EPYC. With a
 GPU ``auto`` leaves float32 too (choose ``mixed_float16`` there yourself).
