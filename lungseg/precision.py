@@ -1,12 +1,13 @@
 """Which compute precision a run trains in: the ``auto`` choice and the warnings of a poor one.
 
-``auto`` (the CPU-sized ``quick`` preset's setting) trains in ``mixed_bfloat16`` on a CPU that
-has bfloat16 instructions (AVX-512 BF16 or AMX), where TensorFlow's oneDNN kernels use them:
-measured 1.86x float32's training rate on an AMD EPYC with AVX-512 BF16 (no AMX), about 3x on
-an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without those instructions
-bfloat16 is emulated, and with oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``) TensorFlow's
-bfloat16 convolutions ran 10-20x slower than float32 even on that EPYC. With a GPU ``auto``
-leaves float32 too (choose ``mixed_float16`` there yourself).
+``auto`` (the CPU-sized ``quick`` preset's setting for V-Unet) trains in ``mixed_bfloat16`` on
+a CPU that has bfloat16 instructions (AVX-512 BF16 or AMX), where TensorFlow's oneDNN kernels
+use them: on an AMD EPYC with AVX-512 BF16 (no AMX), shared with other jobs, 128x128 batch-20
+training steps ran 1.8x (X-Unet) and 1.5-2.4x (V-Unet) float32's rate in two runs, and whole
+quick runs took 1.5-1.8x less time; about 3x was reported on an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without
+those instructions bfloat16 is emulated, and with oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``)
+TensorFlow's bfloat16 training steps ran 10-25x slower than float32 even on that EPYC. With a
+GPU ``auto`` leaves float32 too (choose ``mixed_float16`` there yourself).
 
 The caller says whether a GPU is present, so nothing here asks TensorFlow.
 """
@@ -58,7 +59,9 @@ def choose_precision(requested, gpu, saved=None, cpuinfo=None, environ=None):
     """
     if requested == "auto":
         if saved in PRECISIONS:
-            return saved, f"precision auto: {saved}, as the run being resumed started with", False
+            _, line, warning = choose_precision(saved, gpu, cpuinfo=cpuinfo, environ=environ)
+            why = "as the run being resumed started with"
+            return saved, (f"{line} ({why})" if warning else f"precision auto: {saved}, {why}"), warning
         if gpu:
             return ("float32", "precision auto: float32 (a GPU is present; --precision "
                     "mixed_float16 uses its float16 units)", False)
@@ -75,9 +78,9 @@ def choose_precision(requested, gpu, saved=None, cpuinfo=None, environ=None):
         raise ValueError(f"unknown precision {requested!r}")
     if requested == "mixed_float16" and not gpu:
         return requested, (
-            "WARNING: mixed_float16 without a GPU is far slower than float32 (over 30x measured on a CPU): "
-            "CPUs have no fast float16 arithmetic; use --precision mixed_bfloat16 on a CPU with "
-            "AVX-512 BF16 or AMX, else float32"
+            "WARNING: mixed_float16 without a GPU trains far slower than float32 (5.6x slower "
+            "measured on an AMD EPYC): CPUs have no fast float16 arithmetic; use --precision "
+            "mixed_bfloat16 on a CPU with AVX-512 BF16 or AMX, else float32"
         ), True
     if requested == "mixed_bfloat16" and not gpu:
         flags = cpu_bf16_flags(cpuinfo)

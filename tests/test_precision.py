@@ -40,7 +40,7 @@ def test_onednn_switch():
         (EPYC, False, {"TF_ENABLE_ONEDNN_OPTS": "0"}, None, "float32", "TF_ENABLE_ONEDNN_OPTS=0"),
         (EPYC, True, {}, None, "float32", "a GPU is present"),
         # A resumed run keeps the precision it started with, on any machine.
-        (OLD_XEON, False, {}, "mixed_bfloat16", "mixed_bfloat16", "as the run being resumed"),
+        (OLD_XEON, True, {}, "mixed_bfloat16", "mixed_bfloat16", "as the run being resumed"),
         (EPYC, False, {}, "float32", "float32", "as the run being resumed"),
     ],
 )
@@ -61,3 +61,7 @@ def test_slow_explicit_choices_are_kept_with_one_warning_line():
     assert choose_precision("mixed_bfloat16", gpu=False, cpuinfo=EPYC, environ={})[1:] == (
         "precision: mixed_bfloat16", False)
     assert choose_precision("float32", gpu=False, cpuinfo=OLD_XEON)[1:] == ("precision: float32", False)
+    # A run resumed with auto keeps its precision, warned about where it is slow.
+    policy, line, warning = choose_precision("auto", False, saved="mixed_bfloat16", cpuinfo=OLD_XEON, environ={})
+    assert (policy, warning) == ("mixed_bfloat16", True)
+    assert line.startswith("WARNING: mixed_bfloat16") and line.endswith("(as the run being resumed started with)")
