@@ -13,7 +13,11 @@ from lungseg.errors import ConfigError
 
 MODELS = ("vunet", "xunet")
 SPLITS = ("paper", "grouped")
-INTERPOLATIONS = ("nearest", "area", "bilinear")
+# Frame resampling when resizing (--interpolation): each name with its OpenCV flag, named here
+# so that the configuration loads without cv2 (lungseg.data.frames looks the flags up). Masks
+# always use nearest. INTER_NEAREST_EXACT picks the same pixels as PIL's nearest, which Keras'
+# image loader used.
+INTERPOLATIONS = {"nearest": "INTER_NEAREST_EXACT", "area": "INTER_AREA", "bilinear": "INTER_LINEAR"}
 # How augmentation resamples frame and mask: bilinear (then the mask re-thresholded at 0.5) is
 # what the paper's ImageDataGenerator did; nearest keeps masks 0/1 in one pass.
 AUGMENT_INTERPOLATIONS = ("bilinear", "nearest")

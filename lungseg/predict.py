@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 # Frames are resized exactly as for training (lungseg.data.frames.load_frames).
-from lungseg.data.frames import INTERPOLATIONS
+from lungseg.data.frames import INTERPOLATIONS, check_interpolation
 from lungseg.data.io import to_gray_uint8, write_image
 from lungseg.data.sources import SOURCE_SUFFIXES, find_sources, is_source
 from lungseg.cli import run_main
@@ -130,10 +130,7 @@ def _check_threshold(threshold):
 def _check_batching(batch_size, interpolation):
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"unknown interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}"
-        )
+    check_interpolation(interpolation)
 
 
 def model_batch(frames, height, width, channels, interpolation="nearest", first_index=0):

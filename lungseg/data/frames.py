@@ -13,18 +13,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lungseg import config
 from lungseg.data.io import read_image, read_mask
 from lungseg.data.pairs import SUBJECT_PREFIX
 from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
 
-# Frame resampling when resizing; masks always use nearest. INTER_NEAREST_EXACT picks the
-# same pixels as PIL's nearest, which Keras' image loader used.
-INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST_EXACT,
-    "area": cv2.INTER_AREA,
-    "bilinear": cv2.INTER_LINEAR,
-}
+# Frame resampling when resizing: config.INTERPOLATIONS' names with their OpenCV flags.
+INTERPOLATIONS = {name: getattr(cv2, flag) for name, flag in config.INTERPOLATIONS.items()}
 FLIP_SUFFIX = "_flipped"  # the authors' name for a mirror image: img_lung_pos2_5_flipped.tif
 # The paper's frame numbering, lung_pos<P>_<n> (every 5th frame of a clip), and its sets: per
 # probe position the 200-frame set holds n mod 100 in 5, 10, ..., 50; the 300 frames of the
@@ -114,6 +110,14 @@ class FrameSet:
         )
 
 
+def check_interpolation(interpolation):
+    """``ConfigError`` unless ``interpolation`` is one of ``INTERPOLATIONS``' names."""
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"unknown interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}"
+        )
+
+
 def load_frames(pairs, image_size, interpolation="nearest", progress=False, native=False):
     """Read, check and resize every pair into a ``FrameSet``.
 
@@ -125,10 +129,7 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False, nati
     keeps every mask at its frame's own size (``FrameSet.native_masks``).
     """
     height, width = _check_size(image_size)
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"unknown interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}"
-        )
+    check_interpolation(interpolation)
     pairs = list(pairs)
     if not pairs:
         raise DataError("no image/mask pairs to load")
