@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, train_test_split
 
+from lungseg.config import SPLITS as MODES  # the modes above, as --split names them
 from lungseg.errors import ConfigError, DataError
 from lungseg.files import read_json, write_json
-
-MODES = ("paper", "grouped")
 
 
 def kfold_splits(names, groups, k=5, mode="paper", seed=0):
