@@ -249,7 +249,8 @@ class PaperAugmentation:
         single-channel resampling; bilinear gathers the uint8 frames and 0/1 masks.
         """
         if self.interpolation == "nearest":
-            packed = tf.constant(pack_numpy(frames.images, frames.masks))
+            with tf.device("/CPU:0"):  # packed once on the host, where tf.data gathers batches
+                packed = pack(frames.images, frames.masks, tf.uint16)
 
             def load(indices, seed):
                 batch = tf.cast(tf.gather(packed, indices), tf.int32)
@@ -517,14 +518,15 @@ def intensity_table(brightness=1.0, contrast=1.0, gamma=1.0, inverted=False, mea
 _OPENCV_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 
 
-def pack(images, masks):
-    """One int32 channel per pixel: the uint8 frame in the low byte, the 0/1 mask above it.
+def pack(images, masks, dtype=tf.int32):
+    """One ``dtype`` channel per pixel: the uint8 frame in the low byte, the 0/1 mask above it.
 
     The projective transform's cost is per output value, so moving one packed channel costs
-    half as much as moving frame and mask as two channels.
+    half as much as moving frame and mask as two channels. A cached data set is packed once
+    as uint16 (half the memory of int32).
     """
-    mask_bits = tf.bitwise.left_shift(tf.cast(tf.cast(masks, tf.bool), tf.int32), 8)
-    return tf.bitwise.bitwise_or(tf.cast(images, tf.int32), mask_bits)
+    mask_bits = tf.bitwise.left_shift(tf.cast(tf.cast(masks, tf.bool), dtype), 8)
+    return tf.bitwise.bitwise_or(tf.cast(images, dtype), mask_bits)
 
 
 def unpack(packed, mask_dtype=tf.uint8):
@@ -533,11 +535,6 @@ def unpack(packed, mask_dtype=tf.uint8):
     images = tf.cast(tf.bitwise.bitwise_and(packed, 255), tf.uint8)
     masks = tf.cast(packed > 255, mask_dtype)
     return images, masks
-
-
-def pack_numpy(images, masks):
-    """``pack`` done once in NumPy, as uint16 (half the memory of int32) for a cached data set."""
-    return images.astype(np.uint16) | (masks.astype(bool).astype(np.uint16) << 8)
 
 
 def _seed_pair(seed):
