@@ -7,7 +7,10 @@ three channels. Training, evaluation and inference therefore cannot disagree abo
 Written with ``keras`` only (no TensorFlow import), so the models build on any Keras backend.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import keras
@@ -23,7 +26,7 @@ VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 VUNET_BRIDGE = "block5_conv3"
 
 
-def _check_input_shape(input_shape):
+def _check_input_shape(input_shape: tuple) -> None:
     if len(input_shape) != 3:
         raise ConfigError(f"input_shape must be (height, width, channels), got {input_shape}")
     height, width, channels = input_shape
@@ -36,7 +39,7 @@ def _check_input_shape(input_shape):
             )
 
 
-def _preprocess(inputs):
+def _preprocess(inputs: keras.KerasTensor) -> keras.KerasTensor:
     """0-255 frames -> 0-1, gray copied to 3 channels (the paper's input handling)."""
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     if inputs.shape[-1] == 1:
@@ -44,18 +47,18 @@ def _preprocess(inputs):
     return x
 
 
-def _check_initializer(initializer):
+def _check_initializer(initializer: str) -> None:
     if initializer not in INITIALIZERS:
         raise ConfigError(f"initializer must be one of {', '.join(INITIALIZERS)}, got {initializer!r}")
 
 
-def _conv(x, filters, name, initializer):
+def _conv(x: keras.KerasTensor, filters: int, name: str, initializer: str) -> keras.KerasTensor:
     return layers.Conv2D(
         filters, 3, padding="same", activation="relu", kernel_initializer=initializer, name=name
     )(x)
 
 
-def _decoder(x, skips, initializer):
+def _decoder(x: keras.KerasTensor, skips: list, initializer: str) -> keras.KerasTensor:
     """Four levels: 2x2 transposed conv (linear), concat with the skip, two 3x3 ReLU convs."""
     for level, (filters, skip) in zip((4, 3, 2, 1), zip(DECODER_FILTERS, skips)):
         x = layers.Conv2DTranspose(
@@ -67,7 +70,11 @@ def _decoder(x, skips, initializer):
     return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
 
 
-def build_vunet(input_shape=(256, 256, 1), encoder_weights="imagenet", initializer="glorot_uniform"):
+def build_vunet(
+    input_shape: tuple = (256, 256, 1),
+    encoder_weights: str | Path | None = "imagenet",
+    initializer: str = "glorot_uniform",
+) -> keras.Model:
     """V-Unet: U-Net decoder on a VGG16 encoder (bridge ``block5_conv3``, last pool unused).
 
     ``encoder_weights`` is ``"imagenet"`` (downloaded once by Keras into ``~/.keras/models/``),
@@ -88,7 +95,7 @@ def build_vunet(input_shape=(256, 256, 1), encoder_weights="imagenet", initializ
     return keras.Model(inputs, outputs, name="vunet")
 
 
-def _reinitialize_kernels(model, initializer):
+def _reinitialize_kernels(model: keras.Model, initializer: str) -> None:
     """Draw every convolution kernel of ``model`` afresh from ``initializer``."""
     draw = keras.initializers.get(initializer)
     for layer in model.layers:
@@ -96,7 +103,7 @@ def _reinitialize_kernels(model, initializer):
             layer.kernel.assign(draw(layer.kernel.shape, layer.kernel.dtype))
 
 
-def _vgg16(x, encoder_weights):
+def _vgg16(x: keras.KerasTensor, encoder_weights: str | Path | None) -> keras.Model:
     if encoder_weights is None or encoder_weights == "imagenet":
         weights = encoder_weights
     else:
@@ -123,7 +130,7 @@ def _vgg16(x, encoder_weights):
         ) from error
 
 
-def build_xunet(input_shape=(256, 256, 1), initializer="glorot_uniform"):
+def build_xunet(input_shape: tuple = (256, 256, 1), initializer: str = "glorot_uniform") -> keras.Model:
     """X-Unet: the plain U-Net (64-128-256-512 encoder, 1024 bottleneck). 31,031,745 parameters.
 
     ``initializer`` sets the kernels of its ReLU convolutions (one of ``INITIALIZERS``; the
@@ -148,7 +155,7 @@ def build_xunet(input_shape=(256, 256, 1), initializer="glorot_uniform"):
 PARTS = ("encoder", "bottleneck", "decoder")
 
 
-def part_layers(model, part):
+def part_layers(model: keras.Model, part: str | Iterable[str]) -> list[str]:
     """Names of the layers with weights that make up ``part`` of a V-Unet or X-Unet.
 
     ``encoder``: every ``block*`` layer (VGG16's blocks 1-5 in V-Unet, blocks 1-4 in X-Unet).
@@ -175,14 +182,14 @@ def part_layers(model, part):
     return names
 
 
-def parameter_counts(model):
+def parameter_counts(model: keras.Model) -> tuple[int, int]:
     """(trainable, frozen) parameter counts as Keras sees them now."""
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
     return trainable, frozen
 
 
-def freeze(model, part):
+def freeze(model: keras.Model, part: str | Iterable[str]) -> tuple[int, int]:
     """Make the layers of ``part`` untrainable; return (trainable, frozen) parameter counts.
 
     Changing ``trainable`` takes effect in training only after the model is compiled again.
@@ -192,7 +199,7 @@ def freeze(model, part):
     return parameter_counts(model)
 
 
-def unfreeze(model, part=None):
+def unfreeze(model: keras.Model, part: str | Iterable[str] | None = None) -> tuple[int, int]:
     """Make ``part`` (all layers when ``None``) trainable; return (trainable, frozen) counts."""
     names = [layer.name for layer in model.layers] if part is None else part_layers(model, part)
     for name in names:
@@ -200,7 +207,7 @@ def unfreeze(model, part=None):
     return parameter_counts(model)
 
 
-def with_policy(model, policy="float32"):
+def with_policy(model: keras.Model, policy: str | keras.DTypePolicy = "float32") -> keras.Model:
     """``model`` computing under the dtype ``policy``, its output layers kept in float32.
 
     This is how ``build_vunet`` and ``build_xunet`` lay a policy out (the sigmoid head in
@@ -214,7 +221,7 @@ def with_policy(model, policy="float32"):
     return _copy_weights(model, _from_config(model, config, policy)) if changed else model
 
 
-def inference_copy(model, into=None):
+def inference_copy(model: keras.Model, into: keras.Model | None = None) -> keras.Model:
     """An uncompiled float32 copy of ``model`` with its weights, for saving and inference.
 
     Whatever policy trained it, the copy computes in float32, so prediction and export are
@@ -229,7 +236,7 @@ def inference_copy(model, into=None):
     return _copy_weights(model, into)
 
 
-def _config_with_policy(model, policy):
+def _config_with_policy(model: keras.Model, policy: str | keras.DTypePolicy) -> tuple[dict, bool]:
     """``model``'s config with every layer under ``policy`` (heads float32); and whether it changed."""
     policy = keras.dtype_policies.get(policy)
     float32 = keras.dtype_policies.get("float32")
@@ -248,13 +255,13 @@ def _config_with_policy(model, policy):
     return config, changed
 
 
-def _from_config(model, config, policy):
+def _from_config(model: keras.Model, config: dict, policy: str | keras.DTypePolicy) -> keras.Model:
     copy = model.__class__.from_config(config)
     copy.dtype_policy = keras.dtype_policies.get(policy)  # decides e.g. float16 loss scaling in compile
     return copy
 
 
-def _copy_weights(model, into):
+def _copy_weights(model: keras.Model, into: keras.Model) -> keras.Model:
     if [w.shape for w in into.weights] != [w.shape for w in model.weights]:
         raise ValueError(f"{into.name} does not have the weights of {model.name}")
     for target, source in zip(into.weights, model.weights):
