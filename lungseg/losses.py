@@ -10,13 +10,19 @@ lungseg, or lungseg after Keras, imports this module too (``lungseg._startup``),
 maps the names of ``config.LOSSES`` (``--loss``) to the functions.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 from keras import ops
 
 SMOOTH = 1.0
+# What keras.ops takes and gives: a tensor of the Keras backend (tf.Tensor, jax.Array...).
+Tensor = Any
 
 
-def _flat_float32(y_true, y_pred):
+def _flat_float32(y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
     # Sums stay in float32 even under mixed precision.
     return (
         ops.reshape(ops.cast(y_true, "float32"), (-1,)),
@@ -25,7 +31,7 @@ def _flat_float32(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def dice_coef(y_true, y_pred):
+def dice_coef(y_true: Tensor, y_pred: Tensor) -> Tensor:
     """(2 * sum(t * p) + 1) / (sum(t) + sum(p) + 1) over the flattened batch."""
     t, p = _flat_float32(y_true, y_pred)
     intersection = ops.sum(t * p)
@@ -33,13 +39,13 @@ def dice_coef(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def dice_loss(y_true, y_pred):
+def dice_loss(y_true: Tensor, y_pred: Tensor) -> Tensor:
     """Minus the Dice coefficient, as in the paper (ranges from -1, perfect, to about 0)."""
     return -dice_coef(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def iou(y_true, y_pred):
+def iou(y_true: Tensor, y_pred: Tensor) -> Tensor:
     """(sum(t * p) + 1) / (sum(t) + sum(p) - sum(t * p) + 1) over the flattened batch."""
     t, p = _flat_float32(y_true, y_pred)
     intersection = ops.sum(t * p)
@@ -47,7 +53,7 @@ def iou(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def binary_crossentropy(y_true, y_pred):
+def binary_crossentropy(y_true: Tensor, y_pred: Tensor) -> Tensor:
     """Mean over all pixels of the batch of -(t log p + (1 - t) log(1 - p)), in float32.
 
     ``keras.ops.binary_crossentropy`` on the model's output as it is: on TensorFlow it finds
@@ -60,7 +66,7 @@ def binary_crossentropy(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def dice_bce_loss(y_true, y_pred):
+def dice_bce_loss(y_true: Tensor, y_pred: Tensor) -> Tensor:
     """Binary cross-entropy plus the paper's Dice loss (minus the Dice coefficient), weights
     1 and 1, as nnU-Net's Dice + CE loss adds its soft Dice loss (-Dice) to the cross-entropy.
 
@@ -77,14 +83,14 @@ LOSS_FUNCTIONS = {"dice": dice_loss, "dice_bce": dice_bce_loss}
 class _FrameShare(keras.metrics.Metric):
     """Share of frames of a kind, counted over every batch of an epoch (threshold 0.5)."""
 
-    def __init__(self, name, **kwargs):
+    def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.hits = self.add_variable(shape=(), initializer="zeros", name="hits",
                                       aggregation="sum")
         self.frames = self.add_variable(shape=(), initializer="zeros", name="frames",
                                         aggregation="sum")
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> None:
         batch = ops.shape(y_true)[0]
         t = ops.reshape(ops.cast(y_true, "float32"), (batch, -1))
         p = ops.reshape(ops.cast(y_pred, "float32"), (batch, -1))
@@ -92,10 +98,10 @@ class _FrameShare(keras.metrics.Metric):
         self.hits.assign_add(ops.sum(ops.cast(hits, "float32")))
         self.frames.assign_add(ops.sum(ops.cast(frames, "float32")))
 
-    def result(self):
+    def result(self) -> Tensor:
         return ops.divide_no_nan(self.hits, self.frames)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"name": self.name}
 
 
@@ -104,10 +110,10 @@ class EmptyOnRibs(_FrameShare):
     """Share of frames with ribs (any reference pixel) whose prediction is empty: the
     streaming twin of ``lungseg.scoring``'s ``empty_on_ribs``."""
 
-    def __init__(self, name="empty_on_ribs", **kwargs):
+    def __init__(self, name: str = "empty_on_ribs", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    def _count(self, reference, predicted):
+    def _count(self, reference: Tensor, predicted: Tensor) -> tuple[Tensor, Tensor]:
         has_ribs = ops.any(reference, axis=1)
         return has_ribs & ~ops.any(predicted, axis=1), has_ribs
 
@@ -117,8 +123,8 @@ class FullPredictions(_FrameShare):
     """Share of frames predicted foreground everywhere: the streaming twin of
     ``lungseg.scoring``'s ``full_predictions``."""
 
-    def __init__(self, name="full_predictions", **kwargs):
+    def __init__(self, name: str = "full_predictions", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    def _count(self, reference, predicted):
+    def _count(self, reference: Tensor, predicted: Tensor) -> tuple[Tensor, Tensor]:
         return ops.all(predicted, axis=1), ops.ones_like(predicted[:, 0])
