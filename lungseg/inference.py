@@ -13,8 +13,12 @@ Post-processing of masks and the numbers of a predicted frame live in ``lungseg.
 (NumPy only).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import ops
@@ -28,7 +32,7 @@ from lungseg.files import atomic_path
 # --- slim model files --------------------------------------------------------------------
 
 
-def save_inference_model(model, path):
+def save_inference_model(model: keras.Model, path: str | Path) -> Path:
     """Save :func:`inference_copy` of ``model`` to ``path`` (a ``.keras`` file) atomically."""
     path = Path(path)
     if path.suffix != ".keras":
@@ -45,20 +49,20 @@ def save_inference_model(model, path):
 class FlipLeftRight(keras.layers.Layer):
     """Mirror (batch, height, width, channels) images left-right (exactly; no resampling)."""
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return ops.flip(inputs, axis=2)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
 
-def _size_of(model):
+def _size_of(model: keras.Model) -> tuple[int, int, int]:
     from lungseg.predict import input_size
 
     return input_size(model)
 
 
-def ensemble(models, tta="none", name="ensemble"):
+def ensemble(models: Iterable[keras.Model], tta: str = "none", name: str = "ensemble") -> keras.Model:
     """One model giving the mean probability of ``models`` (and of their mirrored outputs).
 
     ``models`` all take frames of one height and width; a gray (1-channel) ensemble input is
@@ -110,13 +114,13 @@ class Predictor:
     folds: list = field(default_factory=list)
 
     @property
-    def description(self):
+    def description(self) -> str:
         what = (f"mean of {len(self.paths)} fold models of {self.run.root}" if len(self.paths) > 1
                 else str(self.paths[0]))
         return what + (" with flip test-time augmentation" if self.tta == "flip" else "")
 
 
-def load_predictor(path, tta="none", folds=None):
+def load_predictor(path: str | Path, tta: str = "none", folds: Iterable[str] | None = None) -> Predictor:
     """A run folder's fold ensemble, or one ``.keras`` model, ready to predict.
 
     ``path`` is a run folder (every finished fold model is loaded, or only ``folds``, names
