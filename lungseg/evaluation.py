@@ -10,7 +10,7 @@ NumPy, SciPy and scikit-image only (no TensorFlow), so evaluation runs anywhere.
 """
 
 import math
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -32,12 +32,15 @@ DISTANCE_METRICS = ("hd95", "assd")
 MM_METRICS = ("hd95_mm", "assd_mm")
 METRICS = OVERLAP_METRICS + DISTANCE_METRICS + MM_METRICS + COMPONENT_METRICS
 
+# Pixel spacing: (row mm, column mm) of one pixel.
+Spacing = tuple[float, float]
+
 # 8-connectivity: pixels touching at a corner belong to one component (skimage's
 # connectivity=2 in 2-D), so a diagonal rib edge is not split into many blobs.
 CONNECTIVITY = 2
 
 
-def _as_binary(array, name):
+def _as_binary(array: Any, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D mask, got shape {array.shape}")
@@ -50,7 +53,7 @@ def _as_binary(array, name):
     return array.astype(bool)
 
 
-def _binary_pair(reference, prediction):
+def _binary_pair(reference: Any, prediction: Any) -> tuple[np.ndarray, np.ndarray]:
     reference = _as_binary(reference, "reference")
     prediction = _as_binary(prediction, "prediction")
     if reference.shape != prediction.shape:
@@ -60,11 +63,11 @@ def _binary_pair(reference, prediction):
     return reference, prediction
 
 
-def _ratio(numerator, denominator):
+def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else math.nan
 
 
-def _boundary_points(mask):
+def _boundary_points(mask: np.ndarray) -> np.ndarray:
     """(row, col) of mask pixels with a 4-neighbour outside the mask, as an (n, 2) array.
 
     Outside the frame counts as background (``border_value=0``), so a mask that reaches the
@@ -74,7 +77,7 @@ def _boundary_points(mask):
     return np.argwhere(boundary)
 
 
-def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[float] = None) -> float:
+def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[Spacing] = None) -> float:
     """95th-percentile Hausdorff distance between two masks' boundaries.
 
     For every boundary pixel of one mask, the Euclidean distance to the nearest boundary
@@ -86,14 +89,16 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[float]
     return _distances(*_binary_pair(reference, prediction), spacing)[0]
 
 
-def assd(reference, prediction, spacing=None):
+def assd(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[Spacing] = None) -> float:
     """Average symmetric surface distance: the mean of the boundary-to-nearest-boundary
     distances of both directions together (all of them, not a percentile), in pixels, or in
     mm with ``spacing``. NaN when either mask is empty."""
     return _distances(*_binary_pair(reference, prediction), spacing)[1]
 
 
-def _distances(reference, prediction, spacing=None):
+def _distances(
+    reference: np.ndarray, prediction: np.ndarray, spacing: Optional[Spacing] = None
+) -> tuple[float, float]:
     """(HD95, ASSD) of two boolean masks, in pixels or, with ``spacing``, in mm."""
     if not reference.any() or not prediction.any():
         return math.nan, math.nan
@@ -109,11 +114,7 @@ def _distances(reference, prediction, spacing=None):
     return hd, mean
 
 
-def _hd95(reference, prediction):
-    return _distances(reference, prediction)[0]
-
-
-def image_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[float] = None) -> dict:
+def image_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Optional[Spacing] = None) -> dict:
     """All per-image metrics of one predicted mask against its reference.
 
     Both masks are 2-D, of one shape, bool or 0/1. Returns a dict with:
@@ -166,7 +167,7 @@ def image_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Option
 
 
 def evaluate_masks(
-    references: Iterable[np.ndarray], predictions: Iterable[np.ndarray], spacing: Optional[float] = None
+    references: Iterable[np.ndarray], predictions: Iterable[np.ndarray], spacing: Optional[Spacing] = None
 ) -> list:
     """:func:`image_metrics` for each (reference, prediction) pair; a list of dicts."""
     references = list(references)
@@ -176,7 +177,9 @@ def evaluate_masks(
     return [image_metrics(ref, pred, spacing) for ref, pred in zip(references, predictions)]
 
 
-def binary_set_metrics(references, predictions, batch_size=20):
+def binary_set_metrics(
+    references: Iterable[np.ndarray], predictions: Iterable[np.ndarray], batch_size: int = 20
+) -> dict:
     """The set-level numbers of ``lungseg.scoring`` for binary masks of any sizes.
 
     Masks of one frame share a shape; frames may differ. ``dice`` and ``iou`` are averaged
@@ -190,7 +193,7 @@ def binary_set_metrics(references, predictions, batch_size=20):
                 "binary_accuracy": math.nan}
     batches = range(0, len(references), batch_size)
 
-    def pooled(items, start, stop):
+    def pooled(items: list, start: int, stop: Optional[int]) -> np.ndarray:
         return np.concatenate(items[start:stop])[None]
 
     dice = [_dice(pooled(references, b, b + batch_size), pooled(predictions, b, b + batch_size), 1.0)
@@ -231,7 +234,13 @@ def batch_iou(
     return _batch_mean(_iou, references, predictions, smooth, batch_size)
 
 
-def _batch_mean(overlap, references, predictions, smooth, batch_size):
+def _batch_mean(
+    overlap: Callable[[np.ndarray, np.ndarray, float], float],
+    references: np.ndarray,
+    predictions: np.ndarray,
+    smooth: float,
+    batch_size: Optional[int],
+) -> float:
     references = np.asarray(references, dtype=np.float64)
     predictions = np.asarray(predictions, dtype=np.float64)
     if len(references) != len(predictions) or references.size != predictions.size:
@@ -255,12 +264,12 @@ def _batch_mean(overlap, references, predictions, smooth, batch_size):
     return float(np.mean(values))
 
 
-def _dice(references, predictions, smooth):
+def _dice(references: np.ndarray, predictions: np.ndarray, smooth: float) -> float:
     intersection = np.sum(references * predictions)
     return (2.0 * intersection + smooth) / (np.sum(references) + np.sum(predictions) + smooth)
 
 
-def _iou(references, predictions, smooth):
+def _iou(references: np.ndarray, predictions: np.ndarray, smooth: float) -> float:
     intersection = np.sum(references * predictions)
     union = np.sum(references) + np.sum(predictions) - intersection
     return (intersection + smooth) / (union + smooth)
