@@ -29,10 +29,14 @@ nothing was done because the model, the input, the options or the output folder 
 unusable, or no file was readable; 130 interrupted. Other exceptions are bugs and show their traceback.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -46,6 +50,11 @@ from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.config import TTA_CHOICES
 from lungseg.progress import Progress
 
+if TYPE_CHECKING:
+    import keras
+
+    from lungseg.data.sources import Source
+
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 20
 # Frames prepared and predicted per model.predict call: about 35-100 MB of 256 x 256 input.
@@ -56,7 +65,7 @@ PROBABILITY_SUFFIX = "_prob.png"
 PREDICTIONS_CSV = "predictions.csv"
 
 
-def load_model(path, compile=False):
+def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     """Load a ``.keras`` (or legacy ``.h5``) model with Keras' safe mode on.
 
     Safe mode refuses models whose ``Lambda`` layers carry Python code, since loading them
@@ -96,12 +105,12 @@ def load_model(path, compile=False):
     return model
 
 
-def _first_line(error):
+def _first_line(error: BaseException) -> str:
     text = str(error).strip().strip("\"'")
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def input_size(model, source=None):
+def input_size(model: keras.Model, source: str | Path | None = None) -> tuple[int, int, int]:
     """(height, width, channels) of the frames ``model`` takes; ``LungsegError`` if unusable."""
     source = source or f"model {model.name!r}"
     shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
@@ -122,18 +131,25 @@ def input_size(model, source=None):
     return height, width, channels
 
 
-def _check_threshold(threshold):
+def _check_threshold(threshold: float) -> None:
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
 
 
-def _check_batching(batch_size, interpolation):
+def _check_batching(batch_size: int, interpolation: str) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     check_interpolation(interpolation)
 
 
-def model_batch(frames, height, width, channels, interpolation="nearest", first_index=0):
+def model_batch(
+    frames: Sequence[np.ndarray],
+    height: int,
+    width: int,
+    channels: int,
+    interpolation: str = "nearest",
+    first_index: int = 0,
+) -> np.ndarray:
     """Frames as the model's input batch: uint8 (n, height, width, channels), values 0-255.
 
     Each frame is made 2-D uint8 gray as ``lungseg.data.io.read_image`` does (3- or
@@ -150,7 +166,12 @@ def model_batch(frames, height, width, channels, interpolation="nearest", first_
     return np.repeat(batch, channels, axis=3) if channels == 3 else batch
 
 
-def predict_probabilities(model, frames, batch_size=DEFAULT_BATCH_SIZE, interpolation="nearest"):
+def predict_probabilities(
+    model: keras.Model,
+    frames: Iterable[np.ndarray],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    interpolation: str = "nearest",
+) -> np.ndarray:
     """Sigmoid outputs (n, h, w) float32 at the model's resolution.
 
     Up to one batch of frames goes through ``predict_on_batch`` (no per-call tf.data set-up,
@@ -178,12 +199,12 @@ def predict_probabilities(model, frames, batch_size=DEFAULT_BATCH_SIZE, interpol
 
 
 def segment_batch(
-    model,
-    frames,
-    batch_size=DEFAULT_BATCH_SIZE,
-    threshold=DEFAULT_THRESHOLD,
-    interpolation="nearest",
-):
+    model: keras.Model,
+    frames: Iterable[np.ndarray],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threshold: float = DEFAULT_THRESHOLD,
+    interpolation: str = "nearest",
+) -> list[np.ndarray]:
     """Masks for many frames: a list of (H_i, W_i) uint8 arrays of 0/1, one per frame.
 
     Frames may differ in size; each mask has its frame's size. A pixel is foreground when
@@ -203,7 +224,12 @@ def segment_batch(
     return masks
 
 
-def segment(model, frame, threshold=DEFAULT_THRESHOLD, interpolation="nearest"):
+def segment(
+    model: keras.Model,
+    frame: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    interpolation: str = "nearest",
+) -> np.ndarray:
     """Mask of one frame ((H, W) or (H, W, C), uint8 or uint16): (H, W) uint8 of 0/1."""
     return segment_batch(model, [frame], 1, threshold, interpolation)[0]
 
@@ -211,7 +237,7 @@ def segment(model, frame, threshold=DEFAULT_THRESHOLD, interpolation="nearest"):
 # --- command line ------------------------------------------------------------------------
 
 
-def _frame_files(input_path):
+def _frame_files(input_path: Path) -> tuple[list[Path], list[Path]]:
     """(frame files, files of other types) named by INPUT: the file itself, or every frame,
     DICOM and video file below a folder (recursively, sorted by path)."""
     if not input_path.exists():
@@ -237,13 +263,13 @@ def _frame_files(input_path):
     return files, others
 
 
-def default_output_folder(input_path):
+def default_output_folder(input_path: str | Path) -> Path:
     """``<INPUT stem>_masks/`` beside INPUT: ``scans/a.tif`` -> ``scans/a_masks/``."""
     input_path = Path(input_path)
     return input_path.parent / f"{input_path.stem}_masks"
 
 
-def _check_output_folder(out):
+def _check_output_folder(out: Path) -> None:
     """Fail before any work when ``out`` cannot be created or written; create nothing yet."""
     existing = out
     while not existing.exists() and existing != existing.parent:
@@ -256,14 +282,21 @@ def _check_output_folder(out):
         )
 
 
-def _write(path, image):
+def _write(path: Path, image: np.ndarray) -> None:
     try:
         write_image(path, image)
     except OSError as error:
         raise LungsegError(f"{path}: cannot write ({error.strerror or error})") from error
 
 
-def _write_outputs(folder, base, frame, mask, probability=None, overlay=True):
+def _write_outputs(
+    folder: Path,
+    base: str,
+    frame: np.ndarray,
+    mask: np.ndarray,
+    probability: np.ndarray | None = None,
+    overlay: bool = True,
+) -> None:
     """``<base>_mask.png`` (0/255), ``<base>_overlay.png`` and ``<base>_prob.png``, atomically."""
     from lungseg.figures import blend_mask  # matplotlib: only once there is a mask to draw
 
@@ -279,7 +312,9 @@ def _write_outputs(folder, base, frame, mask, probability=None, overlay=True):
 VIDEO_CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 
 
-def _write_overlay_video(path, frames, masks, fps):
+def _write_overlay_video(
+    path: Path, frames: Sequence[np.ndarray], masks: Iterable[np.ndarray], fps: float | None
+) -> None:
     """The frames with their masks tinted, as a video of the input's kind, atomically."""
     from lungseg.figures import blend_mask
     from lungseg.files import atomic_path
@@ -297,7 +332,7 @@ def _write_overlay_video(path, frames, masks, fps):
             writer.release()
 
 
-def spacing_option(text):
+def spacing_option(text: str) -> tuple[float, float]:
     """``MM`` (square pixels) or ``ROWxCOL`` in mm, e.g. ``0.2`` or ``0.2x0.3``."""
     try:
         values = tuple(float(v) for v in text.lower().split("x"))
@@ -310,7 +345,7 @@ def spacing_option(text):
     return values
 
 
-def add_prediction_options(parser):
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     """Options prediction and evaluation share: ensemble, TTA, post-processing."""
     from lungseg.cli import positive_int
 
@@ -326,7 +361,7 @@ def add_prediction_options(parser):
                         help="keep only the N largest predicted components (default: all)")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lungseg-predict",
         description="Segment ribs in lung ultrasound frames with a trained V-Unet or X-Unet, "
@@ -374,7 +409,7 @@ def build_parser():
     return parser
 
 
-def training_interpolation(model_path):
+def training_interpolation(model_path: str | Path) -> str | None:
     """The ``interpolation`` the run folder holding this model (or this run folder) was
     trained with, or None."""
     from lungseg.runs import RunFolder
@@ -393,7 +428,14 @@ PREDICTION_COLUMNS = ("file", "frame", "height", "width", "row_spacing_mm", "col
                       "rib_area_px", "rib_area_mm2", "components", "mean_probability", "mask")
 
 
-def _predict_source(args, model, post, source, folder, relative):
+def _predict_source(
+    args: argparse.Namespace,
+    model: keras.Model,
+    post: Callable[[np.ndarray], np.ndarray],  # a PostProcess
+    source: Source,
+    folder: Path,
+    relative: Path,
+) -> list[dict]:
     """Masks (and overlays, probabilities) of every frame of one source; its CSV rows."""
     frames = source.frames
     multi = source.multi
@@ -431,7 +473,7 @@ def _predict_source(args, model, post, source, folder, relative):
     return rows
 
 
-def _csv_text(rows):
+def _csv_text(rows: Iterable[dict]) -> str:
     import csv
     import io
 
@@ -444,7 +486,7 @@ def _csv_text(rows):
     return buffer.getvalue()
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Do the work of the command line; return its exit status (0, or 1 if files skipped)."""
     from lungseg.data.sources import read_source
     from lungseg.files import write_text
@@ -513,7 +555,7 @@ def run(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lungseg-predict``; returns the exit status (argparse exits on usage)."""
     return run_main(lambda arguments: run(build_parser().parse_args(arguments)), argv)
 
