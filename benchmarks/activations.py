@@ -19,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
+common.setup("tensorflow")
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,8 +52,6 @@ def layer_stats(model, images):
 
 def main(argv=None):
     args = parse_args(argv)
-    common.use_repo_checkout()
-    common.use_tensorflow_backend()
     import keras
     import numpy as np
 
@@ -59,7 +59,7 @@ def main(argv=None):
     from lungseg import data
 
     model = keras.models.load_model(args.model, compile=False)
-    folder = args.data or common.lus_dataset(n=max(args.frames, 20))[0]
+    folder = args.data or common.lus_dataset()[0]
     size = tuple(model.input_shape[1:3])
     frames = data.load_frames(data.find_pairs(folder), size).take(args.frames)
     images = np.asarray(frames.images, "float32")

@@ -1,13 +1,12 @@
 """Does the same training give the same Dice? On this machine, and where machines differ.
 
-Trains one tiny X-Unet run (salient pre-training, then 2 folds; ``--deterministic``) several
-times in fresh processes, each under one variant of what differs between machines of one
-kind, and compares the fold Dice with the first plain run:
+Trains one tiny X-Unet run (64 x 32 frames, salient pre-training, then 2 folds,
+``--deterministic``) in fresh processes, each under one variant of what differs between
+machines of one kind, and compares the fold Dice with the first plain run:
 
 * ``same``: the same command again (is a run repeatable on one machine?);
-* ``1 thread``: CPU affinity of one core, as on a smaller machine (``taskset -c 0``);
-* ``AVX2 only``: oneDNN limited to AVX2 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``), as on a CPU
-  without AVX-512, e.g. an older Intel or AMD part;
+* ``1 thread``: CPU affinity of one core (``taskset -c 0``), as on a smaller machine;
+* ``AVX2 only``: oneDNN limited to AVX2 kernels, as on a CPU without AVX-512;
 * ``oneDNN off``: TensorFlow's own kernels (``TF_ENABLE_ONEDNN_OPTS=0``).
 
     python benchmarks/reproducibility.py [--json FILE] [--epochs 2]
@@ -21,10 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from _common import REPO_ROOT, format_table, machine_info, machine_line, say, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
 
-VARIANTS = {
+common.setup()
+
+VARIANTS = {  # name: (environment added, command prefix)
     "plain": ({}, []),
     "same": ({}, []),
     "1 thread": ({}, ["taskset", "-c", "0"]),
@@ -34,58 +37,54 @@ VARIANTS = {
 
 
 def train(variant, data, salient, out, epochs):
-    """One run in a fresh process under ``variant``; its summary.json and wall seconds."""
-    env_extra, prefix = VARIANTS[variant]
-    if prefix and not shutil.which(prefix[0]):
-        return None, None
-    env = dict(os.environ, **env_extra)
+    """One run in a fresh process under ``variant``: its summary.json and wall seconds."""
+    extra, prefix = VARIANTS[variant]
     name = variant.replace(" ", "_")
     command = prefix + [
-        sys.executable, str(REPO_ROOT / "train_xunet.py"), "--data", data, "--salient", salient,
-        "--out", out, "--name", name, "--image-size", "64x32", "--lus-frames", "24", "--folds", "2",
-        "--epochs", str(epochs), "--batch-size", "4", "--lr", "3e-4", "--initializer", "he_normal",
-        "--deterministic", "--seed", "1",
+        sys.executable, str(common.REPO_ROOT / "train_xunet.py"), "--data", data, "--salient",
+        salient, "--out", out, "--name", name, "--image-size", "64x32", "--lus-frames", "24",
+        "--folds", "2", "--epochs", str(epochs), "--batch-size", "4", "--lr", "3e-4",
+        "--initializer", "he_normal", "--deterministic", "--seed", "1",
     ]
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=out)
-    seconds = time.perf_counter() - started
-    with open(os.path.join(out, name, "summary.json")) as handle:
-        return json.load(handle), seconds
+    t0 = time.perf_counter()
+    subprocess.run(command, env=dict(os.environ, **extra), check=True, stdout=subprocess.DEVNULL,
+                   cwd=out)
+    return json.loads(Path(out, name, "summary.json").read_text()), time.perf_counter() - t0
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each stage (default 2)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO_ROOT))
     from lungseg.data import write_lus_dataset, write_salient_dataset
 
-    info = machine_info()
-    say(machine_line(info))
-    rows, results = [], {}
+    info = common.machine_info()
+    common.say(common.machine_line(info))
+    results = {}
     with tempfile.TemporaryDirectory(prefix="lungseg-repro-") as scratch:
         data = str(write_lus_dataset(os.path.join(scratch, "lus"), n=24, seed=5))
         salient = str(write_salient_dataset(os.path.join(scratch, "salient"), n=16, seed=6))
-        for variant in VARIANTS:
-            summary, seconds = train(variant, data, salient, scratch, args.epochs)
-            if summary is None:
-                say(f"skip {variant}: {VARIANTS[variant][1][0]} is not installed")
+        for variant, (_, prefix) in VARIANTS.items():
+            if prefix and not shutil.which(prefix[0]):
+                common.say(f"skip {variant}: {prefix[0]} is not installed")
                 continue
-            folds = {f: m["dice"] for f, m in summary["folds"].items()}
-            results[variant] = {"pretrain_dice": summary["pretrain"]["dice"], "fold_dice": folds, "seconds": seconds}
-    plain = results["plain"]
+            summary, seconds = train(variant, data, salient, scratch, args.epochs)
+            results[variant] = {"pretrain_dice": summary["pretrain"]["dice"], "seconds": seconds,
+                                "fold_dice": {f: m["dice"] for f, m in summary["folds"].items()}}
+    plain, rows = results["plain"]["fold_dice"], []
     for variant, result in results.items():
-        differences = [abs(result["fold_dice"][f] - plain["fold_dice"][f]) for f in plain["fold_dice"]]
-        result["max_fold_difference"] = max(differences)
+        diff = max(abs(result["fold_dice"][f] - plain[f]) for f in plain)
+        result["max_fold_difference"] = diff
         rows.append([variant, f"{result['pretrain_dice']:.6f}",
                      "  ".join(f"{d:.6f}" for d in result["fold_dice"].values()),
-                     f"{max(differences):.2e}", "identical" if max(differences) == 0 else "differs",
+                     f"{diff:.2e}", "identical" if diff == 0 else "differs",
                      f"{result['seconds']:.0f}"])
-    say(format_table(["variant", "pretrain Dice", "fold Dice", "max |diff| vs plain", "", "s"], rows))
+    common.say(common.format_table(
+        ["variant", "pretrain Dice", "fold Dice", "max |diff| vs plain", "", "s"], rows))
     if args.json:
-        write_json(args.json, {"machine": info, "epochs": args.epochs, "variants": results})
-        say(f"JSON written to {args.json}")
+        common.write_json(args.json, {"machine": info, "epochs": args.epochs, "variants": results})
+        common.say(f"JSON written to {args.json}")
 
 
 if __name__ == "__main__":
