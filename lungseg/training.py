@@ -141,6 +141,26 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
+def replica_share(loss, replicas):
+    """``loss`` as Keras expects it of each of ``replicas`` model copies: divided by their number.
+
+    Keras divides a loss by the replicas, so that summing their gradients averages them,
+    and multiplies it back for the log, except a loss that is already one number per batch,
+    as ours are (Dice over the flattened batch): that one it leaves whole (Keras 3.15,
+    ``losses/loss.py`` ``reduce_values``), so the gradients were summed and the logged
+    ``loss`` and ``val_loss`` came out ``replicas`` times the true values. Each replica's
+    loss is that of its share of the global batch; the log shows their mean.
+    """
+    if replicas <= 1:
+        return loss
+
+    def share(y_true, y_pred):
+        return loss(y_true, y_pred) / replicas
+
+    share.__name__ = loss.__name__
+    return share
+
+
 def collapse_message(metrics):
     """Words for a collapsed stage, or None."""
     if metrics["empty_on_ribs"] > COLLAPSE_SHARE:
@@ -239,13 +259,14 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     stage_dir = run.stage_dir(stage_name)
     stage_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = EpochCheckpoint(stage_dir)
-    with distribution_strategy().scope():
+    strategy = distribution_strategy()
+    with strategy.scope():
         model = make_model()
         unfreeze(model)
         trainable, frozen_count = freeze(model, list(frozen))
         model.compile(
             optimizer=keras.optimizers.Adam(stage.learning_rate),
-            loss=LOSS_FUNCTIONS[config.loss],
+            loss=replica_share(LOSS_FUNCTIONS[config.loss], strategy.num_replicas_in_sync),
             metrics=[dice_coef, iou, "binary_accuracy", EmptyOnRibs(), FullPredictions()],
             jit_compile=config.jit_compile,
         )
