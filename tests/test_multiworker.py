@@ -192,9 +192,9 @@ def test_two_workers_train_one_run_folder_written_by_the_chief(tiny_lus, tiny_pr
     log = (run / "train.log").read_text()
     assert log.count("== X-Unet run") == 1 and "2 workers (MultiWorkerMirroredStrategy), this one worker 0, the chief" in log
     assert "worker 1" not in log
-    # The other worker wrote a scratch copy, gone now; its scratch parent is empty.
+    # The other worker wrote a scratch copy, gone now; the chief made none.
     assert f"this worker writes a copy in {tmp_path / 'tmp1'}" in worker
-    assert list((tmp_path / "tmp1").iterdir()) == [] and list((tmp_path / "tmp0").iterdir()) == []
+    assert list(tmp_path.glob("tmp*/lungseg-*")) == []
     # Trained together: the same reduced losses and metrics every epoch, each on half of
     # every global batch of 4 (8 training frames per fold: 2 steps of 2 frames, 2 folds).
     assert epoch_lines(chief) == epoch_lines(worker) and len(epoch_lines(chief)) == 2
@@ -230,7 +230,8 @@ def test_two_workers_killed_after_an_epoch_resume_together(tiny_lus, tiny_pretra
     assert worker_code == 0, worker[-3000:]
     for output in (chief, worker):
         assert "resuming after epoch 1 of 2" in output
-    assert epoch_lines(chief) == epoch_lines(worker) == [line for line in epoch_lines(chief) if "epoch 2/2" in line]
+    assert epoch_lines(chief) == epoch_lines(worker) and len(epoch_lines(chief)) == 1
+    assert "epoch 2/2" in epoch_lines(chief)[0]
     history = (out / "m" / "fold_1" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert not (out / "m" / "fold_1" / "state").exists()
