@@ -159,6 +159,31 @@ class RunFolder:
         with log_to(self.root / LOG):
             yield
 
+    def copy_to(self, root):
+        """Copy this run folder's files into ``root`` (a non-chief worker's scratch copy of the
+        chief's run, to resume from the same state); return the run folder there.
+
+        ``train.log`` stays (the copy keeps its own log), and so do other processes' temporary
+        files (``.tmp-<pid>-...``). A file that disappears while it is copied is skipped: the
+        chief may be tidying a stage killed in its first epoch, which the copy then tidies alike.
+        """
+        root = Path(root)
+        if self.root.is_dir():
+            for source in sorted(self.root.rglob("*")):
+                relative = source.relative_to(self.root)
+                if relative == Path(LOG) or any(part.startswith(".tmp-") for part in relative.parts):
+                    continue
+                target = root / relative
+                try:
+                    if source.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(source, target)
+                except FileNotFoundError:
+                    continue
+        return RunFolder(root, self.config)
+
     def create(self, overwrite=False):
         """Create the run folder, or check that an existing one holds the same configuration.
 
@@ -289,8 +314,11 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def environment(strategy=None, precision=None):
+def environment(strategy=None, precision=None, workers=1):
     """Versions, devices, threads and CPU features of this process, for the run's record.
+
+    ``workers``: the processes training together (several under ``MultiWorkerMirroredStrategy``;
+    the devices listed are this process's), ``replicas`` the model copies over all of them.
 
     Results can differ between machines of one kind: oneDNN picks kernels by CPU features
     (AVX-512, BF16, AMX) and thread count, which changes float rounding and so training.
@@ -320,10 +348,21 @@ def environment(strategy=None, precision=None):
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         },
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
-        "strategy": type(strategy).__name__ if strategy is not None else None,
+        "strategy": _strategy_name(strategy),
+        "workers": workers,
+        "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
         "precision": precision,
         "platform": platform.platform(),
     }
+
+
+def _strategy_name(strategy):
+    """The strategy's public name (``MultiWorkerMirroredStrategy``'s class is called
+    ``CollectiveAllReduceStrategy``)."""
+    if strategy is None:
+        return None
+    name = type(strategy).__name__
+    return {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}.get(name, name)
 
 
 def _cpu_info():
