@@ -15,7 +15,7 @@ import pytest
 
 from lungseg.errors import ConfigError
 from lungseg.files import read_json
-from lungseg.training import Cluster, cluster_from_tf_config
+from lungseg.distribute import Cluster, cluster_from_tf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--lus-frames", "16", "--folds", "2", "--batch-size", "4",
@@ -153,13 +153,13 @@ def test_a_lost_worker_is_one_line_that_says_how_to_go_on():
     import tensorflow as tf
 
     from lungseg.errors import LungsegError
-    from lungseg.training import _lost_worker_as_error
+    from lungseg.distribute import lost_worker_as_error
 
     text = ("{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:0/device:CPU:0}} "
             "Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks "
             "are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have "
             "crashed. Check the task logs for an earlier error.")
-    with pytest.raises(LungsegError) as caught, _lost_worker_as_error():
+    with pytest.raises(LungsegError) as caught, lost_worker_as_error():
         raise tf.errors.UnavailableError(None, None, text)
     assert str(caught.value) == (
         "a worker of the cluster stopped (/job:worker/replica:0/task:1 stopped sending heartbeats); "
