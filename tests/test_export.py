@@ -25,17 +25,6 @@ def frames(n=3, shape=(32, 32), seed=0):
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
 
 
-def trained_tiny_xunet(seed=1):
-    """A tiny X-Unet compiled with lungseg's loss and trained one step: it has Adam state."""
-    keras.utils.set_random_seed(seed)
-    model = lungseg.build_xunet((32, 32, 1))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lungseg.dice_loss,
-                  metrics=[lungseg.dice_coef])
-    x = np.stack(frames(4, seed=seed))[..., None].astype(np.float32)
-    model.fit(x, (x > 127).astype(np.float32), epochs=1, batch_size=4, verbose=0)
-    return model
-
-
 def write_run(root, models):
     """A minimal run folder whose fold_k/model.keras are ``models`` (slim)."""
     from lungseg.config import make_config
@@ -91,10 +80,20 @@ def tiny_run(module_tmp):
 
 @pytest.fixture(scope="module")
 def plain_keras(tiny_run, module_tmp):
-    """A slim file of a full-size X-Unet with Adam state, and the run exported to the keras
-    format (the ensemble, and fold 2 alone): what each predicts in a plain Keras process."""
-    model = trained_tiny_xunet()
+    """A narrow X-Unet loaded from a slim file the way fine-tuning loads one, compiled with
+    lungseg's loss and trained a step (so it has Adam state), then saved slim and saved whole;
+    and the run exported to the keras format (the ensemble, and fold 2 alone). What the slim
+    and exported files predict in a plain Keras process."""
+    from lungseg.config import make_config
+    from lungseg.training import load_model_for_finetuning
+
+    start = save_inference_model(narrow_xunet(seed=1), module_tmp / "start.keras")
+    model = load_model_for_finetuning(start, make_config("xunet", "s", image_size=(32, 32)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lungseg.dice_loss, metrics=[lungseg.dice_coef])
+    x = np.stack(frames(4, seed=1))[..., None].astype(np.float32)
+    history = model.fit(x, (x > 127).astype(np.float32), epochs=1, batch_size=4, verbose=0).history
     slim = save_inference_model(model, module_tmp / "slim.keras")
+    model.save(module_tmp / "whole.keras")  # with Adam's state and the compile config
     batch_frames = frames(3, (48, 40), seed=5)
     ensemble_file, fold_file = module_tmp / "ensemble.keras", module_tmp / "fold2.keras"
     printed = io.StringIO()
@@ -104,17 +103,23 @@ def plain_keras(tiny_run, module_tmp):
     predicted = plain_keras_predict({"slim": (slim, model_batch(batch_frames, 32, 32, 1)),
                                      "ensemble": (ensemble_file, tiny_run["batch"]),
                                      "fold_2": (fold_file, tiny_run["batch"])}, module_tmp)
-    return {"model": model, "slim": slim, "frames": batch_frames, "export_codes": codes,
+    return {"start": start, "model": model, "loss": history["loss"][0], "slim": slim,
+            "whole": module_tmp / "whole.keras", "frames": batch_frames, "export_codes": codes,
             "export_output": printed.getvalue(), "predicted": predicted}
 
 
 def test_slim_file_has_no_optimizer_and_loads_with_plain_keras(plain_keras):
     model, slim = plain_keras["model"], plain_keras["slim"]
-    assert model.optimizer.variables  # Adam's moments: twice the weights again
+    assert len(model.optimizer.variables) > 2 * len(model.trainable_variables)  # Adam's moments
+    # The whole file holds Adam's two moments of every weight besides the weights; the slim
+    # file only the weights (a full-size one: test_slim_xunet_file_at_256_is_under_130_mb).
     weights_bytes = 4 * model.count_params()
-    assert weights_bytes < slim.stat().st_size < 1.01 * weights_bytes + 1e6
+    assert weights_bytes < slim.stat().st_size
+    assert plain_keras["whole"].stat().st_size - slim.stat().st_size > 2 * weights_bytes
     with zipfile.ZipFile(slim) as archive:
         assert not json.loads(archive.read("config.json")).get("compile_config")
+    with zipfile.ZipFile(plain_keras["whole"]) as archive:  # the control
+        assert json.loads(archive.read("config.json"))["compile_config"]
     assert not inference_copy(model).compiled
     assert not [p for p in slim.parent.iterdir() if p.name.startswith(".tmp")]
 
@@ -123,17 +128,15 @@ def test_slim_file_has_no_optimizer_and_loads_with_plain_keras(plain_keras):
     np.testing.assert_allclose(plain_keras["predicted"]["slim"], expected, atol=1e-6)
     np.testing.assert_allclose(predict_probabilities(model, batch_frames), expected, atol=1e-6)
 
-    # Fine-tuning from the slim file works the way training loads it.
-    from lungseg.config import make_config
-    from lungseg.training import load_model_for_finetuning
 
-    reloaded = load_model_for_finetuning(slim, make_config("xunet", "s", image_size=(32, 32)))
-    reloaded.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lungseg.dice_loss)
-    x = np.stack(batch_frames[:2])[..., None][:, :32, :32].astype(np.float32)
-    history = reloaded.fit(x, (x > 127).astype(np.float32), epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][0])
-    before = load_model(slim).get_layer("decoder1_conv2").get_weights()[0]
-    assert not np.array_equal(reloaded.get_layer("decoder1_conv2").get_weights()[0], before)
+def test_fine_tuning_starts_from_a_slim_file(plain_keras):
+    """The model above was loaded from a slim file as training loads a pre-trained model, and
+    its training step changed the weights."""
+    assert np.isfinite(plain_keras["loss"])
+    start = load_model(plain_keras["start"])
+    for name in ("block1_conv1", "bottleneck_conv2", "decoder1_conv2", "mask"):
+        before, after = start.get_layer(name).get_weights()[0], plain_keras["model"].get_layer(name).get_weights()[0]
+        assert before.shape == after.shape and not np.array_equal(before, after), name
 
 
 def test_slim_xunet_file_at_256_is_under_130_mb(tmp_path):
