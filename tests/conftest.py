@@ -70,6 +70,42 @@ def _release_shared_folders(request):
                 shutil.rmtree(_shared_folders.pop(name), ignore_errors=True)
 
 
+# With pytest-xdist (make test runs two workers), the modules of the shared runs and the tests
+# marked full_size run on one worker, one after another: their model files must not add up
+# with another worker's. Every other module runs on one worker (its fixtures built once).
+FULL_SIZE_MODULES = ("test_reliability", "test_report", "test_report_native", "test_training")
+FULL_SIZE_TESTS = ("test_encoder_weights_load_from_a_local_file", "test_slim_xunet_file_at_256_is_under_130_mb")
+
+
+def xdist_scope(nodeid):
+    """The unit of work that the test ``nodeid`` belongs to (``tests/<module>.py::<name>...``)."""
+    path, name = nodeid.split("::")[:2]
+    if Path(path).stem in FULL_SIZE_MODULES or name.split("[")[0] in FULL_SIZE_TESTS:
+        return "full_size"
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    wrong = [item.nodeid for item in items
+             if (item.get_closest_marker("full_size") or any(name in item.fixturenames for name in SHARED))
+             and xdist_scope(item.nodeid) != "full_size"]
+    if wrong:
+        raise pytest.UsageError("tests with full-size model files outside conftest.FULL_SIZE_MODULES "
+                                f"and FULL_SIZE_TESTS: {', '.join(wrong)}")
+
+
+if importlib.util.find_spec("xdist"):
+
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Scheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid):
+                return xdist_scope(nodeid)
+
+        return Scheduling(config, log)
+
+
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory, request):
     """A folder for the files a module's tests share, removed when the module is done (a

@@ -211,6 +211,7 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
     assert not same(start.get_layer("block1_conv1").get_weights(), saved.get_layer("block1_conv1").get_weights())
 
 
+@pytest.mark.full_size
 def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
     code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
                       "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY)
