@@ -95,6 +95,27 @@ print(json.dumps([codes, heavy()]))
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [[0, 0], []], result.stderr
 
 
+def test_a_missing_model_or_fold_is_named_before_tensorflow_loads(tmp_path):
+    """lungseg-predict checks the model file or run folder, as it does its options, before
+    TensorFlow starts (seconds)."""
+    write_image(tmp_path / "frame.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "run" / "fold_1").mkdir(parents=True)
+    from lungseg.config import make_config
+
+    (tmp_path / "run" / "config.json").write_text(make_config("xunet", "run", image_size=(32, 32)).to_json())
+    result = python(LOADED, f"""
+from lungseg.predict import main
+frame = {str(tmp_path / 'frame.png')!r}
+codes = [main([{str(tmp_path / 'missing.keras')!r}, frame]),
+         main([{str(tmp_path / 'run')!r}, frame, "--fold", "1"])]
+print(json.dumps([codes, heavy()]))
+""")
+    codes, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert codes == [2, 2] and heavy == [], result.stderr
+    assert f"error: {tmp_path / 'missing.keras'}: model file does not exist" in result.stderr
+    assert "fold(s) fold_1 not finished" in result.stderr
+
+
 def test_public_names_are_imported_on_first_use():
     import lungseg
     from lungseg import build_vunet, dice_loss
