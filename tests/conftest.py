@@ -11,6 +11,7 @@ import collections
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,38 +71,54 @@ def _release_shared_folders(request):
                 shutil.rmtree(_shared_folders.pop(name), ignore_errors=True)
 
 
-# With pytest-xdist (make test runs two workers), the modules of the shared runs and the tests
-# marked full_size run on one worker, one after another: their model files must not add up
-# with another worker's. Every other module runs on one worker (its fixtures built once).
-FULL_SIZE_MODULES = ("test_reliability", "test_report", "test_report_native", "test_training")
-FULL_SIZE_TESTS = ("test_encoder_weights_load_from_a_local_file", "test_slim_xunet_file_at_256_is_under_130_mb")
+# With pytest-xdist (make test runs two workers), the tests of the shared runs and those marked
+# full_size run on one worker, one after another, so that their model files never add up with
+# another worker's (and the shared runs are trained once); every other module runs on one
+# worker (its module fixtures are built once). Each worker writes which of its tests are
+# full-size into a folder that the controller's scheduler reads.
 
 
-def xdist_scope(nodeid):
-    """The unit of work that the test ``nodeid`` belongs to (``tests/<module>.py::<name>...``)."""
-    path, name = nodeid.split("::")[:2]
-    if Path(path).stem in FULL_SIZE_MODULES or name.split("[")[0] in FULL_SIZE_TESTS:
-        return "full_size"
-    return path
+def full_size(item):
+    return item.get_closest_marker("full_size") is not None or any(name in item.fixturenames for name in SHARED)
 
 
 def pytest_collection_modifyitems(config, items):
-    wrong = [item.nodeid for item in items
-             if (item.get_closest_marker("full_size") or any(name in item.fixturenames for name in SHARED))
-             and xdist_scope(item.nodeid) != "full_size"]
-    if wrong:
-        raise pytest.UsageError("tests with full-size model files outside conftest.FULL_SIZE_MODULES "
-                                f"and FULL_SIZE_TESTS: {', '.join(wrong)}")
+    folder = getattr(config, "workerinput", {}).get("lungseg_full_size")
+    if folder:
+        worker = config.workerinput["workerid"]
+        text = "".join(f"{item.nodeid}\n" for item in items if full_size(item))
+        (Path(folder) / f"{worker}.tmp").write_text(text)
+        (Path(folder) / f"{worker}.tmp").rename(Path(folder) / f"{worker}.txt")
 
 
 if importlib.util.find_spec("xdist"):
 
+    def pytest_configure_node(node):
+        if not hasattr(node.config, "lungseg_full_size"):
+            node.config.lungseg_full_size = Path(tempfile.mkdtemp(prefix="lungseg-xdist-"))
+        node.workerinput["lungseg_full_size"] = str(node.config.lungseg_full_size)
+
+    def pytest_unconfigure(config):
+        if hasattr(config, "lungseg_full_size"):
+            shutil.rmtree(config.lungseg_full_size, ignore_errors=True)
+
     def pytest_xdist_make_scheduler(config, log):
         from xdist.scheduler import LoadScopeScheduling
 
+        # Units in collection order, not largest first: the full-size unit (about half of the
+        # suite's time) starts early, and modules are left over for the worker that ends it.
+        config.option.loadscopereorder = False
+
         class Scheduling(LoadScopeScheduling):
+            """Units of work: the full-size tests together, else each test module."""
+
+            full_size = None
+
             def _split_scope(self, nodeid):
-                return xdist_scope(nodeid)
+                if self.full_size is None:  # every worker has collected when scheduling starts
+                    files = config.lungseg_full_size.glob("*.txt")
+                    self.full_size = {line for path in files for line in path.read_text().splitlines()}
+                return "full_size" if nodeid in self.full_size else nodeid.split("::")[0]
 
         return Scheduling(config, log)
 
