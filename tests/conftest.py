@@ -91,23 +91,34 @@ def pytest_collection_modifyitems(config, items):
         (Path(folder) / f"{worker}.tmp").rename(Path(folder) / f"{worker}.txt")
 
 
-if importlib.util.find_spec("xdist"):
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistUnits(), "lungseg-xdist-units")
 
-    def pytest_configure_node(node):
-        if not hasattr(node.config, "lungseg_full_size"):
-            node.config.lungseg_full_size = Path(tempfile.mkdtemp(prefix="lungseg-xdist-"))
-        node.workerinput["lungseg_full_size"] = str(node.config.lungseg_full_size)
 
-    def pytest_unconfigure(config):
-        if hasattr(config, "lungseg_full_size"):
-            shutil.rmtree(config.lungseg_full_size, ignore_errors=True)
+class XdistUnits:
+    """pytest-xdist's hooks (registered only with pytest-xdist active)."""
 
-    def pytest_xdist_make_scheduler(config, log):
+    folder = None
+
+    def pytest_configure_node(self, node):
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="lungseg-xdist-"))
+        node.workerinput["lungseg_full_size"] = str(self.folder)
+
+    def pytest_unconfigure(self, config):
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def pytest_xdist_make_scheduler(self, config, log):
+        if config.getvalue("dist") == "each":  # every test on every worker: nothing to group
+            return None
         from xdist.scheduler import LoadScopeScheduling
 
         # Units in collection order, not largest first: the full-size unit (about half of the
         # suite's time) starts early, and modules are left over for the worker that ends it.
         config.option.loadscopereorder = False
+        folder = self.folder
 
         class Scheduling(LoadScopeScheduling):
             """Units of work: the full-size tests together, else each test module."""
@@ -116,8 +127,7 @@ if importlib.util.find_spec("xdist"):
 
             def _split_scope(self, nodeid):
                 if self.full_size is None:  # every worker has collected when scheduling starts
-                    files = config.lungseg_full_size.glob("*.txt")
-                    self.full_size = {line for path in files for line in path.read_text().splitlines()}
+                    self.full_size = {line for path in folder.glob("*.txt") for line in path.read_text().splitlines()}
                 return "full_size" if nodeid in self.full_size else nodeid.split("::")[0]
 
         return Scheduling(config, log)
