@@ -59,7 +59,10 @@ def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(narrow_pr
     epochs = 8  # half a second each over two replicas: a kill lands in the middle of the stage
     argv = fine_tuning(tiny_lus, narrow_pretrained, tmp_path, "k", epochs)
     command = [sys.executable, "-c", MIRRORED, *map(str, argv)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    # TMPDIR: the killed process cannot remove the files autograph writes there.
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "TMPDIR": str(tmp_path / "tmp")}
     state = tmp_path / "k" / "fold_1" / "state" / "state.json"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     saved_epoch(state, 2, process)
