@@ -25,7 +25,7 @@ from keras import ops
 
 from lungseg.config import TTA_CHOICES
 from lungseg.models import inference_copy
-from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.errors import ConfigError
 from lungseg.files import atomic_path
 
 
@@ -126,28 +126,8 @@ def load_predictor(path: str | Path, tta: str = "none", folds: Iterable[str] | N
     ``path`` is a run folder (every finished fold model is loaded, or only ``folds``, names
     such as ``fold_2``) or a model file. Raises ``LungsegError`` naming what is missing.
     """
-    from lungseg.predict import load_model
-    from lungseg.runs import CONFIG, RunFolder
+    from lungseg.predict import load_model, model_files
 
-    path = Path(path)
-    if not path.exists():
-        if path.suffix in (".keras", ".h5"):
-            raise LungsegError(f"{path}: model file does not exist")
-        raise LungsegError(f"{path}: does not exist (give a run folder or a .keras model file)")
-    if path.is_dir():
-        if not (path / CONFIG).is_file():
-            raise DataError(f"{path}: not a run folder (no {CONFIG}) nor a .keras model file")
-        run = RunFolder.open(path)
-        finished = run.finished_folds()
-        chosen = finished if not folds else list(folds)
-        missing = [fold for fold in chosen if fold not in finished]
-        if missing:
-            raise DataError(f"{path}: fold(s) {', '.join(missing)} not finished "
-                            f"(finished: {', '.join(finished) or 'none'})")
-        if not chosen:
-            raise DataError(f"{path}: no finished fold model (fold_k/model.keras); finish training first")
-        paths = [run.model_path(fold) for fold in chosen]
-    else:
-        run, chosen, paths = None, [], [path]
+    run, chosen, paths = model_files(path, folds)
     model = ensemble([load_model(p) for p in paths], tta=tta)
     return Predictor(model=model, paths=paths, run=run, tta=tta, folds=chosen)

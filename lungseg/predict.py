@@ -53,6 +53,8 @@ from lungseg.progress import Progress
 if TYPE_CHECKING:
     import keras
 
+    from lungseg.runs import RunFolder
+
     from lungseg.data.sources import Source
 
 DEFAULT_THRESHOLD = 0.5
@@ -103,6 +105,37 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
         raise LungsegError(f"{path}: not a loadable Keras model ({_first_line(error)})") from error
     input_size(model, source=path)
     return model
+
+
+def model_files(
+    path: str | Path, folds: Iterable[str] | None = None
+) -> tuple[RunFolder | None, list[str], list[Path]]:
+    """The run folder (or None), fold names and model files that ``path`` stands for: a run
+    folder's finished folds (or only ``folds``), or one model file. Raises ``LungsegError``
+    naming what is missing. Needs no Keras: lungseg-predict checks the model path before
+    TensorFlow starts (seconds), as it does its options.
+    """
+    from lungseg.runs import CONFIG, RunFolder
+
+    path = Path(path)
+    if not path.exists():
+        if path.suffix in (".keras", ".h5"):
+            raise LungsegError(f"{path}: model file does not exist")
+        raise LungsegError(f"{path}: does not exist (give a run folder or a .keras model file)")
+    if not path.is_dir():
+        return None, [], [path]
+    if not (path / CONFIG).is_file():
+        raise DataError(f"{path}: not a run folder (no {CONFIG}) nor a .keras model file")
+    run = RunFolder.open(path)
+    finished = run.finished_folds()
+    chosen = finished if not folds else list(folds)
+    missing = [fold for fold in chosen if fold not in finished]
+    if missing:
+        raise DataError(f"{path}: fold(s) {', '.join(missing)} not finished "
+                        f"(finished: {', '.join(finished) or 'none'})")
+    if not chosen:
+        raise DataError(f"{path}: no finished fold model (fold_k/model.keras); finish training first")
+    return run, chosen, [run.model_path(fold) for fold in chosen]
 
 
 def _first_line(error: BaseException) -> str:
@@ -490,7 +523,6 @@ def run(args: argparse.Namespace) -> int:
     """Do the work of the command line; return its exit status (0, or 1 if files skipped)."""
     from lungseg.data.sources import read_source
     from lungseg.files import write_text
-    from lungseg.inference import load_predictor
     from lungseg.postprocess import PostProcess
     from lungseg.runs import fold_name
 
@@ -506,8 +538,11 @@ def run(args: argparse.Namespace) -> int:
     files, others = _frame_files(args.input)
     out = args.out if args.out is not None else default_output_folder(args.input)
     _check_output_folder(out)
-    predictor = load_predictor(args.model, tta=args.tta,
-                               folds=[fold_name(k) for k in args.fold] if args.fold else None)
+    folds = [fold_name(k) for k in args.fold] if args.fold else None
+    model_files(args.model, folds)  # a missing model or fold: before TensorFlow starts
+    from lungseg.inference import load_predictor
+
+    predictor = load_predictor(args.model, tta=args.tta, folds=folds)
     model = predictor.model
     try:
         out.mkdir(parents=True, exist_ok=True)

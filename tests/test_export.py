@@ -1,6 +1,8 @@
 """Slim model files that plain Keras loads, and lungseg-export run by each format's runtime."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 import lungseg
+from conftest import narrow_xunet
 from lungseg.export import main
 from lungseg.inference import ensemble, inference_copy, save_inference_model
 from lungseg.predict import load_model, model_batch, predict_probabilities
@@ -20,17 +23,6 @@ from lungseg.predict import load_model, model_batch, predict_probabilities
 def frames(n=3, shape=(32, 32), seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
-
-
-def trained_tiny_xunet(seed=1):
-    """A tiny X-Unet compiled with lungseg's loss and trained one step: it has Adam state."""
-    keras.utils.set_random_seed(seed)
-    model = lungseg.build_xunet((32, 32, 1))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lungseg.dice_loss,
-                  metrics=[lungseg.dice_coef])
-    x = np.stack(frames(4, seed=seed))[..., None].astype(np.float32)
-    model.fit(x, (x > 127).astype(np.float32), epochs=1, batch_size=4, verbose=0)
-    return model
 
 
 def write_run(root, models):
@@ -46,56 +38,108 @@ def write_run(root, models):
     return root
 
 
+# Loads each model file given (model, batch, output) and saves its predictions, in a process
+# that never imports lungseg.
 PLAIN_KERAS = textwrap.dedent("""
     import sys
     import keras
     import numpy as np
-    model = keras.models.load_model(sys.argv[1])
-    out = model.predict(np.load(sys.argv[2]).astype("float32"), verbose=0)
-    np.save(sys.argv[3], out)
+    arguments = sys.argv[1:]
+    for model_path, batch, out in zip(arguments[::3], arguments[1::3], arguments[2::3]):
+        model = keras.models.load_model(model_path)
+        np.save(out, model.predict(np.load(batch).astype("float32"), verbose=0))
     print("lungseg imported:", any(name.split(".")[0] == "lungseg" for name in sys.modules))
 """)
 
 
-def plain_keras_predict(model_path, batch, tmp_path):
-    """Load and run a model in a fresh process that never imports lungseg."""
-    np.save(tmp_path / "batch.npy", batch)
-    result = subprocess.run(
-        [sys.executable, "-c", PLAIN_KERAS, str(model_path), str(tmp_path / "batch.npy"),
-         str(tmp_path / "out.npy")],
-        capture_output=True, text=True, timeout=300,
-    )
+def plain_keras_predict(models, folder):
+    """{name: probabilities} of each (model file, batch) in ``models`` ({name: (path, batch)}),
+    all loaded and run in one fresh process that never imports lungseg."""
+    arguments = []
+    for name, (model_path, batch) in models.items():
+        np.save(folder / f"{name}_batch.npy", batch)
+        arguments += [model_path, folder / f"{name}_batch.npy", folder / f"{name}_out.npy"]
+    result = subprocess.run([sys.executable, "-c", PLAIN_KERAS, *map(str, arguments)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "lungseg imported: False" in result.stdout
-    return np.load(tmp_path / "out.npy")[..., 0]
+    return {name: np.load(folder / f"{name}_out.npy")[..., 0] for name in models}
 
 
-def test_slim_file_has_no_optimizer_and_loads_with_plain_keras(tmp_path):
-    model = trained_tiny_xunet()
-    assert model.optimizer.variables  # Adam's moments: twice the weights again
-    slim = save_inference_model(model, tmp_path / "slim.keras")
+@pytest.fixture(scope="module")
+def tiny_run(module_tmp):
+    """A run folder of two narrow X-Unets (conftest.narrow_xunet: X-Unet's layers, 1/32 of its
+    filters) and what the fold ensemble and fold 2 predict on a batch."""
+    models = [narrow_xunet(seed=11), narrow_xunet(seed=12)]
+    root = write_run(module_tmp / "run", models)
+    batch = frames(3, seed=9)
+    expected = np.mean([predict_probabilities(m, batch) for m in models], axis=0)
+    return {"root": root, "batch": model_batch(batch, 32, 32, 1).astype(np.float32),
+            "expected": expected, "fold_2": predict_probabilities(models[1], batch)}
+
+
+@pytest.fixture(scope="module")
+def plain_keras(tiny_run, module_tmp):
+    """A narrow X-Unet loaded from a slim file the way fine-tuning loads one, compiled with
+    lungseg's loss and trained a step (so it has Adam state), then saved slim and saved whole;
+    and the run exported to the keras format (the ensemble, and fold 2 alone). What the slim
+    and exported files predict in a plain Keras process."""
+    from lungseg.config import make_config
+    from lungseg.training import load_model_for_finetuning
+
+    start = save_inference_model(narrow_xunet(seed=1), module_tmp / "start.keras")
+    model = load_model_for_finetuning(start, make_config("xunet", "s", image_size=(32, 32)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lungseg.dice_loss, metrics=[lungseg.dice_coef])
+    x = np.stack(frames(4, seed=1))[..., None].astype(np.float32)
+    history = model.fit(x, (x > 127).astype(np.float32), epochs=1, batch_size=4, verbose=0).history
+    slim = save_inference_model(model, module_tmp / "slim.keras")
+    model.save(module_tmp / "whole.keras")  # with Adam's state and the compile config
+    batch_frames = frames(3, (48, 40), seed=5)
+    ensemble_file, fold_file = module_tmp / "ensemble.keras", module_tmp / "fold2.keras"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        codes = [main([str(tiny_run["root"]), "--format", "keras", "--out", str(ensemble_file)]),
+                 main([str(tiny_run["root"]), "--fold", "2", "--format", "keras", "--out", str(fold_file)])]
+    predicted = plain_keras_predict({"slim": (slim, model_batch(batch_frames, 32, 32, 1)),
+                                     "ensemble": (ensemble_file, tiny_run["batch"]),
+                                     "fold_2": (fold_file, tiny_run["batch"])}, module_tmp)
+    return {"start": start, "model": model, "loss": history["loss"][0], "slim": slim,
+            "whole": module_tmp / "whole.keras", "frames": batch_frames, "export_codes": codes,
+            "export_output": printed.getvalue(), "predicted": predicted}
+
+
+def test_slim_file_has_no_optimizer_and_loads_with_plain_keras(plain_keras):
+    model, slim = plain_keras["model"], plain_keras["slim"]
+    assert len(model.optimizer.variables) > 2 * len(model.trainable_variables)  # Adam's moments
+    # The whole file holds Adam's two moments of every weight besides the weights; the slim
+    # file only the weights (a full-size one: test_slim_xunet_file_at_256_is_under_130_mb).
     weights_bytes = 4 * model.count_params()
-    assert weights_bytes < slim.stat().st_size < 1.01 * weights_bytes + 1e6
+    assert weights_bytes < slim.stat().st_size
+    assert plain_keras["whole"].stat().st_size - slim.stat().st_size > 2 * weights_bytes
     with zipfile.ZipFile(slim) as archive:
         assert not json.loads(archive.read("config.json")).get("compile_config")
+    with zipfile.ZipFile(plain_keras["whole"]) as archive:  # the control
+        assert json.loads(archive.read("config.json"))["compile_config"]
     assert not inference_copy(model).compiled
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in slim.parent.iterdir() if p.name.startswith(".tmp")]
 
-    batch_frames = frames(3, (48, 40), seed=5)
+    batch_frames = plain_keras["frames"]
     expected = predict_probabilities(load_model(slim), batch_frames)
-    plain = plain_keras_predict(slim, model_batch(batch_frames, 32, 32, 1), tmp_path)
-    np.testing.assert_allclose(plain, expected, atol=1e-6)
+    np.testing.assert_allclose(plain_keras["predicted"]["slim"], expected, atol=1e-6)
     np.testing.assert_allclose(predict_probabilities(model, batch_frames), expected, atol=1e-6)
 
-    # fine-tuning from the slim file still works through lungseg
-    from lungseg.training import load_model_for_finetuning  # noqa: F401  (the path used)
 
-    reloaded = keras.models.load_model(slim)
-    reloaded.compile(optimizer="adam", loss=lungseg.dice_loss)
-    x = np.stack(batch_frames[:2])[..., None][:, :32, :32].astype(np.float32)
-    reloaded.fit(x, (x > 127).astype(np.float32), epochs=1, verbose=0)
+def test_fine_tuning_starts_from_a_slim_file(plain_keras):
+    """The model above was loaded from a slim file as training loads a pre-trained model, and
+    its training step changed the weights."""
+    assert np.isfinite(plain_keras["loss"])
+    start = load_model(plain_keras["start"])
+    for name in ("block1_conv1", "bottleneck_conv2", "decoder1_conv2", "mask"):
+        before, after = start.get_layer(name).get_weights()[0], plain_keras["model"].get_layer(name).get_weights()[0]
+        assert before.shape == after.shape and not np.array_equal(before, after), name
 
 
+@pytest.mark.full_size
 def test_slim_xunet_file_at_256_is_under_130_mb(tmp_path):
     path = save_inference_model(lungseg.build_xunet((256, 256, 1)), tmp_path / "x.keras")
     size_mb = path.stat().st_size / 1e6
@@ -104,8 +148,7 @@ def test_slim_xunet_file_at_256_is_under_130_mb(tmp_path):
 
 
 def test_ensemble_is_the_mean_of_its_members_and_flip_tta_is_symmetric():
-    keras.utils.set_random_seed(3)
-    first, second = lungseg.build_xunet((32, 32, 1)), lungseg.build_xunet((32, 32, 1))
+    first, second = narrow_xunet(seed=3), narrow_xunet(seed=4)
     batch = frames(4, seed=2)
     expected = (predict_probabilities(first, batch) + predict_probabilities(second, batch)) / 2
     both = ensemble([first, second])
@@ -122,28 +165,11 @@ def test_ensemble_is_the_mean_of_its_members_and_flip_tta_is_symmetric():
     np.testing.assert_allclose(flipped, (plain + mirrored) / 2, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    keras.utils.set_random_seed(11)
-    models = [lungseg.build_xunet((32, 32, 1)) for _ in range(2)]
-    root = write_run(tmp_path_factory.mktemp("export") / "run", models)
-    batch = frames(3, seed=9)
-    expected = np.mean([predict_probabilities(m, batch) for m in models], axis=0)
-    return {"root": root, "batch": model_batch(batch, 32, 32, 1).astype(np.float32),
-            "expected": expected, "fold_2": predict_probabilities(models[1], batch)}
-
-
-def test_export_keras_format_of_a_run_is_its_ensemble_and_needs_no_lungseg(tiny_run, tmp_path, capsys):
-    out = tmp_path / "ensemble.keras"
-    assert main([str(tiny_run["root"]), "--format", "keras", "--out", str(out)]) == 0
-    assert "mean of 2 fold models" in capsys.readouterr().out
-    plain = plain_keras_predict(out, tiny_run["batch"], tmp_path)
-    np.testing.assert_allclose(plain, tiny_run["expected"], atol=1e-6)
-
-    one = tmp_path / "fold2.keras"
-    assert main([str(tiny_run["root"]), "--fold", "2", "--format", "keras", "--out", str(one)]) == 0
-    np.testing.assert_allclose(plain_keras_predict(one, tiny_run["batch"], tmp_path),
-                               tiny_run["fold_2"], atol=1e-6)
+def test_export_keras_format_of_a_run_is_its_ensemble_and_needs_no_lungseg(tiny_run, plain_keras):
+    assert plain_keras["export_codes"] == [0, 0]
+    assert "mean of 2 fold models" in plain_keras["export_output"]
+    np.testing.assert_allclose(plain_keras["predicted"]["ensemble"], tiny_run["expected"], atol=1e-6)
+    np.testing.assert_allclose(plain_keras["predicted"]["fold_2"], tiny_run["fold_2"], atol=1e-6)
 
 
 def test_export_saved_model_runs_in_tensorflow(tiny_run, tmp_path):
@@ -183,21 +209,17 @@ def test_export_litert_runs_in_the_litert_interpreter(tiny_run, tmp_path):
     np.testing.assert_allclose(output, tiny_run["fold_2"], atol=1e-4)
 
 
-ONNX_MISSING = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-
-
-@pytest.mark.skipif(bool(ONNX_MISSING), reason=f"ONNX export needs {', '.join(ONNX_MISSING)}: "
-                    "pip install '.[export,test]'")
 def test_export_onnx_runs_in_onnxruntime(tiny_run, tmp_path):
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    assert not missing, f"ONNX export needs {', '.join(missing)}: pip install '.[export,test]'"
     import onnxruntime
 
-    out = tmp_path / "model.onnx"  # one fold: tf2onnx takes a minute per 31 M parameters
-    argv = [str(tiny_run["root"]), "--fold", "2", "--format", "onnx", "--out", str(out)]
-    assert main(argv) == 0
+    out = tmp_path / "model.onnx"  # the fold ensemble (tf2onnx takes a minute per 31 M parameters)
+    assert main([str(tiny_run["root"]), "--format", "onnx", "--out", str(out)]) == 0
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     output = session.run(None, {name: tiny_run["batch"]})[0][..., 0]
-    np.testing.assert_allclose(output, tiny_run["fold_2"], atol=1e-4)
+    np.testing.assert_allclose(output, tiny_run["expected"], atol=1e-4)
 
 
 def cli_error(argv, capsys):

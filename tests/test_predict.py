@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-import lungseg
+from conftest import narrow_xunet
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.predict import (
     default_output_folder,
@@ -24,13 +24,12 @@ FRAME_SHAPES = ((100, 40), (60, 90))
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Tiny X-Unets saved to .keras: gray input and 3-channel input."""
-    folder = tmp_path_factory.mktemp("models")
+def models(module_tmp):
+    """Narrow X-Unets (conftest.narrow_xunet) saved to .keras: gray input and 3-channel input."""
     paths = {}
     for channels in (1, 3):
-        path = folder / f"xunet_{channels}.keras"
-        lungseg.build_xunet((32, 32, channels)).save(path)
+        path = module_tmp / f"xunet_{channels}.keras"
+        narrow_xunet((32, 32, channels)).save(path)
         paths[channels] = path
     return paths
 

@@ -1,24 +1,20 @@
-"""Bad input, interruptions, determinism and safe loading, through the command lines.
+"""Bad input and safe loading, through the command lines (interruptions and determinism:
+test_interruptions.py).
 
 Every bad-input case ends with either a documented accepted behaviour or exit code 2, one
 clear message naming the file or option, no traceback, and existing folders unchanged.
 """
 
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import cv2
 import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_script, snapshot
+from conftest import TINY, narrow_xunet, run_script, snapshot
 from lungseg.data import write_lus_dataset
 from lungseg.data.io import write_image
-from lungseg.files import read_json
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +181,8 @@ def test_not_a_model_and_lambda_models_are_refused_by_evaluate_and_predict(tmp_p
 
 def test_model_of_another_input_size_in_a_run_folder(vunet_run, tmp_path, capsys, copy_of):
     run = copy_of(vunet_run["dir"], tmp_path / "v", link=True)
-    from lungseg.models import build_xunet
-
     (run / "fold_1" / "model.keras").unlink()  # a hard link to the fixture's: replace, not overwrite
-    build_xunet((48, 48, 1)).save(run / "fold_1" / "model.keras")
+    narrow_xunet((48, 48, 1)).save(run / "fold_1" / "model.keras")
     results = tmp_path / "results"
     code = run_script("evaluate", run, "--out", results)
     check_failure(code, capsys, "fold_1/model.keras", "48x48", "32x32")
@@ -226,74 +220,3 @@ def test_every_model_loader_keeps_safe_mode_on(tiny_lus, tmp_path, capsys):
         if not module.name.endswith("__main__"):
             importlib.import_module(module.name)
     assert in_safe_mode() is not False
-
-
-# --- interruptions ------------------------------------------------------------------------
-
-
-def test_killed_run_resumes_from_its_saved_epoch_and_finishes(xunet_run, tiny_lus, tmp_path):
-    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
-    command = [sys.executable, str(ROOT / "train_xunet.py"), "--data", str(tiny_lus), "--out", str(tmp_path),
-               "--name", "k", "--pretrained", str(pretrained), "--epochs", "4", "--fold", "1", *map(str, TINY)]
-    state = tmp_path / "k" / "fold_1" / "state" / "state.json"
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if state.exists() and read_json(state)["epoch"] >= 2:
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, process.stdout.read()[-3000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    saved_epoch = read_json(state)["epoch"]
-    assert 2 <= saved_epoch < 4
-    assert not (tmp_path / "k" / "fold_1" / "metrics.json").exists()
-
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"resuming after epoch {saved_epoch} of 4" in again.stdout
-    history = (tmp_path / "k" / "fold_1" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3"]
-    assert not list(tmp_path.rglob(".tmp-*")) and not state.parent.exists()
-    keras.models.load_model(tmp_path / "k" / "fold_1" / "model.keras")
-
-
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(xunet_run, tiny_lus, tmp_path):
-    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
-    command = [sys.executable, str(ROOT / "train_xunet.py"), "--data", str(tiny_lus), "--out", str(tmp_path),
-               "--name", "c", "--pretrained", str(pretrained), "--epochs", "50", "--fold", "1", *map(str, TINY)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = tmp_path / "c" / "fold_1" / "state" / "state.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and not state.exists():
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-3000:]
-    assert "Run the same command again to resume" in err
-    assert "Traceback" not in err
-
-
-# --- determinism --------------------------------------------------------------------------
-
-
-def test_same_seed_same_splits_augmentation_and_dice(xunet_run, tiny_lus, tmp_path):
-    """Two runs of one command on this machine agree (in fresh processes: op determinism is
-    process-wide and must not leak into other tests)."""
-    from lungseg.data import PaperAugmentation
-
-    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
-    summaries = []
-    for name in ("a", "b"):
-        command = [sys.executable, str(ROOT / "train_xunet.py"), "--data", str(tiny_lus), "--out", str(tmp_path),
-                   "--name", name, "--pretrained", str(pretrained), "--epochs", "1", "--fold", "1",
-                   "--deterministic", *map(str, TINY)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        summaries.append(read_json(tmp_path / name / "summary.json"))
-    assert (tmp_path / "a" / "splits.json").read_text() == (tmp_path / "b" / "splits.json").read_text()
-    dice = [s["folds"]["fold_1"]["dice"] for s in summaries]
-    assert dice[0] == dice[1]
-    draws = [PaperAugmentation().random_parameters(8, 32, 32, seed=3) for _ in range(2)]
-    for key in draws[0]:
-        np.testing.assert_array_equal(np.asarray(draws[0][key]), np.asarray(draws[1][key]))

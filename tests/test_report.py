@@ -1,7 +1,6 @@
 """evaluate.py end to end on the tiny runs: every file, the table matches summary.json."""
 
 import csv
-import shutil
 
 import cv2
 import numpy as np
@@ -18,8 +17,8 @@ FIGURES = ("overlays.png", "training_curves.png", "boxplots.png")
 
 
 @pytest.fixture(scope="module")
-def results(vunet_run, xunet_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("results") / "res"
+def results(vunet_run, xunet_run, module_tmp):
+    out = module_tmp / "res"
     code = run_script("evaluate", vunet_run["dir"], xunet_run["dir"], "--out", out, "--save-masks")
     return {"code": code, "out": out}
 
@@ -118,9 +117,9 @@ def test_evaluation_gives_the_fold_dice_training_recorded(results, vunet_run, xu
                     trained[fold][metric], abs=1e-6), (label, fold, metric)
 
 
-def test_a_copied_run_evaluates_the_same_from_anywhere(results, vunet_run, tmp_path, monkeypatch):
-    copied = tmp_path / "elsewhere" / "moved_v"
-    shutil.copytree(vunet_run["dir"], copied)
+def test_a_copied_run_evaluates_the_same_from_anywhere(results, vunet_run, tmp_path, monkeypatch, copy_of):
+    # Hard links: evaluating must not write there, and the snapshot would see a replaced file.
+    copied = copy_of(vunet_run["dir"], tmp_path / "elsewhere" / "moved_v", link=True)
     third = tmp_path / "third"
     third.mkdir()
     monkeypatch.chdir(third)

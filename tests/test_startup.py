@@ -1,5 +1,6 @@
 """Start-up: light imports, Keras finds lungseg's loss when loading, quiet TensorFlow logs."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, narrow_xunet
 from lungseg import _startup
 from lungseg.data.io import write_image
 
@@ -94,6 +95,27 @@ print(json.dumps([codes, heavy()]))
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [[0, 0], []], result.stderr
 
 
+def test_a_missing_model_or_fold_is_named_before_tensorflow_loads(tmp_path):
+    """lungseg-predict checks the model file or run folder, as it does its options, before
+    TensorFlow starts (seconds)."""
+    write_image(tmp_path / "frame.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "run" / "fold_1").mkdir(parents=True)
+    from lungseg.config import make_config
+
+    (tmp_path / "run" / "config.json").write_text(make_config("xunet", "run", image_size=(32, 32)).to_json())
+    result = python(LOADED, f"""
+from lungseg.predict import main
+frame = {str(tmp_path / 'frame.png')!r}
+codes = [main([{str(tmp_path / 'missing.keras')!r}, frame]),
+         main([{str(tmp_path / 'run')!r}, frame, "--fold", "1"])]
+print(json.dumps([codes, heavy()]))
+""")
+    codes, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert codes == [2, 2] and heavy == [], result.stderr
+    assert f"error: {tmp_path / 'missing.keras'}: model file does not exist" in result.stderr
+    assert "fold(s) fold_1 not finished" in result.stderr
+
+
 def test_public_names_are_imported_on_first_use():
     import lungseg
     from lungseg import build_vunet, dice_loss
@@ -112,71 +134,112 @@ def test_public_names_are_imported_on_first_use():
 
 
 # --- Keras finds lungseg's loss and metrics -----------------------------------------------
+# The checks that need a fresh interpreter with TensorFlow (seconds of start-up each) run at
+# the same time, once per module (``fresh``), and each test reads its own result.
 
 
 @pytest.fixture(scope="module")
-def compiled_model(tmp_path_factory):
-    """A tiny X-Unet compiled with lungseg's Dice loss and metrics, saved to .keras."""
+def compiled_model(module_tmp):
+    """A narrow X-Unet (conftest.narrow_xunet: X-Unet's layers, 1/32 of the filters) compiled
+    with lungseg's Dice loss and metrics, saved to .keras; with the predictions it gave before
+    saving, and a digest of its weights."""
     import lungseg
 
-    model = lungseg.build_xunet((32, 32, 1))
-    model.compile("adam", loss=lungseg.dice_loss, metrics=[lungseg.dice_coef, lungseg.iou])
-    path = tmp_path_factory.mktemp("compiled") / "model.keras"
-    model.save(path)
-    return path
+    model = narrow_xunet()
+    model.compile("adam", loss=lungseg.dice_loss, metrics=[lungseg.dice_coef, lungseg.iou, "binary_accuracy"])
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype(np.float32)
+    np.save(module_tmp / "frames.npy", frames)
+    np.save(module_tmp / "expected.npy", model.predict(frames, verbose=0))
+    model.save(module_tmp / "model.keras")
+    return {"path": module_tmp / "model.keras", "weights": weights_digest(model.get_weights())}
 
 
+def weights_digest(weights):
+    return hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in weights)).hexdigest()
+
+
+# Loads the compiled model; prints its loss and its weights' digest; predicts; warns.
+# (Predictions to 1e-6, not bit for bit: these processes run with oneDNN's default, the
+# pytest process that saved them without.)
 LOAD = """
 import sys
 {imports}
+import hashlib
+import numpy as np
 model = keras.models.load_model(sys.argv[1])
-print(model.loss.__name__)
+weights = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))
+print(model.loss.__name__, weights.hexdigest())
+got = model.predict(np.load(sys.argv[2]), verbose=0)
+np.testing.assert_allclose(got, np.load(sys.argv[3]), rtol=0, atol=1e-6)
+import warnings
+warnings.warn("still here")
 """
+IMPORT_ORDERS = ["import lungseg\nimport keras", "import keras\nimport lungseg",
+                 "import lungseg\nimport tensorflow as tf\nkeras = tf.keras"]
+# Keras first: before lungseg is imported too, the load fails (the control of the tests below).
+WITHOUT_LUNGSEG = """
+import keras
+try:
+    keras.models.load_model(sys.argv[1])
+except Exception as error:
+    print("without lungseg:", type(error).__name__, str(error).replace("\\n", " "), file=sys.stderr)
+else:
+    sys.exit("loaded without lungseg")
+import lungseg
+"""
+TF_NOISE = ("oneDNN", "cuInit", "absl", "cudart", "cpu_feature_guard", "I0000", "E0000")
+@pytest.fixture(scope="module")
+def fresh(compiled_model, module_tmp):
+    """{name: finished process}: the model loaded after each import order (and, Keras first,
+    once without lungseg), and lungseg.predict on one frame, plain and with --debug; all
+    started together."""
+    write_image(module_tmp / "frame.png", np.full((40, 24), 90, np.uint8))
+    arrays = [module_tmp / "frames.npy", module_tmp / "expected.npy"]
+    imports = {order: WITHOUT_LUNGSEG if order == "import keras\nimport lungseg" else order for order in IMPORT_ORDERS}
+    commands = {order: ["-c", LOAD.format(imports=imports[order]), compiled_model["path"], *arrays]
+                for order in IMPORT_ORDERS}
+    for name, options in (("predict", []), ("predict --debug", ["--debug"])):
+        out = module_tmp / name.replace(" --", "_")
+        commands[name] = ["-m", "lungseg.predict", compiled_model["path"], module_tmp / "frame.png", "--out", out, *options]
+    processes = {
+        name: subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT)
+        for name, command in commands.items()
+    }
+    done = {}
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
 
 
-@pytest.mark.parametrize("imports", ["import lungseg\nimport keras", "import keras\nimport lungseg",
-                                     "import lungseg\nimport tensorflow as tf\nkeras = tf.keras"])
-def test_keras_loads_a_compiled_model_once_lungseg_is_imported(compiled_model, imports):
-    result = python(LOAD.format(imports=imports), args=[compiled_model])
+@pytest.mark.parametrize("imports", IMPORT_ORDERS)
+def test_keras_loads_a_compiled_model_once_lungseg_is_imported(fresh, compiled_model, imports):
+    """... with its loss and weights, and predicts as the model that was saved."""
+    result = fresh[imports]
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[0] == "dice_loss"
+    assert result.stdout.split() == ["dice_loss", compiled_model["weights"]]
 
 
-def test_without_lungseg_keras_cannot_load_it(compiled_model):
-    """The control: the model really needs the registration the tests above rely on."""
-    result = python(LOAD.format(imports="import keras"), args=[compiled_model])
-    assert result.returncode != 0
-    assert "dice_loss" in result.stderr
+def test_without_lungseg_keras_cannot_load_it(fresh):
+    """The control: the model really needs the registration the tests above rely on (tried
+    in the Keras-first process before it imports lungseg)."""
+    failed = [line for line in fresh["import keras\nimport lungseg"].stderr.splitlines()
+              if line.startswith("without lungseg:")]
+    assert len(failed) == 1 and "dice_loss" in failed[0], failed
 
 
 # --- quiet TensorFlow ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def predict_inputs(tmp_path_factory, compiled_model):
-    folder = tmp_path_factory.mktemp("predict")
-    write_image(folder / "frame.png", np.full((40, 24), 90, np.uint8))
-    return compiled_model, folder / "frame.png"
-
-
-TF_NOISE = ("oneDNN", "cuInit", "absl", "cudart", "cpu_feature_guard", "I0000", "E0000")
-
-
-def test_a_command_that_loads_tensorflow_prints_no_start_up_log(predict_inputs, tmp_path):
-    model, frame = predict_inputs
-    result = subprocess.run(
-        [sys.executable, "-m", "lungseg.predict", model, frame, "--out", tmp_path / "o"],
-        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=ROOT,
-    )
+def test_a_command_that_loads_tensorflow_prints_no_start_up_log(fresh, module_tmp):
+    result = fresh["predict"]
     assert result.returncode == 0, result.stderr
-    assert "wrote 1 mask(s)" in result.stdout
+    assert "wrote 1 mask(s)" in result.stdout and (module_tmp / "predict" / "frame_mask.png").is_file()
     assert [line for line in result.stderr.splitlines() if any(w in line for w in TF_NOISE)] == []
     assert result.stderr == ""  # one frame: no progress either
 
-    debug = subprocess.run(
-        [sys.executable, "-m", "lungseg.predict", model, frame, "--out", tmp_path / "d", "--debug"],
-        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=ROOT,
-    )
+    debug = fresh["predict --debug"]
     assert debug.returncode == 0, debug.stderr
     assert "absl::InitializeLog" in debug.stderr or "I0000" in debug.stderr, debug.stderr
 
@@ -199,16 +262,11 @@ def test_python_warnings_and_other_output_pass_the_filter():
     assert "oneDNN" not in err
 
 
-def test_tensorflow_imported_after_lungseg_keeps_real_warnings():
-    result = python("""
-        import warnings
-        import lungseg
-        import tensorflow as tf
-        warnings.warn("still here")
-        print(float(tf.constant(1.0) + 1))
-    """)
+def test_tensorflow_imported_after_lungseg_keeps_real_warnings(fresh):
+    """TensorFlow imported after lungseg: a model loaded and run, a real warning shown, and
+    none of TensorFlow's start-up lines."""
+    result = fresh[IMPORT_ORDERS[2]]
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "2.0"
     assert "UserWarning: still here" in result.stderr
     assert [line for line in result.stderr.splitlines() if any(w in line for w in TF_NOISE)] == []
 

@@ -19,7 +19,13 @@ def weights_of(path, names):
 
 
 def same(a, b):
+    """Whether two lists of weight arrays are equal; they must hold as many arrays, not none."""
+    assert len(a) == len(b) > 0, (len(a), len(b))
     return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# The shared runs are gone after their last test (conftest), so the V-Unet run's tests come
+# first, then the X-Unet run's, then those that train their own full-size models.
 
 
 def test_vunet_run_folder_holds_every_file(vunet_run):
@@ -79,13 +85,12 @@ def test_splits_cover_every_frame_once_per_fold_set(vunet_run):
 
 
 def test_stage1_keeps_vgg16_weights_and_finetuning_changes_them(vunet_run, vgg_weights):
-    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    vgg.load_weights(vgg_weights)
-    encoder = [layer.name for layer in vgg.layers if layer.weights]
+    encoder = list(vgg_weights.layers)
+    assert len(encoder) == 13  # VGG16's convolutions
     stage1 = weights_of(vunet_run["dir"] / "stage1" / "model.keras", encoder + ["decoder1_conv2"])
     fold = weights_of(vunet_run["dir"] / "fold_1" / "model.keras", encoder)
     for name in encoder:
-        assert same(stage1[name], vgg.get_layer(name).get_weights()), name
+        assert same(stage1[name], vgg_weights.layers[name]), name
         assert not same(fold[name], stage1[name]), name
 
 
@@ -112,6 +117,37 @@ def test_changed_configuration_is_refused(vunet_run, capsys):
     assert snapshot(vunet_run["dir"]) == before
 
 
+def test_run_records_what_really_ran(vunet_run, vgg_weights):
+    import hashlib
+
+    summary = read_json(vunet_run["dir"] / "summary.json")
+    assert summary["encoder_weights_used"] == {"weights": "file", "path": str(vgg_weights.path),
+                                               "sha256": vgg_weights.sha256}
+    assert summary["display_name"] == "V-Unet"
+    versions = summary["environment"]["versions"]
+    assert set(versions) == {"lungseg", "tensorflow", "keras", "numpy", "python"}
+    assert versions["keras"] == keras.__version__ and versions["numpy"] == np.__version__
+    assert summary["environment"]["device_count"]["CPU"] >= 1
+    assert summary["environment"]["precision"] == "float32"
+    stage1 = (vunet_run["dir"] / "stage1" / "model.keras").read_bytes()
+    assert summary["folds"]["fold_1"]["started_from_sha256"] == hashlib.sha256(stage1).hexdigest()
+    history = (vunet_run["dir"] / "stage1" / "history.csv").read_text().splitlines()
+    seconds = [float(row.split(",")[history[0].split(",").index("seconds")]) for row in history[1:]]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert summary["stage1"]["train_seconds"] == pytest.approx(sum(seconds), abs=1e-3)
+    assert summary["wall_seconds"]["stage1"] >= summary["stage1"]["train_seconds"]
+
+
+def test_train_log_holds_the_epochs_of_every_invocation(vunet_run):
+    log = (vunet_run["dir"] / "train.log").read_text()
+    # fold 2 ran first, then fold 1 in a second invocation appending to the same log
+    assert log.count("== V-Unet run") == 2
+    assert "[V-Unet stage 1] epoch 1/2:" in log and "[V-Unet stage 1] epoch 2/2:" in log
+    assert "[V-Unet fold 2/2] epoch 1/1:" in log and "[V-Unet fold 1/2] epoch 1/1:" in log
+    assert log.index("fold 2/2] epoch 1/1") < log.index("fold 1/2] epoch 1/1")
+    assert "validation Dice" in log and "summary:" in log
+
+
 def test_xunet_pretrains_then_finetunes_with_frozen_bottleneck(xunet_run):
     run = xunet_run["dir"]
     assert xunet_run["code"] == 0
@@ -131,14 +167,62 @@ def test_xunet_pretrains_then_finetunes_with_frozen_bottleneck(xunet_run):
     assert not same(tuned["decoder1_conv2"], pretrained["decoder1_conv2"])
 
 
-def test_pretrained_model_is_reused_without_pretraining(xunet_run, tiny_lus, tmp_path):
+def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_and_saves_float32(
+        xunet_run, tiny_lus, tmp_path, capsys):
+    """A fine-tuning run in mixed_bfloat16 from the X-Unet run's float32 pre-trained model: it
+    runs no pre-training of its own, trains in bfloat16, config.json says so, and its
+    model.keras computes in float32 (so predicting with it gives exactly what the same weights
+    give in a float32 model)."""
+    from lungseg.models import build_xunet, with_policy
+
     pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
-    code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path,
-                      "--name", "reuse", "--epochs", "1", "--fold", "1", *TINY)
+    try:
+        code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path,
+                          "--name", "bf16", "--epochs", "1", "--fold", "1", "--precision", "mixed_bfloat16",
+                          *TINY)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # as a fresh process has it
     assert code == 0
-    assert not (tmp_path / "reuse" / "pretrain").exists()
-    assert (tmp_path / "reuse" / "fold_1" / "model.keras").is_file()
-    assert read_json(tmp_path / "reuse" / "summary.json")["pretrained"] == str(pretrained)
+    run = tmp_path / "bf16"
+    # The pre-trained model is reused: no pre-training stage, the fold fine-tuned from it.
+    assert not (run / "pretrain").exists()
+    assert (run / "fold_1" / "model.keras").is_file()
+    assert read_json(run / "summary.json")["pretrained"] == str(pretrained)
+    # The first line names the precision (with the tests' oneDNN off, a warning that it is slow).
+    assert "mixed_bfloat16" in capsys.readouterr().out.splitlines()[0]
+    assert read_json(run / "config.json")["precision"] == "mixed_bfloat16"
+    assert read_json(run / "summary.json")["precision"] == "mixed_bfloat16"
+
+    saved = keras.models.load_model(run / "fold_1" / "model.keras")
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    assert not saved.compiled  # no optimizer state or loss: loads with plain Keras
+    same_weights = build_xunet((32, 32, 1))
+    same_weights.set_weights(saved.get_weights())
+    frames = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 1)).astype(np.uint8)
+    expected = same_weights.predict(frames, verbose=0)
+    # Tolerance 0: the saved model is float32, the same graph as the rebuilt one.
+    np.testing.assert_array_equal(saved.predict(frames, verbose=0), expected)
+    # ... whereas the weights computed in bfloat16, as in training, give other values.
+    in_bf16 = with_policy(saved, "mixed_bfloat16").predict(frames, verbose=0)
+    assert not np.array_equal(in_bf16, expected)
+    # Fine-tuning changed the weights it started from.
+    start = keras.models.load_model(pretrained, compile=False)
+    assert not same(start.get_layer("block1_conv1").get_weights(), saved.get_layer("block1_conv1").get_weights())
+
+
+@pytest.mark.full_size
+def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
+    code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
+                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY)
+    assert code == 0
+    summary = read_json(tmp_path / "r" / "summary.json")
+    assert summary["encoder_weights_used"] == {"weights": "random", "reason": "asked for (--encoder-weights none)"}
+    assert summary["display_name"] == "V-Unet (random encoder)"
+    out = capsys.readouterr().out
+    assert "V-Unet (random encoder)" in out and "the VGG16 encoder was random" in out
+    assert run_script("evaluate", tmp_path / "r", "--out", tmp_path / "res") == 0
+    assert "| r | V-Unet (random encoder) |" in (tmp_path / "res" / "results.md").read_text()
 
 
 def test_collapse_is_reported_in_words():
@@ -171,136 +255,13 @@ def test_quick_preset_without_internet_falls_back_to_random_encoder(tmp_path, mo
         build_stage1_model(make_config("vunet", "p", "paper", image_size=(32, 32)))
 
 
-
-def test_run_records_what_really_ran(vunet_run, vgg_weights):
-    import hashlib
-
-    summary = read_json(vunet_run["dir"] / "summary.json")
-    digest = hashlib.sha256(vgg_weights.read_bytes()).hexdigest()
-    assert summary["encoder_weights_used"] == {"weights": "file", "path": str(vgg_weights), "sha256": digest}
-    assert summary["display_name"] == "V-Unet"
-    versions = summary["environment"]["versions"]
-    assert set(versions) == {"lungseg", "tensorflow", "keras", "numpy", "python"}
-    assert versions["keras"] == keras.__version__ and versions["numpy"] == np.__version__
-    assert summary["environment"]["device_count"]["CPU"] >= 1
-    assert summary["environment"]["precision"] == "float32"
-    stage1 = (vunet_run["dir"] / "stage1" / "model.keras").read_bytes()
-    assert summary["folds"]["fold_1"]["started_from_sha256"] == hashlib.sha256(stage1).hexdigest()
-    history = (vunet_run["dir"] / "stage1" / "history.csv").read_text().splitlines()
-    seconds = [float(row.split(",")[history[0].split(",").index("seconds")]) for row in history[1:]]
-    assert len(seconds) == 2 and all(s > 0 for s in seconds)
-    assert summary["stage1"]["train_seconds"] == pytest.approx(sum(seconds), abs=1e-3)
-    assert summary["wall_seconds"]["stage1"] >= summary["stage1"]["train_seconds"]
-
-
-def test_train_log_holds_the_epochs_of_every_invocation(vunet_run):
-    log = (vunet_run["dir"] / "train.log").read_text()
-    # fold 2 ran first, then fold 1 in a second invocation appending to the same log
-    assert log.count("== V-Unet run") == 2
-    assert "[V-Unet stage 1] epoch 1/2:" in log and "[V-Unet stage 1] epoch 2/2:" in log
-    assert "[V-Unet fold 2/2] epoch 1/1:" in log and "[V-Unet fold 1/2] epoch 1/1:" in log
-    assert log.index("fold 2/2] epoch 1/1") < log.index("fold 1/2] epoch 1/1")
-    assert "validation Dice" in log and "summary:" in log
-
-
-def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
-    code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
-                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY)
-    assert code == 0
-    summary = read_json(tmp_path / "r" / "summary.json")
-    assert summary["encoder_weights_used"] == {"weights": "random", "reason": "asked for (--encoder-weights none)"}
-    assert summary["display_name"] == "V-Unet (random encoder)"
-    out = capsys.readouterr().out
-    assert "V-Unet (random encoder)" in out and "the VGG16 encoder was random" in out
-    assert run_script("evaluate", tmp_path / "r", "--out", tmp_path / "res") == 0
-    assert "| r | V-Unet (random encoder) |" in (tmp_path / "res" / "results.md").read_text()
-
-
-MIRRORED = """
-import os, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import lungseg.training as training
-training.distribution_strategy = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-if sys.argv[1] == "kill":  # die right after the first epoch's state is written
-    save = training.EpochCheckpoint.on_epoch_end
-    def save_then_die(self, epoch, logs=None):
-        save(self, epoch, logs)
-        os._exit(9)
-    training.EpochCheckpoint.on_epoch_end = save_then_die
-from conftest import load_script, run_script
-sys.exit(run_script("train_xunet", *sys.argv[2:]))
-"""
-
-
-def test_mirrored_training_resumes_after_a_kill(xunet_run, tiny_lus, tmp_path):
-    """Two replicas (logical CPUs standing in for GPUs): killed after epoch 1, resumed, finished."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
-    argv = ["--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path, "--name", "m",
-            "--epochs", "2", "--fold", "1", *TINY]
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
-    command = [sys.executable, "-c", MIRRORED]
-    killed = subprocess.run(command + ["kill", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == 9, killed.stderr[-3000:]
-    assert read_json(tmp_path / "m" / "fold_1" / "state" / "state.json")["epoch"] == 1
-    resumed = subprocess.run(command + ["go", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming after epoch 1 of 2" in resumed.stdout
-    assert read_json(tmp_path / "m" / "summary.json")["environment"]["strategy"] == "MirroredStrategy"
-    history = (tmp_path / "m" / "fold_1" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
-
-
-def test_bfloat16_run_records_its_precision_and_saves_float32(xunet_run, tiny_lus, tmp_path, capsys):
-    """A fine-tuning run in mixed_bfloat16 from a float32 pre-trained model: it trains in
-    bfloat16, config.json says so, and its model.keras computes in float32 (so predicting with
-    it gives exactly what the same weights give in a float32 model)."""
-    from lungseg.models import build_xunet, with_policy
-
-    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
-    try:
-        code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path,
-                          "--name", "bf16", "--epochs", "1", "--fold", "1", "--precision", "mixed_bfloat16",
-                          *TINY)
-        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # as a fresh process has it
-    assert code == 0
-    # The first line names the precision (with the tests' oneDNN off, a warning that it is slow).
-    assert "mixed_bfloat16" in capsys.readouterr().out.splitlines()[0]
-    run = tmp_path / "bf16"
-    assert read_json(run / "config.json")["precision"] == "mixed_bfloat16"
-    assert read_json(run / "summary.json")["precision"] == "mixed_bfloat16"
-
-    saved = keras.models.load_model(run / "fold_1" / "model.keras")
-    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
-    assert not saved.compiled  # no optimizer state or loss: loads with plain Keras
-    same_weights = build_xunet((32, 32, 1))
-    same_weights.set_weights(saved.get_weights())
-    frames = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 1)).astype(np.uint8)
-    expected = same_weights.predict(frames, verbose=0)
-    # Tolerance 0: the saved model is float32, the same graph as the rebuilt one.
-    np.testing.assert_array_equal(saved.predict(frames, verbose=0), expected)
-    # ... whereas the weights computed in bfloat16, as in training, give other values.
-    in_bf16 = with_policy(saved, "mixed_bfloat16").predict(frames, verbose=0)
-    assert not np.array_equal(in_bf16, expected)
-    # Fine-tuning changed the weights it started from.
-    start = keras.models.load_model(pretrained, compile=False)
-    assert not same(start.get_layer("block1_conv1").get_weights(), saved.get_layer("block1_conv1").get_weights())
-
-
 @pytest.fixture(scope="module")
-def thin_target(tmp_path_factory):
+def thin_target(module_tmp):
     """Phantom frames of a thin target (the rib's surface line, 1-2 pixels at 96 rows) and a
     tiny stand-in for a pre-trained model, so that X-Unet's fine-tuning runs in seconds."""
     from lungseg.data import write_lus_dataset
 
-    root = tmp_path_factory.mktemp("thin")
+    root = module_tmp
     data = write_lus_dataset(root / "lus", n=12, seed=3, target="line", shape=(96, 32))
     keras.utils.set_random_seed(0)
     inputs = keras.Input((96, 32, 1))
