@@ -202,7 +202,7 @@ def xunet_run(tmp_path_factory, tiny_lus, tiny_salient):
 def narrow_xunet(input_shape=(32, 32, 1), divide=32, seed=0):
     """X-Unet with every layer's filters divided by ``divide``: the same layers, names and
     operations (rescaling, gray to RGB, four pooled blocks, bottleneck, four up-convolutions
-    with skips, sigmoid head) with 30,567 parameters instead of 31,031,745 (at 32). Its files
+    with skips, sigmoid head); divided by 32, 30,567 parameters instead of 31,031,745. Its files
     take kilobytes and its epochs milliseconds: for checks that do not depend on the model's
     size (resuming, interruptions, determinism, exporting and predicting with run folders)."""
     import keras

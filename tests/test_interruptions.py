@@ -87,10 +87,14 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(narrow_pretrained, ti
     # -X faulthandler: a run that does not stop can be made to show where it is (SIGABRT).
     command = [sys.executable, "-X", "faulthandler", str(ROOT / "train_xunet.py"), *map(str, argv)]
     state = tmp_path / "c" / "fold_1" / "state" / "state.json"
-    # Ctrl-C in a terminal reaches a process whose SIGINT is the default; a test run started in
-    # the background (nohup, CI) would pass SIGINT down ignored.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C in a terminal reaches a process whose SIGINT is the default. A process gets the
+    # default for a signal its parent handles, but keeps one its parent ignores, as pytest's
+    # does when started in the background (nohup, CI): so a handler while it starts.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     saved_epoch(state, 1, process)
     process.send_signal(signal.SIGINT)
     try:
