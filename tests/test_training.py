@@ -177,9 +177,11 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
 
     pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
     try:
+        # Half the tiny runs' frames (the last --lus-frames counts): a bfloat16 step is slow
+        # with the tests' oneDNN off, and one step per epoch shows what is checked here.
         code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", pretrained, "--out", tmp_path,
                           "--name", "bf16", "--epochs", "1", "--fold", "1", "--precision", "mixed_bfloat16",
-                          *TINY)
+                          *TINY, "--lus-frames", "8")
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")  # as a fresh process has it
@@ -214,7 +216,7 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
 @pytest.mark.full_size
 def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
     code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
-                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY)
+                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
     assert code == 0
     summary = read_json(tmp_path / "r" / "summary.json")
     assert summary["encoder_weights_used"] == {"weights": "random", "reason": "asked for (--encoder-weights none)"}
