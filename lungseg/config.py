@@ -48,6 +48,10 @@ class StageConfig:
     batch_size: int
     learning_rate: float
 
+# RunConfig's fields that name the user's files (or a regex, for groups): stored absolute in
+# config.json (runs.absolute_paths); a machine may mount them elsewhere (lungseg.distribute).
+PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups")
+
 
 @dataclass
 class RunConfig:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from lungseg.config import PATH_FIELDS
 from lungseg.console import log
 from lungseg.errors import ConfigError, LungsegError
 from lungseg.runs import RunFolder
@@ -181,7 +182,7 @@ def digest(*parts):
     return int.from_bytes(digest.digest()[:8], "big") >> 2
 
 
-PATH_OPTIONS = ("data", "salient", "pretrained", "encoder_weights", "groups", "out")
+PATH_OPTIONS = (*PATH_FIELDS, "out")  # may differ between machines
 
 
 def check_workers_agree(strategy, label, stage_name, items):

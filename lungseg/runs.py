@@ -20,7 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from lungseg.config import RunConfig
+from lungseg.config import PATH_FIELDS, RunConfig
 from lungseg.console import log
 from lungseg.errors import DataError, LungsegError, RunExistsError
 from lungseg.files import read_json, write_json, write_text
@@ -288,13 +288,9 @@ def absolute_paths(config):
             return value
         return str(Path(value).expanduser().resolve())
 
+    # groups: a CSV file, or a regex kept as it is
     return dataclasses.replace(
-        config,
-        data=absolute(config.data),
-        salient=absolute(config.salient),
-        pretrained=absolute(config.pretrained),
-        encoder_weights=absolute(config.encoder_weights),
-        groups=absolute(config.groups, must_exist=True),  # a CSV file, or a regex as it is
+        config, **{name: absolute(getattr(config, name), must_exist=name == "groups") for name in PATH_FIELDS}
     )
 
 
