@@ -4,10 +4,11 @@
 a CPU that has bfloat16 instructions (AVX-512 BF16 or AMX), where TensorFlow's oneDNN kernels
 use them: on an AMD EPYC with AVX-512 BF16 (no AMX), shared with other jobs, 128x128 batch-20
 training steps ran 1.8x (X-Unet) and 1.5-2.4x (V-Unet) float32's rate in two runs, and whole
-quick runs took 1.5-1.8x less time; about 3x was reported on an Intel CPU with AMX. Everywhere else it stays float32: on a CPU without
-those instructions bfloat16 is emulated, and with oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``)
-TensorFlow's bfloat16 training steps ran 10-25x slower than float32 even on that EPYC. With a
-GPU ``auto`` leaves float32 too (choose ``mixed_float16`` there yourself).
+quick runs took 1.5-1.8x less time; about 3x was reported on an Intel CPU with AMX. Everywhere
+else it stays float32: on a CPU without those instructions bfloat16 is emulated, and with
+oneDNN turned off (``TF_ENABLE_ONEDNN_OPTS=0``) TensorFlow's bfloat16 training steps ran
+10-25x slower than float32 even on that EPYC. With a GPU ``auto`` leaves float32 too (choose
+``mixed_float16`` there yourself).
 
 The caller says whether a GPU is present, so nothing here asks TensorFlow.
 """

@@ -248,7 +248,7 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     stage_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = EpochCheckpoint(stage_dir)
     strategy = distribution_strategy()
-    several_workers = cluster_from_tf_config() is not None
+    several_workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if several_workers:  # first, while every worker has made the same collective calls
         check_workers_agree(strategy, label, stage_name,
                             stage_start(stage_name, checkpoint.saved_epoch(), train, val, config))
