@@ -40,7 +40,7 @@ def epochs_in_history(run):
     return [line.split(",")[0] for line in (run / "fold_1" / "history.csv").read_text().splitlines()[1:]]
 
 
-# Two replicas, logical CPUs standing in for GPUs; then train_xunet.py's main with the arguments.
+# Two replicas, logical CPUs standing in for GPUs; then train_xunet.py's main, as its command line calls it.
 MIRRORED = """
 import sys
 import tensorflow as tf
@@ -48,28 +48,27 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import lungseg.training as training
 training.distribution_strategy = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-from conftest import run_script
-sys.exit(run_script("train_xunet", *sys.argv[1:]))
+from lungseg.commands.train_xunet import main
+sys.exit(main())
 """
 
 
 def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(narrow_pretrained, tiny_lus, tmp_path):
-    """SIGKILL at any moment after epoch 2 of a run over two replicas; the same command again
+    """SIGKILL at any moment after epoch 1 of a run over two replicas; the same command again
     resumes after the epoch the state holds, and finishes with every epoch once."""
-    epochs = 8  # half a second each over two replicas: a kill lands in the middle of the stage
+    epochs = 4  # over half a second each over two replicas: a kill lands in the middle of the stage
     argv = fine_tuning(tiny_lus, narrow_pretrained, tmp_path, "k", epochs)
     command = [sys.executable, "-c", MIRRORED, *map(str, argv)]
     # TMPDIR: the killed process cannot remove the files autograph writes there.
     (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-           "TMPDIR": str(tmp_path / "tmp")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
     state = tmp_path / "k" / "fold_1" / "state" / "state.json"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    saved_epoch(state, 2, process)
+    saved_epoch(state, 1, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = read_json(state)["epoch"]
-    assert 2 <= saved < epochs
+    assert 1 <= saved < epochs
     assert not (tmp_path / "k" / "fold_1" / "metrics.json").exists()
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -82,7 +81,7 @@ def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(narrow_pr
 
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(narrow_pretrained, tiny_lus, tmp_path, capsys):
-    epochs = 20  # under a tenth of a second each: Ctrl-C lands in the middle of the stage
+    epochs = 6  # a fraction of a second each: Ctrl-C lands in the middle of the stage
     argv = fine_tuning(tiny_lus, narrow_pretrained, tmp_path, "c", epochs)
     # -X faulthandler: a run that does not stop can be made to show where it is (SIGABRT).
     command = [sys.executable, "-X", "faulthandler", str(ROOT / "train_xunet.py"), *map(str, argv)]

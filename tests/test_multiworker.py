@@ -46,7 +46,8 @@ if sys.argv[1] == "kill":
         os._exit(9)
     training.EpochCheckpoint.on_epoch_end = save_then_die
 from lungseg.commands.train_xunet import main
-sys.exit(main(sys.argv[2:]))
+sys.argv[1:] = sys.argv[2:]  # as the command line gives them
+sys.exit(main())
 """
 
 
@@ -166,17 +167,41 @@ def test_a_lost_worker_is_one_line_that_says_how_to_go_on():
         "run the same command on every machine again to resume after the last finished epoch")
 
 
-def test_two_workers_train_one_run_folder_written_by_the_chief(tiny_lus, tiny_pretrained, tmp_path):
+def test_two_workers_train_one_run_folder_written_by_the_chief_and_resume_together(
+        tiny_lus, tiny_pretrained, tmp_path):
+    """Two workers killed after the first epoch, restarted where they disagree (refused), then
+    restarted alike: they resume together and finish the run, which only the chief wrote."""
     import keras
 
     out = tmp_path / "out"
     argv = ["--data", tiny_lus, "--pretrained", tiny_pretrained, "--out", out, "--name", "m",
-            "--epochs", "1", *TINY]
+            "--epochs", "2", *TINY]
+    killed = run_cluster(argv, tmp_path, mode="kill")
+    assert [code for code, _ in killed] == [9, 9], killed[0][1][-3000:] + killed[1][1][-3000:]
+    run = out / "m"
+    assert read_json(run / "fold_1" / "state" / "state.json")["epoch"] == 1
+    assert len(list((tmp_path / "tmp1").glob("lungseg-*"))) == 1  # a killed worker leaves its scratch
+
+    # Restarted where the worker cannot see the chief's run folder (another --out stands for
+    # another machine's disk): the chief would resume after epoch 1, the worker start afresh.
+    # Both say so and stop before training, leaving the run as it was.
+    elsewhere = [str(tmp_path / "elsewhere") if a == out else a for a in argv]
+    apart = run_cluster(argv, tmp_path, worker_argv=elsewhere)
+    assert [code for code, _ in apart] == [2, 2], apart[0][1][-3000:] + apart[1][1][-3000:]
+    for _, output in apart:
+        assert "the workers do not start fold_1 alike: resume epoch differs " \
+               "(resume epochs 0, 1)" in output and "filesystem all workers share" in output
+    assert read_json(run / "fold_1" / "state" / "state.json")["epoch"] == 1
+
     (chief_code, chief), (worker_code, worker) = run_cluster(argv, tmp_path)
     assert chief_code == 0, chief[-3000:]
     assert worker_code == 0, worker[-3000:]
+    for output in (chief, worker):
+        assert "resuming after epoch 1 of 2" in output
+    history = (run / "fold_1" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
+    assert not (run / "fold_1" / "state").exists()
 
-    run = out / "m"
     summary = read_json(run / "summary.json")
     assert summary["complete"] and set(summary["folds"]) == {"fold_1", "fold_2"}
     environment = summary["environment"]
@@ -190,51 +215,19 @@ def test_two_workers_train_one_run_folder_written_by_the_chief(tiny_lus, tiny_pr
                      *(f"m/{fold}/{name}" for fold in ("fold_1", "fold_2")
                        for name in ("model.keras", "history.csv", "metrics.json"))}
     log = (run / "train.log").read_text()
-    assert log.count("== X-Unet run") == 1 and "2 workers (MultiWorkerMirroredStrategy), this one worker 0, the chief" in log
+    assert "2 workers (MultiWorkerMirroredStrategy), this one worker 0, the chief" in log
     assert "worker 1" not in log
-    # The other worker wrote a scratch copy, gone now; the chief made none.
+    # The other worker wrote a scratch copy, gone now (the stale one went at the restart); the
+    # chief made none.
     assert f"this worker writes a copy in {tmp_path / 'tmp1'}" in worker
     assert list(tmp_path.glob("tmp*/lungseg-*")) == []
-    # Trained together: the same reduced losses and metrics every epoch, each on half of
-    # every global batch of 4 (8 training frames per fold: 2 steps of 2 frames, 2 folds).
-    assert epoch_lines(chief) == epoch_lines(worker) and len(epoch_lines(chief)) == 2
+    # Trained together: the same reduced losses and metrics every epoch (fold 1's second, then
+    # fold 2's two), each on half of every global batch of 4: 8 training frames per fold, so
+    # 2 steps of 2 frames per epoch.
+    assert epoch_lines(chief) == epoch_lines(worker) and len(epoch_lines(chief)) == 3
+    assert "epoch 2/2" in epoch_lines(chief)[0]
     # The logged loss is the true one, not twice it: minus the Dice of the same batches.
     for line in epoch_lines(chief):
         values = dict(zip(*[iter(line.split(": ", 1)[1].split())] * 2))
         assert float(values["val_loss"]) == pytest.approx(-float(values["val_dice_coef"]), abs=1e-3)
-    assert step_frames(chief) == step_frames(worker) == [2, 2, 2, 2]
-
-
-def test_two_workers_killed_after_an_epoch_resume_together(tiny_lus, tiny_pretrained, tmp_path):
-    out = tmp_path / "out"
-    argv = ["--data", tiny_lus, "--pretrained", tiny_pretrained, "--out", out, "--name", "m",
-            "--epochs", "2", "--fold", "1", *TINY]
-    killed = run_cluster(argv, tmp_path, mode="kill")
-    assert [code for code, _ in killed] == [9, 9], killed[0][1][-3000:] + killed[1][1][-3000:]
-    assert read_json(out / "m" / "fold_1" / "state" / "state.json")["epoch"] == 1
-    assert len(list((tmp_path / "tmp1").glob("lungseg-*"))) == 1  # a killed worker leaves its scratch
-
-    # Restarted where the worker cannot see the chief's run folder (another --out stands for
-    # another machine's disk): the chief would resume after epoch 1, the worker start afresh.
-    # Both say so and stop before training, leaving the run as it was.
-    elsewhere = [str(tmp_path / "elsewhere") if a == out else a for a in argv]
-    apart = run_cluster(argv, tmp_path, worker_argv=elsewhere)
-    assert [code for code, _ in apart] == [2, 2], apart[0][1][-3000:] + apart[1][1][-3000:]
-    for _, output in apart:
-        assert "the workers do not start fold_1 alike: resume epoch differs " \
-               "(resume epochs 0, 1)" in output and "filesystem all workers share" in output
-    assert read_json(out / "m" / "fold_1" / "state" / "state.json")["epoch"] == 1
-
-    (chief_code, chief), (worker_code, worker) = run_cluster(argv, tmp_path)
-    assert chief_code == 0, chief[-3000:]
-    assert worker_code == 0, worker[-3000:]
-    for output in (chief, worker):
-        assert "resuming after epoch 1 of 2" in output
-    assert epoch_lines(chief) == epoch_lines(worker) and len(epoch_lines(chief)) == 1
-    assert "epoch 2/2" in epoch_lines(chief)[0]
-    history = (out / "m" / "fold_1" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
-    assert not (out / "m" / "fold_1" / "state").exists()
-    assert list((tmp_path / "tmp1").glob("lungseg-*")) == []  # the stale scratch went at the restart
-    assert read_json(out / "m" / "summary.json")["environment"]["workers"] == 2
-
+    assert step_frames(chief) == step_frames(worker) == [2] * 6

@@ -174,8 +174,13 @@ np.testing.assert_allclose(got, np.load(sys.argv[3]), rtol=0, atol=1e-6)
 import warnings
 warnings.warn("still here")
 """
-IMPORT_ORDERS = ["import lungseg\nimport keras", "import keras\nimport lungseg",
-                 "import lungseg\nimport tensorflow as tf\nkeras = tf.keras"]
+# Lungseg first, then Keras and TensorFlow (whose tf.keras loads with the same function).
+LUNGSEG_FIRST = """
+import lungseg
+import keras
+import tensorflow as tf
+assert tf.keras.models.load_model is keras.models.load_model
+"""
 # Keras first: before lungseg is imported too, the load fails (the control of the tests below).
 WITHOUT_LUNGSEG = """
 import keras
@@ -187,7 +192,10 @@ else:
     sys.exit("loaded without lungseg")
 import lungseg
 """
+IMPORT_ORDERS = {"lungseg first": LUNGSEG_FIRST, "keras first": WITHOUT_LUNGSEG}
 TF_NOISE = ("oneDNN", "cuInit", "absl", "cudart", "cpu_feature_guard", "I0000", "E0000")
+
+
 @pytest.fixture(scope="module")
 def fresh(compiled_model, module_tmp):
     """{name: finished process}: the model loaded after each import order (and, Keras first,
@@ -195,9 +203,8 @@ def fresh(compiled_model, module_tmp):
     started together."""
     write_image(module_tmp / "frame.png", np.full((40, 24), 90, np.uint8))
     arrays = [module_tmp / "frames.npy", module_tmp / "expected.npy"]
-    imports = {order: WITHOUT_LUNGSEG if order == "import keras\nimport lungseg" else order for order in IMPORT_ORDERS}
-    commands = {order: ["-c", LOAD.format(imports=imports[order]), compiled_model["path"], *arrays]
-                for order in IMPORT_ORDERS}
+    commands = {order: ["-c", LOAD.format(imports=imports), compiled_model["path"], *arrays]
+                for order, imports in IMPORT_ORDERS.items()}
     for name, options in (("predict", []), ("predict --debug", ["--debug"])):
         out = module_tmp / name.replace(" --", "_")
         commands[name] = ["-m", "lungseg.predict", compiled_model["path"], module_tmp / "frame.png", "--out", out, *options]
@@ -224,7 +231,7 @@ def test_keras_loads_a_compiled_model_once_lungseg_is_imported(fresh, compiled_m
 def test_without_lungseg_keras_cannot_load_it(fresh):
     """The control: the model really needs the registration the tests above rely on (tried
     in the Keras-first process before it imports lungseg)."""
-    failed = [line for line in fresh["import keras\nimport lungseg"].stderr.splitlines()
+    failed = [line for line in fresh["keras first"].stderr.splitlines()
               if line.startswith("without lungseg:")]
     assert len(failed) == 1 and "dice_loss" in failed[0], failed
 
@@ -265,7 +272,7 @@ def test_python_warnings_and_other_output_pass_the_filter():
 def test_tensorflow_imported_after_lungseg_keeps_real_warnings(fresh):
     """TensorFlow imported after lungseg: a model loaded and run, a real warning shown, and
     none of TensorFlow's start-up lines."""
-    result = fresh[IMPORT_ORDERS[2]]
+    result = fresh["lungseg first"]
     assert result.returncode == 0, result.stderr
     assert "UserWarning: still here" in result.stderr
     assert [line for line in result.stderr.splitlines() if any(w in line for w in TF_NOISE)] == []
@@ -299,3 +306,21 @@ def test_debug_gives_tensorflow_its_own_log_level():
     env = dict(clean_env(), TF_CPP_MIN_LOG_LEVEL="1")  # the user's choice is kept
     result = python("import os, lungseg; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])", env=env)
     assert result.stdout.strip() == "1"
+
+
+# --- exit ---------------------------------------------------------------------------------
+
+
+def test_a_command_freezes_what_is_left_for_a_quick_exit_and_still_runs_atexit():
+    """run_main as a command's own call (no argv) freezes the objects left, so that the exit's
+    garbage collection skips them; called with argv (from Python, as the tests do) it does not."""
+    result = python("""
+        import atexit, gc, sys
+        from lungseg.cli import run_main
+        atexit.register(lambda: print("atexit ran"))
+        print(run_main(lambda argv: 0, ["--x"]), gc.get_freeze_count())
+        sys.argv = ["lungseg-x", "--y"]
+        print(run_main(lambda argv: print(argv) or 3), gc.get_freeze_count() > 0)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0 0", "['--y']", "3 True", "atexit ran"]

@@ -168,14 +168,15 @@ def test_xunet_pretrains_then_finetunes_with_frozen_bottleneck(xunet_run):
 
 
 def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_and_saves_float32(
-        xunet_run, tiny_lus, tmp_path, capsys):
-    """A fine-tuning run in mixed_bfloat16 from the X-Unet run's float32 pre-trained model: it
-    runs no pre-training of its own, trains in bfloat16, config.json says so, and its
-    model.keras computes in float32 (so predicting with it gives exactly what the same weights
-    give in a float32 model)."""
-    from lungseg.models import build_xunet, with_policy
+        narrow_pretrained, tiny_lus, tmp_path, capsys):
+    """A fine-tuning run in mixed_bfloat16 from a float32 pre-trained X-Unet (a narrow one,
+    conftest.narrow_xunet): it runs no pre-training of its own, trains in bfloat16, config.json
+    says so, and its model.keras computes in float32 (so predicting with it gives exactly what
+    the same weights give in a float32 model)."""
+    from conftest import narrow_xunet
+    from lungseg.models import with_policy
 
-    pretrained = xunet_run["dir"] / "pretrain" / "model.keras"
+    pretrained = narrow_pretrained
     try:
         # Half the tiny runs' frames (the last --lus-frames counts): a bfloat16 step is slow
         # with the tests' oneDNN off, and one step per epoch shows what is checked here.
@@ -199,7 +200,7 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
     saved = keras.models.load_model(run / "fold_1" / "model.keras")
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     assert not saved.compiled  # no optimizer state or loss: loads with plain Keras
-    same_weights = build_xunet((32, 32, 1))
+    same_weights = narrow_xunet()
     same_weights.set_weights(saved.get_weights())
     frames = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 1)).astype(np.uint8)
     expected = same_weights.predict(frames, verbose=0)
