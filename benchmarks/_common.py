@@ -1,14 +1,11 @@
-"""Helpers shared by every benchmark script (``python benchmarks/NAME.py``).
+"""Helpers shared by the benchmark scripts (``python benchmarks/NAME.py``).
 
-The scripts import ``lungseg`` from this checkout, installed or not. Nothing here imports
-Keras or TensorFlow until a function needs it: gpu.py runs where there is no TensorFlow.
+Nothing here imports Keras or TensorFlow at module level: gpu.py runs without TensorFlow.
 """
 
 import argparse
-import json
 import math
 import os
-import platform
 import re
 import statistics
 import sys
@@ -21,29 +18,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("vunet", "xunet")
 TRAIN_FLOPS_FACTOR = 3  # a training step ~ forward + gradients w.r.t. inputs and weights
 # Generated LUS phantoms, written once and reused (ensure_dataset regenerates when stale).
-DEFAULT_CACHE = Path(
-    os.environ.get("LUNGSEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "lungseg-bench")
-)
+CACHE = Path(os.environ.get("LUNGSEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "lungseg-bench"))
 
 
 def setup(backend=None):
-    """Put this checkout first on ``sys.path``; with ``backend``, make it Keras' backend.
-
-    Call before anything imports keras.
-    """
+    """Put this checkout first on ``sys.path``; make ``backend`` Keras' (before any import)."""
+    sys.path.insert(0, str(REPO_ROOT))
     if backend:
-        chosen = os.environ.get("KERAS_BACKEND", backend)
-        if chosen != backend:
-            print(f"note: KERAS_BACKEND={chosen} overridden: this benchmark runs on {backend}",
-                  file=sys.stderr)
+        if os.environ.get("KERAS_BACKEND", backend) != backend:
+            print(f"note: KERAS_BACKEND overridden, this runs on {backend}", file=sys.stderr)
         os.environ["KERAS_BACKEND"] = backend
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = str(REPO_ROOT)
-    while root in sys.path:
-        sys.path.remove(root)
-    sys.path.insert(0, root)
-    if backend:
-        import lungseg  # noqa: F401  (light; its import hook keeps TensorFlow's start-up log quiet)
+        import lungseg  # noqa: F401  (its import hook keeps TensorFlow's start-up log quiet)
 
 
 def say(*parts):
@@ -61,13 +47,30 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def write_json(path, data):
-    """Write ``data`` as JSON to ``path`` atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def interleaved(calls, rounds, label=None):
+    """Each of ``calls`` (key: function) once a round, reversed every other round (ABBA, so all
+    see the same load): per key, the seconds, the CpuMonitors and the results of the calls."""
+    times, cpu, results = ({key: [] for key in calls} for _ in range(3))
+    for index in range(rounds):
+        for key in list(calls)[::-1] if index % 2 else calls:
+            with CpuMonitor() as monitor:
+                results[key].append(calls[key]())
+            times[key].append(monitor.wall_s)
+            cpu[key].append(monitor)
+        if label:
+            say(f"  {label} {index + 1}/{rounds}: " + ", ".join(
+                f"{' '.join(k) if isinstance(k, tuple) else k} {t[-1]:.2f} s"
+                for k, t in times.items()))
+    return times, cpu, results
+
+
+def save(args, data):
+    """Write ``data`` as JSON to ``--json FILE`` (atomically) if one was given."""
+    if args.json:
+        from lungseg.files import write_json
+
+        write_json(args.json, data)
+        say(f"JSON written to {args.json}")
 
 
 def format_table(headers, rows):
@@ -81,20 +84,10 @@ def format_table(headers, rows):
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-# --- command lines ---------------------------------------------------------------------------
-
-
 def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def image_side(text):
-    value = int(text)
-    if value < 16 or value % 16:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 16, got {value}")
     return value
 
 
@@ -108,103 +101,65 @@ def choice_list(allowed):
     return parse
 
 
-def benchmark_parser(doc, image_size, models=False, matmul=False, cache=True):
-    """The options the model benchmarks share; each script adds its own to the parser."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    add = parser.add_argument
-    add("--json", metavar="FILE", help="write the results to FILE (JSON)")
-    add("--image-size", type=image_side, default=image_size,
-        help=f"side of the square model input (default {image_size}; the paper's is 256)")
-    add("--batch-size", type=positive_int, default=20, help="batch size (default 20, the paper's)")
+def parser(doc, **counts):
+    """A parser with ``--json FILE`` and a positive integer ``--name`` per name=(default, help)."""
+    result = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    result.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
+    for name, (default, text) in counts.items():
+        result.add_argument(f"--{name.replace('_', '-')}", type=positive_int, default=default,
+                            help=f"{text} (default {default})")
+    return result
+
+
+def benchmark_parser(doc, image_size, models=False, matmul=False, **counts):
+    """``parser`` with the options the model benchmarks share."""
+    result = parser(doc, batch_size=(20, "batch size, the paper's"), **counts)
+    add = result.add_argument
+    add("--image-size", type=positive_int, default=image_size,
+        help=f"side of the square model input, a multiple of 16 (default {image_size}; the "
+        "paper's is 256)")
     if models:
         add("--models", type=choice_list(MODELS), default=list(MODELS),
             help="vunet,xunet (default both)")
     if matmul:
         add("--matmul-n", type=positive_int, default=4096,
             help="side of the matrices of the matmul peak (default 4096)")
-    if cache:
-        add("--cache", type=Path, default=DEFAULT_CACHE,
-            help=f"where the generated LUS set is kept (default {DEFAULT_CACHE})")
-    return parser
-
-
-# --- the machine and how busy it was ---------------------------------------------------------
-
-
-def _proc(path, key):
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def machine_info():
-    """Where and when the numbers were taken: CPU, its bfloat16 features, load, versions."""
-    flags = set((_proc("/proc/cpuinfo", "flags") or "").split())
-    memory = _proc("/proc/meminfo", "MemTotal")
-    info = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": _proc("/proc/cpuinfo", "model name") or platform.processor(),
-        "cpu_flags": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
-        "logical_cpus": os.cpu_count(),
-        "memory_gib": round(int(memory.split()[0]) / 2**20, 1) if memory else None,
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "env": {k: os.environ[k] for k in ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS",
-                                           "OMP_NUM_THREADS") if k in os.environ},
-    }
-    return info | versions()
-
-
-def versions():
-    """Versions of the libraries imported so far."""
-    return {m: getattr(sys.modules[m], "__version__", None)
-            for m in ("numpy", "tensorflow", "keras", "cv2", "PIL", "scipy") if m in sys.modules}
-
-
-def machine_line(info):
-    load = info["load_average_1_5_15"]
-    return (f"{info['logical_cpus']}-CPU {info['machine']} ({info['cpu']}), "
-            f"{info['memory_gib']} GiB" + (f"; load {load[0]:.2f} at start" if load else ""))
+    return result
 
 
 def header(title):
-    """Say the title, the TensorFlow and Keras versions and the machine; return machine_info()."""
-    import keras
-    import tensorflow as tf
+    """Say the title and the machine; return lungseg's record of it, with date and load."""
+    from lungseg.runs import environment
 
-    info = machine_info()
-    say(f"{title}: tensorflow {tf.__version__}, keras {keras.__version__}; {machine_line(info)}")
+    info = environment() | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "load_average_1_5_15": list(os.getloadavg())}
+    say(f"{title}: tensorflow {info['versions']['tensorflow']}, keras {info['versions']['keras']};"
+        f" {info['threads']['cpus']} CPUs ({info['cpu']['model']}), load "
+        f"{info['load_average_1_5_15'][0]:.2f} at start")
     return info
 
 
 def finish(results, args, report, started):
-    """Stamp the elapsed time, print the report, write the JSON if asked."""
+    """Stamp the options and elapsed time, print the report, write the JSON if asked."""
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results["settings"] = options | results.get("settings", {})
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    results["machine"].update(versions())  # those imported during the run too
     report(results, args)
-    if args.json:
-        write_json(args.json, results)
-        say(f"JSON written to {args.json}")
+    say(f"total {results['elapsed_s']:.0f} s")
+    save(args, results)
 
 
 def _busy_cpu_seconds():
-    """Busy CPU seconds of the whole machine since boot, or None off Linux."""
+    """Busy CPU seconds of the whole machine since boot (less idle and iowait), or None."""
     try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        values = [int(v) for v in fields[1:9]]
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMonitor:
-    """While a block runs: this process's cores (CPU s per wall s) and other jobs' cores."""
+    """While a block runs: its wall seconds, this process's CPU seconds and the machine's."""
 
     def __enter__(self):
         self._start = time.perf_counter(), time.process_time(), _busy_cpu_seconds()
@@ -212,55 +167,36 @@ class CpuMonitor:
 
     def __exit__(self, *exc):
         wall, own, busy = self._start
-        self.wall_s = time.perf_counter() - wall
-        self.own_cpu_s = time.process_time() - own
+        self.wall_s, self.own_cpu_s = time.perf_counter() - wall, time.process_time() - own
         now = _busy_cpu_seconds()
         self.busy_s = None if now is None or busy is None else now - busy
-        return False
-
-    def as_dict(self):
-        wall = max(self.wall_s, 1e-9)
-        other = None if self.busy_s is None else max(self.busy_s - self.own_cpu_s, 0) / wall
-        return {"wall_s": round(self.wall_s, 3), "own_cores": round(self.own_cpu_s / wall, 2),
-                "other_cores": None if other is None else round(other, 2)}
 
 
 def merge_cpu(parts):
-    """One summary of several CpuMonitors (or their ``as_dict()``), weighted by wall time."""
-    parts = [p.as_dict() if isinstance(p, CpuMonitor) else p for p in parts if p]
-    wall = sum(p["wall_s"] for p in parts)
-    if not wall:
-        return None
-    own = sum(p["own_cores"] * p["wall_s"] for p in parts) / wall
-    other = (None if any(p["other_cores"] is None for p in parts)
-             else round(sum(p["other_cores"] * p["wall_s"] for p in parts) / wall, 2))
-    return {"wall_s": round(wall, 3), "own_cores": round(own, 2), "other_cores": other}
+    """Seconds summed over CpuMonitors (or such summaries): this process's and other jobs' cores."""
+    parts = [p if isinstance(p, dict) else vars(p) for p in parts if p]
+    wall, own = sum(p["wall_s"] for p in parts), sum(p["own_cpu_s"] for p in parts)
+    busy = None if any(p["busy_s"] is None for p in parts) else sum(p["busy_s"] for p in parts)
+    other = None if busy is None else round(max(busy - own, 0) / wall, 2)
+    return {"wall_s": round(wall, 3), "own_cpu_s": round(own, 3), "busy_s": busy,
+            "own_cores": round(own / wall, 2), "other_cores": other}
 
 
 def contention_note(cpu):
-    if not cpu or cpu["other_cores"] is None:
+    if cpu["other_cores"] is None:
         return "other jobs on the machine: unknown (no /proc/stat)"
-    text = (f"this process used {cpu['own_cores']:.2f} of {os.cpu_count()} cores, other jobs "
-            f"{cpu['other_cores']:.2f}")
-    if cpu["other_cores"] > 0.25:
-        text += " (shared machine: absolute rates are noisy, side-by-side ratios count)"
-    return text
-
-
-# --- FLOPs and the matrix-multiply peak ------------------------------------------------------
+    shared = " (shared machine: absolute rates are noisy, side-by-side ratios count)"
+    return (f"this process used {cpu['own_cores']:.2f} of {os.cpu_count()} cores, other jobs "
+            f"{cpu['other_cores']:.2f}" + (shared if cpu["other_cores"] > 0.25 else ""))
 
 
 def forward_flops(model):
-    """Forward FLOPs per frame of the Conv2D / Conv2DTranspose layers (2 per multiply-add).
-
-    A transposed convolution spreads every input pixel over a kernel-sized patch. Bias,
-    activations, pooling and concatenation are left out (well under 1 % here).
-    """
+    """Forward FLOPs per frame of the convolutions (2 per multiply-add; the rest is < 1 %)."""
     import keras
 
     total = 0
     for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.Conv2DTranspose):
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input pixel -> a patch
             _, height, width, _ = layer.input.shape
             kh, kw, c_out, c_in = layer.kernel.shape
         elif isinstance(layer, keras.layers.Conv2D):
@@ -272,71 +208,57 @@ def forward_flops(model):
     return total
 
 
+def flops_info(forward, image_size):
+    """The JSON fields of ``forward`` FLOPs per frame, as measured and scaled to 256 x 256."""
+    return {"gflop_forward_per_frame": forward / 1e9,
+            "gflop_forward_per_frame_at_256": forward / 1e9 * (256 / image_size) ** 2}
+
+
 class PeakTracker:
-    """This machine's matrix-multiply rate (TensorFlow), sampled several times during a run.
+    """The matrix-multiply rate (TensorFlow), sampled during a run: the best is the peak."""
 
-    On a shared machine the rate depends on what else runs: the best rep of all samples is
-    the peak the machine offered.
-    """
+    def __init__(self, n, precision="float32"):  # the dtype a mixed policy computes in
+        self.n, self.dtype, self.samples, self.best = n, precision.removeprefix("mixed_"), {}, 0
 
-    def __init__(self, n=4096, dtype="float32", repeats=3):
-        self.n, self.dtype, self.repeats, self.samples = n, dtype, repeats, []
-
-    def sample(self, label):
+    def sample(self, label, repeats=3):
         import tensorflow as tf
 
         a = tf.random.stateless_normal([self.n, self.n], seed=[1, 2], dtype=self.dtype)
         multiply = tf.function(lambda x: tf.reduce_sum(tf.linalg.matmul(x, x)))
         multiply(a).numpy()  # trace and warm up
-        rates = []
-        for _ in range(self.repeats):
+        self.samples[label] = rates = []
+        for _ in range(repeats):
             t0 = time.perf_counter()
             multiply(a).numpy()  # the sum's fetch waits for the product, at no visible cost
             rates.append(round(2 * self.n**3 / (time.perf_counter() - t0) / 1e9, 1))
-        self.samples.append({"when": label, "gflop_per_s": rates})
+        self.best = max(self.best, *rates)
         return rates
 
-    @property
-    def best(self):
-        return max(r for s in self.samples for r in s["gflop_per_s"])
-
     def as_dict(self):
-        rates = [r for s in self.samples for r in s["gflop_per_s"]]
         return {"method": f"tf.linalg.matmul, {self.n}^2 {self.dtype}, GFLOP/s = 2 n^3 / t",
-                "best_gflop_per_s": self.best, "median_gflop_per_s": median(rates),
-                "samples": self.samples}
+                "best_gflop_per_s": self.best, "samples_gflop_per_s": self.samples}
 
 
-# --- data and models -------------------------------------------------------------------------
-
-
-def lus_dataset(n=300, seed=0, cache=None):
-    """The generated 960x128 LUS phantom set in the paper's layout (300 frames: the paper's
-    200 are among them), written once under ``cache``. Returns (folder, seconds spent
-    generating: about 0 when reused)."""
+def lus_dataset(n=300, seed=0):
+    """The folder of the 960x128 LUS phantoms (the paper's 200 among them), written once."""
     from lungseg import data
 
-    folder = Path(cache or DEFAULT_CACHE) / f"lus_{n}_seed{seed}"
-    t0 = time.perf_counter()
+    folder = CACHE / f"lus_{n}_seed{seed}"
     data.ensure_dataset("lus", folder, n=n, seed=seed)
-    return folder, time.perf_counter() - t0
+    return folder
 
 
 def load_lus_400(folder, image_size):
-    """The paper's "400 LUS" (its 200 frames + mirror images) at ``image_size``; and the
-    seconds of find_pairs + load_frames + select_lus_frames."""
+    """The paper's "400 LUS" (its 200 frames + mirror images) at ``image_size``."""
     from lungseg import data
 
-    t0 = time.perf_counter()
     frames = data.load_frames(data.find_pairs(folder), (image_size, image_size))
-    frames, _ = data.select_lus_frames(frames, 400, flips=True)
-    return frames, time.perf_counter() - t0
+    return data.select_lus_frames(frames, 400, flips=True)[0]
 
 
 def build_model(name, image_size, precision="float32", clear_session=True):
-    """V-Unet (random VGG16 weights) or X-Unet for gray frames, compiled as lungseg.training
-    compiles it (Adam, Dice loss, Dice, IoU and accuracy metrics), its layers computing under
-    the dtype policy ``precision`` (the head in float32), which stays the global policy."""
+    """V-Unet (random VGG16) or X-Unet for gray frames, compiled as lungseg.training does, under
+    the dtype policy ``precision`` (left as the global policy)."""
     import keras
 
     import lungseg

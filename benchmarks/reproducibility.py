@@ -2,17 +2,12 @@
 
 Trains one tiny X-Unet run (64 x 32 frames, salient pre-training, then 2 folds,
 ``--deterministic``) in fresh processes, each under one variant of what differs between
-machines of one kind, and compares the fold Dice with the first plain run:
-
-* ``same``: the same command again (is a run repeatable on one machine?);
-* ``1 thread``: CPU affinity of one core (``taskset -c 0``), as on a smaller machine;
-* ``AVX2 only``: oneDNN limited to AVX2 kernels, as on a CPU without AVX-512;
-* ``oneDNN off``: TensorFlow's own kernels (``TF_ENABLE_ONEDNN_OPTS=0``).
+machines (the same command again, one core, AVX2-only oneDNN, oneDNN off), and compares the
+fold Dice with the first plain run. Figures in docs/results.md.
 
     python benchmarks/reproducibility.py [--json FILE] [--epochs 2]
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -53,14 +48,11 @@ def train(variant, data, salient, out, epochs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
+    parser = common.parser(__doc__)
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each stage (default 2)")
     args = parser.parse_args()
     from lungseg.data import write_lus_dataset, write_salient_dataset
 
-    info = common.machine_info()
-    common.say(common.machine_line(info))
     results = {}
     with tempfile.TemporaryDirectory(prefix="lungseg-repro-") as scratch:
         data = str(write_lus_dataset(os.path.join(scratch, "lus"), n=24, seed=5))
@@ -71,7 +63,8 @@ def main():
                 continue
             summary, seconds = train(variant, data, salient, scratch, args.epochs)
             results[variant] = {"pretrain_dice": summary["pretrain"]["dice"], "seconds": seconds,
-                                "fold_dice": {f: m["dice"] for f, m in summary["folds"].items()}}
+                                "fold_dice": {f: m["dice"] for f, m in summary["folds"].items()},
+                                "environment": summary["environment"]}
     plain, rows = results["plain"]["fold_dice"], []
     for variant, result in results.items():
         diff = max(abs(result["fold_dice"][f] - plain[f]) for f in plain)
@@ -82,9 +75,7 @@ def main():
                      f"{result['seconds']:.0f}"])
     common.say(common.format_table(
         ["variant", "pretrain Dice", "fold Dice", "max |diff| vs plain", "", "s"], rows))
-    if args.json:
-        common.write_json(args.json, {"machine": info, "epochs": args.epochs, "variants": results})
-        common.say(f"JSON written to {args.json}")
+    common.save(args, {"epochs": args.epochs, "variants": results})
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """Start-up time of the command lines: how long ``train_vunet.py --help`` takes.
 
-Each command runs in a fresh Python process, ``--repeats`` times after one untimed run (which
-fills the file cache); the median and the spread are printed. Target: ``train_vunet.py
---help`` within 0.5 s, i.e. no Keras or TensorFlow import (see ``lungseg/__init__.py``).
+Each command runs in fresh Python processes, one untimed run then ``--repeats`` timed ones;
+target: ``train_vunet.py --help`` within 0.5 s (no Keras or TensorFlow import). Figures in
+docs/performance.md.
 
     python benchmarks/startup.py [--repeats 7] [--json results.json]
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -42,11 +41,7 @@ def time_command(argv, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=common.positive_int, default=5,
-                        help="timed runs per command (default 5)")
-    parser.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
-    args = parser.parse_args(argv)
+    args = common.parser(__doc__, repeats=(5, "timed runs per command")).parse_args(argv)
     results = []
     for label, command in COMMANDS:
         times = time_command(command, args.repeats)
@@ -58,9 +53,9 @@ def main(argv=None):
         [r["command"], f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['max_s']:.3f}"]
         for r in results]))
     ok = results[0]["median_s"] <= TARGET_S
-    common.say(f"{results[0]['command']}: target <= {TARGET_S} s: {'PASS' if ok else 'FAIL'}")
-    if args.json:
-        common.write_json(args.json, {"target_s": TARGET_S, "pass": ok, "results": results})
+    common.say(f"target {results[0]['command']} <= {TARGET_S} s: {'PASS' if ok else 'FAIL'} "
+               f"({results[0]['median_s']:.3f} s)")
+    common.save(args, {"target_s": TARGET_S, "pass": ok, "results": results})
     return 0 if ok else 1
 
 

@@ -1,19 +1,15 @@
-"""Training throughput of V-Unet and X-Unet on this CPU: per precision, fed by our pipeline vs in-memory.
+"""Training throughput of V-Unet and X-Unet on this CPU, per precision: our pipeline vs in-memory.
 
-Per model (compiled as ``lungseg.training`` compiles it) and precision (default float32, plus
-mixed_bfloat16 on a CPU with bfloat16 instructions; the same starting weights) it times
-``train_on_batch`` at batch 20 fed the next batch of ``make_dataset(training=True,
-augment=PaperAugmentation())`` over the paper's 400 LUS frames ("pipeline") or one such batch
-kept in memory ("in-memory"). All steps are interleaved, the order reversed every other step;
-the median counts. Target: pipeline / in-memory >= 0.95. Each precision's speed-up over the
-first comes with its spread (lowest and highest ratio of steps taken side by side). Then
-``predict_on_batch`` of each model and of each mixed model as saved (``inference_copy``),
-interleaved. Training FLOPs (3x the forward convolutions) are set against the matmul peak.
+``train_on_batch`` at batch 20 fed by ``make_dataset(training=True)`` over the paper's 400 LUS
+frames or by one batch kept in memory, steps interleaved, per model and precision (float32 and,
+with bfloat16 instructions, mixed_bfloat16); speed-ups, FLOP/s against the matmul peak, and
+prediction of each model and each mixed model as saved. Figures in docs/performance.md.
 
     python benchmarks/training.py --json /tmp/bench_training.json     # 128x128: a few minutes
     python benchmarks/training.py --image-size 64 --steps 1 --models xunet   # smoke run
 """
 
+import functools
 import math
 import sys
 import time
@@ -30,17 +26,14 @@ FEEDS = ("pipeline", "in_memory")
 
 
 def parse_args(argv=None):
-    parser = common.benchmark_parser(__doc__, 128, models=True, matmul=True)
-    add = parser.add_argument
-    add("--steps", type=common.positive_int, default=4,
-        help="timed steps per feed, precision and model (default 4)")
-    add("--warmup", type=common.positive_int, default=1,
-        help="untimed steps per model and precision (default 1; the first traces)")
-    add("--precision", type=common.choice_list(PRECISIONS), metavar="LIST",
-        help="dtype policies, float32 first for the ratios (default float32, plus "
-        "mixed_bfloat16 on a CPU with AVX-512 BF16 or AMX)")
-    add("--infer-reps", type=int, default=3,
-        help="timed predict_on_batch calls per model variant (default 3; 0 skips)")
+    parser = common.benchmark_parser(
+        __doc__, 128, models=True, matmul=True,
+        steps=(4, "timed steps per feed, precision and model"),
+        warmup=(1, "untimed steps per model and precision (the first traces)"),
+        infer_reps=(3, "timed predict_on_batch calls per model variant"))
+    parser.add_argument("--precision", type=common.choice_list(PRECISIONS), metavar="LIST",
+                        help="dtype policies, float32 first for the ratios (default float32, "
+                        "plus mixed_bfloat16 on a CPU with AVX-512 BF16 or AMX)")
     args = parser.parse_args(argv)
     if not args.precision:
         from lungseg.precision import choose_precision
@@ -50,12 +43,16 @@ def parse_args(argv=None):
     return args
 
 
-def pipeline_cost(frames, batch, epochs=2):
-    """The pipeline alone: wall and CPU seconds per augmented batch, after a warm-up epoch."""
+def augmented(frames, batch, seed):
     from lungseg import data
 
-    dataset = data.make_dataset(frames, batch, training=True, augment=data.PaperAugmentation(),
-                                seed=1)
+    return data.make_dataset(frames, batch, training=True, augment=data.PaperAugmentation(),
+                             seed=seed)
+
+
+def pipeline_cost(frames, batch, epochs=2):
+    """The pipeline alone: wall and CPU seconds per augmented batch, after a warm-up epoch."""
+    dataset = augmented(frames, batch, seed=1)
     for _ in dataset:
         pass
     with common.CpuMonitor() as cpu:
@@ -68,9 +65,6 @@ def measure_model(name, args, frames, peaks, cost):
     import keras
     import tensorflow as tf
 
-    from lungseg import data
-    from lungseg.models import inference_copy
-
     batch, precisions = args.batch_size, args.precision
     models = {}
     for index, precision in enumerate(precisions):
@@ -80,167 +74,117 @@ def measure_model(name, args, frames, peaks, cost):
             models[precision].set_weights(models[precisions[0]].get_weights())
     keras.mixed_precision.set_global_policy("float32")
     forward = common.forward_flops(models[precisions[0]])
-    dataset = data.make_dataset(frames, batch, training=True, augment=data.PaperAugmentation(),
-                                seed=0)
     # Full batches only, endlessly; both feeds hand over eager tensors of one shape and dtype,
     # so the step traced in the warm-up serves both.
-    iterator = iter(dataset.filter(lambda x, y: tf.shape(x)[0] == batch).repeat())
+    iterator = iter(augmented(frames, batch, seed=0).filter(
+        lambda x, y: tf.shape(x)[0] == batch).repeat())
     fixed = [tf.identity(t) for t in next(iterator)]
 
     def step(precision, feed):
         x, y = next(iterator) if feed == "pipeline" else fixed
-        return models[precision].train_on_batch(x, y, return_dict=True)["loss"]
+        return float(models[precision].train_on_batch(x, y, return_dict=True)["loss"])
 
-    warmup = {p: [] for p in precisions}
     for _ in range(args.warmup):
-        for p in precisions:
-            t0 = time.perf_counter()
-            step(p, "pipeline")
-            warmup[p].append(round(time.perf_counter() - t0, 3))
-    runs = [(p, feed) for p in precisions for feed in FEEDS]
-    times = {run: [] for run in runs}
-    cpu = {run: [] for run in runs}
-    losses = {p: [] for p in precisions}
-    for index in range(args.steps):
-        for run in runs[::-1] if index % 2 else runs:
-            with common.CpuMonitor() as monitor:
-                losses[run[0]].append(float(step(*run)))
-            times[run].append(monitor.wall_s)
-            cpu[run].append(monitor)
-        common.say(f"  {name} step {index + 1}/{args.steps}: " + ", ".join(
-            f"{p} {feed} {times[p, feed][-1]:.2f} s" for p, feed in runs))
-    inference = measure_inference(models, fixed[0], args.infer_reps, inference_copy)
+        for precision in precisions:
+            step(precision, "pipeline")
+    times, cpu, losses = common.interleaved(
+        {(p, feed): functools.partial(step, p, feed) for p in precisions for feed in FEEDS},
+        args.steps, f"{name} step")
+    inference = measure_inference(models, fixed[0], args.infer_reps)
     for p in precisions:
         peaks[p].sample(f"after {name}")
+    models = iterator = None  # frees them (the step closure shares these names)
+    keras.backend.clear_session()
 
     entries, med = {}, {run: common.median(t) for run, t in times.items()}
     for p in precisions:
         pipe, memory = med[p, "pipeline"], med[p, "in_memory"]
+        # The pipeline's CPU seconds per batch, measured alone, over an in-memory step's: the
+        # slowdown it would cause if none of it overlapped training.
         share = cost["cpu_s_per_batch"] / common.median([m.own_cpu_s for m in cpu[p, "in_memory"]])
-        train_gflop = common.TRAIN_FLOPS_FACTOR * forward / 1e9 * batch / pipe
+        gflops = common.TRAIN_FLOPS_FACTOR * forward / 1e9 * batch / pipe
         entries[p] = {
-            "warmup_s": warmup[p],
             "times_s": {feed: [round(v, 3) for v in times[p, feed]] for feed in FEEDS},
             "s_per_step": {feed: med[p, feed] for feed in FEEDS},
-            "frames_per_s": batch / pipe,
-            "in_memory_frames_per_s": batch / memory,
+            "frames_per_s": batch / pipe, "in_memory_frames_per_s": batch / memory,
             "ratio_vs_in_memory": memory / pipe,
             "ratio_vs_in_memory_of_best": min(times[p, "in_memory"]) / min(times[p, "pipeline"]),
-            # The pipeline's CPU seconds per batch, measured alone, over an in-memory step's:
-            # the slowdown it would cause if none of it overlapped training.
-            "pipeline_cpu_share_of_step": share,
-            "ratio_implied_by_pipeline_cost": 1 / (1 + share),
-            "achieved_gflop_per_s": train_gflop,
-            "fraction_of_matmul_peak": train_gflop / peaks[p].best,
-            "losses": [round(v, 5) for v in losses[p]],
-            "losses_finite": all(math.isfinite(v) for v in losses[p]),
+            "pipeline_cpu_share_of_step": share, "ratio_implied_by_pipeline_cost": 1 / (1 + share),
+            "achieved_gflop_per_s": gflops, "fraction_of_matmul_peak": gflops / peaks[p].best,
+            "losses_finite": all(math.isfinite(v) for f in FEEDS for v in losses[p, f]),
             "cpu": common.merge_cpu(cpu[p, "pipeline"] + cpu[p, "in_memory"]),
+            "target": {"ratio_vs_in_memory": TARGET_RATIO, "pass": memory / pipe >= TARGET_RATIO},
         }
-        entries[p]["target"] = {"ratio_vs_in_memory": TARGET_RATIO,
-                                "pass": entries[p]["ratio_vs_in_memory"] >= TARGET_RATIO}
-    speedup = {}
-    for p in precisions[1:]:
-        for feed in FEEDS:
-            pairs = [b / q for b, q in zip(times[precisions[0], feed], times[p, feed])]
-            speedup.setdefault(p, {})[feed] = {
-                "median_ratio": med[precisions[0], feed] / med[p, feed],
-                "per_step": [round(r, 3) for r in pairs], "min": min(pairs), "max": max(pairs)}
-    models = iterator = None  # frees them (the step closure shares these names)
-    keras.backend.clear_session()
-    return {"model": name, "gflop_forward_per_frame": forward / 1e9,
-            "gflop_forward_per_frame_at_256": forward / 1e9 * (256 / args.image_size) ** 2,
-            "precisions": entries, f"speedup_vs_{precisions[0]}": speedup,
-            "inference": inference, "losses_finite": all(e["losses_finite"] for e in entries.values())}
+    speedup = {p: {} for p in precisions[1:]}
+    for p, feed in ((p, feed) for p in precisions[1:] for feed in FEEDS):
+        pairs = [b / q for b, q in zip(times[precisions[0], feed], times[p, feed])]
+        speedup[p][feed] = {"median_ratio": med[precisions[0], feed] / med[p, feed],
+                            "min": min(pairs), "max": max(pairs)}
+    return {"model": name, **common.flops_info(forward, args.image_size),
+            "precisions": entries, f"speedup_vs_{precisions[0]}": speedup, "inference": inference,
+            "losses_finite": all(e["losses_finite"] for e in entries.values())}
 
 
-def measure_inference(models, x, reps, inference_copy):
-    """Median seconds of ``predict_on_batch(x)``: each model and each mixed model saved as
-    float32, interleaved; times relative to the first."""
-    if not reps:
-        return None
-    variants = {}
-    for precision, model in models.items():
-        variants[precision] = model
-        if precision != "float32":
-            variants[f"{precision} saved as float32"] = inference_copy(model)
-    labels = list(variants)
-    times = {label: [] for label in labels}
+def measure_inference(models, x, reps):
+    """Median seconds of ``predict_on_batch(x)`` of each model and each mixed model saved as
+    float32 (``inference_copy``), interleaved; times relative to the first."""
+    from lungseg.models import inference_copy
+
+    variants = models | {f"{precision} saved as float32": inference_copy(model)
+                         for precision, model in models.items() if precision != "float32"}
     for model in variants.values():
         model.predict_on_batch(x)  # trace, untimed
-    for rep in range(reps):
-        for label in labels[::-1] if rep % 2 else labels:
-            t0 = time.perf_counter()
-            variants[label].predict_on_batch(x)
-            times[label].append(time.perf_counter() - t0)
-    base = common.median(times[labels[0]])
+    times = common.interleaved({label: functools.partial(model.predict_on_batch, x)
+                                for label, model in variants.items()}, reps)[0]
+    first = next(iter(times))
     return {label: {"times_s": [round(v, 3) for v in t], "s_per_batch": common.median(t),
-                    f"time_vs_{labels[0]}": common.median(t) / base} for label, t in times.items()}
+                    f"time_vs_{first}": common.median(t) / common.median(times[first])}
+            for label, t in times.items()}
 
 
 def main(argv=None):
     args, start = parse_args(argv), time.monotonic()
-    say, fmt, precisions = common.say, common.fmt, args.precision
-    machine = common.header(f"training benchmark, {', '.join(precisions)}")
-    peaks = {}
-    for p in precisions:
-        dtype = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(p, "float32")
-        peaks[p] = common.PeakTracker(args.matmul_n, dtype)
-        say(f"matmul peak ({dtype}): {peaks[p].sample('start')} GFLOP/s")
-    frames, load_s = common.load_lus_400(common.lus_dataset(cache=args.cache)[0],
-                                         args.image_size)
-    cost = pipeline_cost(frames, args.batch_size)
-    say(f"400 LUS frames loaded in {load_s:.2f} s; the pipeline alone: "
-        f"{1000 * cost['cpu_s_per_batch']:.0f} CPU-ms per batch ({fmt(cost['frames_per_s'])} frames/s)")
-    results = {
-        "benchmark": "training",
-        "settings": {"image_size": args.image_size, "batch_size": args.batch_size,
-                     "timed_steps_per_feed": args.steps, "warmup_steps": args.warmup,
-                     "precisions": precisions, "models": args.models,
-                     "step": "train_on_batch, all precisions and feeds interleaved; median step",
-                     "flops": f"Conv2D/Conv2DTranspose; a step = {common.TRAIN_FLOPS_FACTOR}x forward"},
-        "machine": machine,
-    }
+    results = {"benchmark": "training", "machine": common.header(
+        f"training benchmark, {', '.join(args.precision)}")}
+    peaks = {p: common.PeakTracker(args.matmul_n, p) for p in args.precision}
+    for peak in peaks.values():
+        common.say(f"matmul peak ({peak.dtype}): {peak.sample('start')} GFLOP/s")
+    frames = common.load_lus_400(common.lus_dataset(), args.image_size)
+    results["pipeline_alone"] = cost = pipeline_cost(frames, args.batch_size)
+    common.say(f"the pipeline alone: {1000 * cost['cpu_s_per_batch']:.0f} CPU-ms per batch "
+               f"({common.fmt(cost['frames_per_s'])} frames/s)")
     for name in args.models:
-        say(f"{name}: {args.warmup} warm-up and {args.steps} timed steps per feed and precision")
         results[name] = measure_model(name, args, frames, peaks, cost)
-    results["matmul_peak"] = {p: peaks[p].as_dict() for p in precisions}
-    results["pipeline_alone"] = cost
+    results["matmul_peak"] = {p: peaks[p].as_dict() for p in args.precision}
     common.finish(results, args, report, start)
     return 0 if all(results[n]["losses_finite"] for n in args.models) else 1
 
 
 def report(r, args):
-    say, fmt, s = common.say, common.fmt, r["settings"]
-    base = s["precisions"][0]
-    say(f"\n== training, {s['image_size']}x{s['image_size']}, batch {s['batch_size']}, "
-        f"median of {s['timed_steps_per_feed']} steps per feed ==")
+    say, fmt, base = common.say, common.fmt, args.precision[0]
+    say(f"\n== training, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+        f"median of {args.steps} steps per feed ==")
     say(common.format_table(
         ["model", "precision", "s/step pipe", "s/step mem", "frames/s pipe", "pipe/mem",
          f">= {TARGET_RATIO}", "pipe/mem best", "implied by cost", "GFLOP/s", "of matmul peak"],
         [[n, p, f"{e['s_per_step']['pipeline']:.2f}", f"{e['s_per_step']['in_memory']:.2f}",
           fmt(e["frames_per_s"]), f"{e['ratio_vs_in_memory']:.3f}",
-          "PASS" if e["target"]["pass"] else "FAIL", f"{e['ratio_vs_in_memory_of_best']:.3f}", f"{e['ratio_implied_by_pipeline_cost']:.4f}",
-          fmt(e["achieved_gflop_per_s"]), f"{e['fraction_of_matmul_peak']:.2f}"]
+          "PASS" if e["target"]["pass"] else "FAIL", f"{e['ratio_vs_in_memory_of_best']:.3f}",
+          f"{e['ratio_implied_by_pipeline_cost']:.4f}", fmt(e["achieved_gflop_per_s"]),
+          f"{e['fraction_of_matmul_peak']:.2f}"]
          for n in args.models for p, e in r[n]["precisions"].items()]))
-    say("implied by cost: 1 / (1 + the pipeline's CPU-s per batch alone / an in-memory step's), "
-        "the ratio if none of the pipeline overlapped training")
-    if len(s["precisions"]) > 1:
+    if len(args.precision) > 1:
         say(f"\nspeed-up over {base}: median ratio (lowest-highest of steps side by side)")
         say(common.format_table(["model", "precision", *FEEDS], [
             [n, p] + [f"{v[f]['median_ratio']:.2f}x ({v[f]['min']:.2f}-{v[f]['max']:.2f})"
                       for f in FEEDS]
             for n in args.models for p, v in r[n][f"speedup_vs_{base}"].items()]))
-    if all(r[n]["inference"] for n in args.models):
-        say(f"\ninference, predict_on_batch of {s['batch_size']} frames, median")
-        say(common.format_table(["model", "variant", "s/batch", f"time vs {base}"], [
-            [n, label, f"{e['s_per_batch']:.3f}", f"{e[f'time_vs_{base}']:.2f}"]
-            for n in args.models for label, e in r[n]["inference"].items()]))
-    for p, peak in r["matmul_peak"].items():
-        say(f"matmul peak for {p}: best {fmt(peak['best_gflop_per_s'])} GFLOP/s, median "
-            f"{fmt(peak['median_gflop_per_s'])}")
+    say(f"\ninference, predict_on_batch of {args.batch_size} frames, median")
+    say(common.format_table(["model", "variant", "s/batch", f"time vs {base}"], [
+        [n, label, f"{e['s_per_batch']:.3f}", f"{e[f'time_vs_{base}']:.2f}"]
+        for n in args.models for label, e in r[n]["inference"].items()]))
     say("cpu: " + common.contention_note(common.merge_cpu(
         e["cpu"] for n in args.models for e in r[n]["precisions"].values())))
-    say(f"total {r['elapsed_s']:.0f} s")
 
 
 if __name__ == "__main__":
