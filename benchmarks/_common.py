@@ -7,7 +7,6 @@ import argparse
 import math
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -43,13 +42,8 @@ def fmt(value, suffix=""):
     return f"{value:,.0f}{suffix}" if abs(value) >= 100 else f"{value:.3g}{suffix}"
 
 
-def median(values):
-    return statistics.median(values) if values else None
-
-
 def interleaved(calls, rounds, label=None):
-    """Each of ``calls`` (key: function) once a round, reversed every other round (ABBA, so all
-    see the same load): per key, the seconds, the CpuMonitors and the results of the calls."""
+    """Per key of ``calls``, the seconds, CpuMonitors and results of its calls, ABBA-ordered."""
     times, cpu, results = ({key: [] for key in calls} for _ in range(3))
     for index in range(rounds):
         for key in list(calls)[::-1] if index % 2 else calls:
@@ -58,9 +52,9 @@ def interleaved(calls, rounds, label=None):
             times[key].append(monitor.wall_s)
             cpu[key].append(monitor)
         if label:
-            say(f"  {label} {index + 1}/{rounds}: " + ", ".join(
-                f"{' '.join(k) if isinstance(k, tuple) else k} {t[-1]:.2f} s"
-                for k, t in times.items()))
+            names = (" ".join(k) if isinstance(k, tuple) else k for k in times)
+            say(f"  {label} {index + 1}/{rounds}: "
+                + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in zip(names, times.values())))
     return times, cpu, results
 
 
@@ -134,15 +128,13 @@ def header(title):
     info = environment() | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "load_average_1_5_15": list(os.getloadavg())}
     say(f"{title}: tensorflow {info['versions']['tensorflow']}, keras {info['versions']['keras']};"
-        f" {info['threads']['cpus']} CPUs ({info['cpu']['model']}), load "
-        f"{info['load_average_1_5_15'][0]:.2f} at start")
+        f" {info['cpu']['model']}, load {info['load_average_1_5_15'][0]:.2f} at start")
     return info
 
 
 def finish(results, args, report, started):
     """Stamp the options and elapsed time, print the report, write the JSON if asked."""
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    results["settings"] = options | results.get("settings", {})
+    results["settings"] = vars(args) | results.get("settings", {})
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     report(results, args)
     say(f"total {results['elapsed_s']:.0f} s")
@@ -257,8 +249,7 @@ def load_lus_400(folder, image_size):
 
 
 def build_model(name, image_size, precision="float32", clear_session=True):
-    """V-Unet (random VGG16) or X-Unet for gray frames, compiled as lungseg.training does, under
-    the dtype policy ``precision`` (left as the global policy)."""
+    """V-Unet (random VGG16) or X-Unet, compiled as lungseg.training does, under ``precision``."""
     import keras
 
     import lungseg

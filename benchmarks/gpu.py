@@ -41,22 +41,8 @@ NOTE = ("every phase at the full training rate (frozen-encoder stage 1 and froze
         "inference rate of the training batch")
 
 
-def parse_args(argv=None):
-    parser = common.benchmark_parser(
-        __doc__, 256, models=True, steps=(25, "timed steps per run"),
-        repeats=(3, "timed runs per rate, the median counts"), warmup=(2, "untimed warm-up steps"))
-    add = parser.add_argument
-    add("--infer-batches", type=lambda t: [common.positive_int(v) for v in t.split(",")],
-        default=[1, 20], help="inference batch sizes (default 1,20)")
-    add("--precisions", type=common.choice_list(PRECISIONS), default=list(PRECISIONS),
-        help="float32,mixed_bfloat16 (default both)")
-    add("--require-gpu", action="store_true", help="exit with status 2 if JAX sees no GPU")
-    return parser.parse_args(argv)
-
-
 def timed_runs(run, steps, args):
-    """Seconds of the warm-up ``run(--warmup)``, of ``--repeats`` timed ``run(steps)``, and the
-    last run's result."""
+    """Seconds of ``run(--warmup)`` and of ``--repeats`` timed ``run(steps)``; the last result."""
     t0 = time.perf_counter()
     run(args.warmup)
     warmup, times = time.perf_counter() - t0, []
@@ -97,9 +83,10 @@ def measure(args, results, save):
     for precision, name in ((p, n) for p in args.precisions for n in args.models):
         model = common.build_model(name, args.image_size, precision)
         fwd, key = common.forward_flops(model), {"model": name, "precision": precision}
-        info = key | {"params": int(model.count_params()), **common.flops_info(fwd, args.image_size),
-                      "compute_dtype": model.get_layer("decoder1_conv1").compute_dtype,
-                      "head_dtype": model.get_layer("mask").compute_dtype}
+        info = key | common.flops_info(fwd, args.image_size) | {
+            "params": int(model.count_params()),
+            "compute_dtype": model.get_layer("decoder1_conv1").compute_dtype,
+            "head_dtype": model.get_layer("mask").compute_dtype}
         results["models"].append(info)
         common.say(f"{name} {precision}: {info['params']:,} parameters, {fwd / 1e9:.1f} GFLOP/"
                    f"frame forward, compute {info['compute_dtype']}, head {info['head_dtype']}")
@@ -113,7 +100,9 @@ def measure(args, results, save):
         def predict(inputs, steps):  # on device arrays, the masks copied back to the host
             for i in range(steps):
                 out = model.predict_on_batch(inputs[i % len(inputs)])
-            return np.asarray(out)
+            out = np.asarray(out)  # whether the last masks are valid:
+            return out.shape == (len(inputs[0]), *x.shape[1:]) and bool(
+                np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1)
 
         timing = timed_runs(fit, args.steps, args)
         record(results, save, key | {"phase": "train"}, batch, args.steps, timing,
@@ -123,10 +112,7 @@ def measure(args, results, save):
                 [jax.device_put(x[i * size:(i + 1) * size]) for i in range(4)])
             steps = args.steps * (BATCH1_STEPS_FACTOR if size == 1 else 1)
             timing = timed_runs(functools.partial(predict, inputs), steps, args)
-            out = timing[2]
-            valid = out.shape == (size, *x.shape[1:]) and bool(
-                np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1)
-            record(results, save, key | {"phase": "infer"}, size, steps, timing, fwd, valid)
+            record(results, save, key | {"phase": "infer"}, size, steps, timing, fwd, timing[2])
         model = fit = predict = None
         keras.backend.clear_session()
         gc.collect()
@@ -134,14 +120,12 @@ def measure(args, results, save):
 
 
 def rates(results):
-    """{(model, precision, phase, batch): frames/s} of the measurements so far."""
     return {(e["model"], e["precision"], e["phase"], e["batch"]): e["frames_per_s"]
             for e in results["measurements"]}
 
 
 def implied_times(results, args):
-    """Hours of the paper's experiments at our rates: training frames at the training rate,
-    validation frames at the inference rate."""
+    """Hours of the paper's experiments: training and validation frames at our rates."""
     infer = sorted({e["batch"] for e in results["measurements"] if e["phase"] == "infer"})
     val_batch = args.batch_size if args.batch_size in infer else (infer or [None])[-1]
     rate = rates(results)
@@ -187,6 +171,16 @@ def report(results, args):
 
 
 def main(argv=None):
+    parser = common.benchmark_parser(
+        __doc__, 256, models=True, steps=(25, "timed steps per run"),
+        repeats=(3, "timed runs per rate, the median counts"), warmup=(2, "untimed warm-up steps"))
+    add = parser.add_argument
+    add("--infer-batches", type=lambda t: [common.positive_int(v) for v in t.split(",")],
+        default=[1, 20], help="inference batch sizes (default 1,20)")
+    add("--precisions", type=common.choice_list(PRECISIONS), default=list(PRECISIONS),
+        help="float32,mixed_bfloat16 (default both)")
+    add("--require-gpu", action="store_true", help="exit with status 2 if JAX sees no GPU")
+    args = parser.parse_args(argv)
     import jax
     import keras
     import numpy
@@ -194,7 +188,7 @@ def main(argv=None):
     import lungseg
     from lungseg.files import write_json
 
-    args, devices = parse_args(argv), jax.devices()
+    devices = jax.devices()
     env = {"python": sys.version.split()[0], "jax": jax.__version__, "keras": keras.__version__,
            "numpy": numpy.__version__, "keras_backend": keras.backend.backend(),
            "devices": [f"{d.platform}:{d.id} {d.device_kind}" for d in devices],
@@ -202,8 +196,9 @@ def main(argv=None):
            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
            "xla_flags": os.environ.get("XLA_FLAGS"), "lungseg_file": lungseg.__file__}
     common.say(f"keras {env['keras']} on {env['keras_backend']}, jax {env['jax']}; devices: "
-               f"{', '.join(env['devices'])}; lungseg from {env['lungseg_file']}; float32 as "
-               f"jax_default_matmul_precision={env['jax_default_matmul_precision']} runs it")
+               f"{', '.join(env['devices'])}; lungseg from {env['lungseg_file']}; float32 at "
+               f"jax_default_matmul_precision={env['jax_default_matmul_precision']} (default: TF32 "
+               "on tensor cores)")
     if not env["gpu"]:
         common.say("WARNING: JAX sees NO GPU: these are CPU rates")
         if args.require_gpu:
@@ -211,11 +206,7 @@ def main(argv=None):
     results = {
         "benchmark": "gpu", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:] if argv is None else list(argv),
-        "settings": {"image_size": args.image_size, "batch": args.batch_size,
-                     "infer_batches": args.infer_batches, "steps": args.steps,
-                     "batch1_steps": args.steps * BATCH1_STEPS_FACTOR, "repeats": args.repeats,
-                     "warmup_steps": args.warmup, "models": args.models,
-                     "precisions": args.precisions},
+        "settings": vars(args) | {"batch1_steps": args.steps * BATCH1_STEPS_FACTOR},
         "environment": env, "models": [], "measurements": [], "implied": None,
     }
 

@@ -9,6 +9,7 @@ masks). Figures in docs/performance.md.
 """
 
 import functools
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,13 +49,13 @@ def measure_model(name, args, frames, peak):
                            (f.shape[1], f.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
                 for p, f in zip(outputs["bare"][-1], frames)]
     same = np.mean([np.array_equal(a, b) for a, b in zip(expected, outputs["segment_batch"][-1])])
-    fps = {path: len(frames) / common.median(t) for path, t in times.items()}
+    fps = {path: len(frames) / statistics.median(t) for path, t in times.items()}
     flops = common.flops_info(common.forward_flops(model), args.image_size)
     model = paths = None
     keras.backend.clear_session()
     return {
         "model": name, **flops,
-        "frames_per_s_batch1": 1 / common.median(single),
+        "frames_per_s_batch1": 1 / statistics.median(single),
         "frames_per_s_batch20": fps["bare"], "segment_batch_frames_per_s": fps["segment_batch"],
         "predict_vs_bare": fps["segment_batch"] / fps["bare"],
         "predict_vs_bare_of_best": min(times["bare"]) / min(times["segment_batch"]),
@@ -80,7 +81,8 @@ def main(argv=None):
     results = {"benchmark": "inference", "machine": machine}
     for name in args.models:
         results[name] = e = measure_model(name, args, frames, peak)
-        e["target"] = {"predict_vs_bare": TARGET_RATIO, "pass": e["predict_vs_bare"] >= TARGET_RATIO}
+        e["target"] = {"predict_vs_bare": TARGET_RATIO,
+                       "pass": e["predict_vs_bare"] >= TARGET_RATIO}
     for name in args.models:  # against the best matmul rate of the whole run
         e = results[name]
         e["flop_limit_frames_per_s"] = limit = peak.best / e["gflop_forward_per_frame"]

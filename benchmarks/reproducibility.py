@@ -1,9 +1,8 @@
 """Does the same training give the same Dice? On this machine, and where machines differ.
 
-Trains one tiny X-Unet run (64 x 32 frames, salient pre-training, then 2 folds,
-``--deterministic``) in fresh processes, each under one variant of what differs between
-machines (the same command again, one core, AVX2-only oneDNN, oneDNN off), and compares the
-fold Dice with the first plain run. Figures in docs/results.md.
+One tiny deterministic X-Unet run (64 x 32 frames, salient pre-training, 2 folds) in fresh
+processes, under what differs between machines (the same command again, one core, AVX2-only
+oneDNN, oneDNN off): fold Dice against the first plain run. Figures in docs/results.md.
 
     python benchmarks/reproducibility.py [--json FILE] [--epochs 2]
 """

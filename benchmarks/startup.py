@@ -1,13 +1,13 @@
 """Start-up time of the command lines: how long ``train_vunet.py --help`` takes.
 
-Each command runs in fresh Python processes, one untimed run then ``--repeats`` timed ones;
-target: ``train_vunet.py --help`` within 0.5 s (no Keras or TensorFlow import). Figures in
-docs/performance.md.
+Each command runs in fresh Python processes, one untimed run then ``--repeats`` timed ones.
+Target: within 0.5 s (no Keras or TensorFlow import). Figures in docs/performance.md.
 
     python benchmarks/startup.py [--repeats 7] [--json results.json]
 """
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -45,7 +45,7 @@ def main(argv=None):
     results = []
     for label, command in COMMANDS:
         times = time_command(command, args.repeats)
-        results.append({"command": label, "times_s": times, "median_s": common.median(times),
+        results.append({"command": label, "times_s": times, "median_s": statistics.median(times),
                         "min_s": min(times), "max_s": max(times)})
     common.say(f"== start-up, {args.repeats} runs each, {os.cpu_count()} CPUs, "
                f"Python {sys.version.split()[0]}")

@@ -11,6 +11,7 @@ prediction of each model and each mixed model as saved. Figures in docs/performa
 
 import functools
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,12 +97,13 @@ def measure_model(name, args, frames, peaks, cost):
     models = iterator = None  # frees them (the step closure shares these names)
     keras.backend.clear_session()
 
-    entries, med = {}, {run: common.median(t) for run, t in times.items()}
+    entries, med = {}, {run: statistics.median(t) for run, t in times.items()}
     for p in precisions:
         pipe, memory = med[p, "pipeline"], med[p, "in_memory"]
         # The pipeline's CPU seconds per batch, measured alone, over an in-memory step's: the
         # slowdown it would cause if none of it overlapped training.
-        share = cost["cpu_s_per_batch"] / common.median([m.own_cpu_s for m in cpu[p, "in_memory"]])
+        step_cpu = statistics.median([m.own_cpu_s for m in cpu[p, "in_memory"]])
+        share = cost["cpu_s_per_batch"] / step_cpu
         gflops = common.TRAIN_FLOPS_FACTOR * forward / 1e9 * batch / pipe
         entries[p] = {
             "times_s": {feed: [round(v, 3) for v in times[p, feed]] for feed in FEEDS},
@@ -126,8 +128,7 @@ def measure_model(name, args, frames, peaks, cost):
 
 
 def measure_inference(models, x, reps):
-    """Median seconds of ``predict_on_batch(x)`` of each model and each mixed model saved as
-    float32 (``inference_copy``), interleaved; times relative to the first."""
+    """Seconds of ``predict_on_batch(x)`` of each model and each mixed one saved as float32."""
     from lungseg.models import inference_copy
 
     variants = models | {f"{precision} saved as float32": inference_copy(model)
@@ -137,8 +138,8 @@ def measure_inference(models, x, reps):
     times = common.interleaved({label: functools.partial(model.predict_on_batch, x)
                                 for label, model in variants.items()}, reps)[0]
     first = next(iter(times))
-    return {label: {"times_s": [round(v, 3) for v in t], "s_per_batch": common.median(t),
-                    f"time_vs_{first}": common.median(t) / common.median(times[first])}
+    return {label: {"times_s": [round(v, 3) for v in t], "s_per_batch": statistics.median(t),
+                    f"time_vs_{first}": statistics.median(t) / statistics.median(times[first])}
             for label, t in times.items()}
 
 
