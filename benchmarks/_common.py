@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("vunet", "xunet")
 TRAIN_FLOPS_FACTOR = 3  # a training step ~ forward + gradients w.r.t. inputs and weights
 # Generated LUS phantoms, written once and reused (ensure_dataset regenerates when stale).
 CACHE = Path(os.environ.get("LUNGSEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "lungseg-bench"))
@@ -78,13 +77,6 @@ def format_table(headers, rows):
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def choice_list(allowed):
     """Parser of a comma-separated subset of ``allowed`` (kept in the order given)."""
     def parse(text):
@@ -97,6 +89,8 @@ def choice_list(allowed):
 
 def parser(doc, **counts):
     """A parser with ``--json FILE`` and a positive integer ``--name`` per name=(default, help)."""
+    from lungseg.cli import positive_int
+
     result = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     result.add_argument("--json", metavar="FILE", help="write the results to FILE (JSON)")
     for name, (default, text) in counts.items():
@@ -107,9 +101,12 @@ def parser(doc, **counts):
 
 def benchmark_parser(doc, image_size, models=False, matmul=False, **counts):
     """``parser`` with the options the model benchmarks share."""
+    from lungseg.cli import positive_int
+    from lungseg.config import MODELS
+
     result = parser(doc, batch_size=(20, "batch size, the paper's"), **counts)
     add = result.add_argument
-    add("--image-size", type=positive_int, default=image_size,
+    add("--image-size", type=square_side, default=image_size,
         help=f"side of the square model input, a multiple of 16 (default {image_size}; the "
         "paper's is 256)")
     if models:
@@ -119,6 +116,16 @@ def benchmark_parser(doc, image_size, models=False, matmul=False, **counts):
         add("--matmul-n", type=positive_int, default=4096,
             help="side of the matrices of the matmul peak (default 4096)")
     return result
+
+
+def square_side(text):
+    """``--image-size``: the side of a square model input, a multiple of 16."""
+    from lungseg.cli import image_size
+
+    height, width = image_size(text)
+    if height != width:
+        raise argparse.ArgumentTypeError(f"one side (a square input), got {text!r}")
+    return height
 
 
 def header(title):
@@ -249,7 +256,8 @@ def load_lus_400(folder, image_size):
 
 
 def build_model(name, image_size, precision="float32", clear_session=True):
-    """V-Unet (random VGG16) or X-Unet, compiled as lungseg.training does, under ``precision``."""
+    """V-Unet (random VGG16) or X-Unet under ``precision``, compiled with lungseg's Dice loss
+    and the metrics the paper logged (training also counts empty and full predictions)."""
     import keras
 
     import lungseg

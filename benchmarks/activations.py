@@ -42,12 +42,11 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    import lungseg  # noqa: F401  (registers the loss and metrics for loading)
-    from lungseg import data
+    from lungseg import data, predict
 
-    model = keras.models.load_model(args.model, compile=False)
+    model = predict.load_model(args.model)
     folder = args.data or common.lus_dataset()
-    size = tuple(model.input_shape[1:3])
+    size = predict.input_size(model, args.model)[:2]
     frames = data.load_frames(data.find_pairs(folder), size).take(args.frames)
     images = np.asarray(frames.images, "float32")
     keras.utils.set_random_seed(args.seed)

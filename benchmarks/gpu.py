@@ -100,7 +100,9 @@ def measure(args, results, save):
         def predict(inputs, steps):  # on device arrays, the masks copied back to the host
             for i in range(steps):
                 out = model.predict_on_batch(inputs[i % len(inputs)])
-            out = np.asarray(out)  # whether the last masks are valid:
+            return np.asarray(out)
+
+        def valid_masks(out, inputs):
             return out.shape == (len(inputs[0]), *x.shape[1:]) and bool(
                 np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1)
 
@@ -112,7 +114,8 @@ def measure(args, results, save):
                 [jax.device_put(x[i * size:(i + 1) * size]) for i in range(4)])
             steps = args.steps * (BATCH1_STEPS_FACTOR if size == 1 else 1)
             timing = timed_runs(functools.partial(predict, inputs), steps, args)
-            record(results, save, key | {"phase": "infer"}, size, steps, timing, fwd, timing[2])
+            record(results, save, key | {"phase": "infer"}, size, steps, timing, fwd,
+                   valid_masks(timing[2], inputs))
         model = fit = predict = None
         keras.backend.clear_session()
         gc.collect()
@@ -175,7 +178,9 @@ def main(argv=None):
         __doc__, 256, models=True, steps=(25, "timed steps per run"),
         repeats=(3, "timed runs per rate, the median counts"), warmup=(2, "untimed warm-up steps"))
     add = parser.add_argument
-    add("--infer-batches", type=lambda t: [common.positive_int(v) for v in t.split(",")],
+    from lungseg.cli import positive_int
+
+    add("--infer-batches", type=lambda t: [positive_int(v) for v in t.split(",")],
         default=[1, 20], help="inference batch sizes (default 1,20)")
     add("--precisions", type=common.choice_list(PRECISIONS), default=list(PRECISIONS),
         help="float32,mixed_bfloat16 (default both)")

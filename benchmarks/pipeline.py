@@ -104,7 +104,9 @@ def main(argv=None):
         __doc__, 256, rounds=(3, "timed rounds"),
         ours_epochs=(5, "epochs of each of our pipelines per round"),
         paper_epochs=(1, "the paper's epochs per round"))
-    parser.add_argument("--augment", choices=("paper", "strong"), default="paper",
+    from lungseg.config import AUGMENT_INTERPOLATIONS, AUGMENT_POLICIES
+
+    parser.add_argument("--augment", choices=AUGMENT_POLICIES, default="paper",
                         help="our pipelines' augmentation (default paper; the paper's pipeline "
                         "always runs the paper's)")
     args, start = parser.parse_args(argv), time.monotonic()
@@ -114,7 +116,7 @@ def main(argv=None):
     source = common.lus_dataset()
     with common.CpuMonitor() as load:  # ours decodes once, before its (steady) epochs
         frames = common.load_lus_400(source, size)
-    augmentations = {k: data.make_augmentation(args.augment, k) for k in ("bilinear", "nearest")}
+    augmentations = {k: data.make_augmentation(args.augment, k) for k in AUGMENT_INTERPOLATIONS}
     ours = [data.make_dataset(frames, batch, training=True, augment=a, seed=0)
             for a in augmentations.values()]
     with tempfile.TemporaryDirectory(prefix="lungseg-paper-layout-") as workdir:

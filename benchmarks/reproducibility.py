@@ -46,10 +46,8 @@ def train(variant, data, salient, out, epochs):
     return json.loads(Path(out, name, "summary.json").read_text()), time.perf_counter() - t0
 
 
-def main():
-    parser = common.parser(__doc__)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of each stage (default 2)")
-    args = parser.parse_args()
+def main(argv=None):
+    args = common.parser(__doc__, epochs=(2, "epochs of each stage")).parse_args(argv)
     from lungseg.data import write_lus_dataset, write_salient_dataset
 
     results = {}

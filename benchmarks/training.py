@@ -22,7 +22,6 @@ import _common as common  # noqa: E402
 common.setup("tensorflow")
 
 TARGET_RATIO = 0.95
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 FEEDS = ("pipeline", "in_memory")
 
 
@@ -32,6 +31,8 @@ def parse_args(argv=None):
         steps=(4, "timed steps per feed, precision and model"),
         warmup=(1, "untimed steps per model and precision (the first traces)"),
         infer_reps=(3, "timed predict_on_batch calls per model variant"))
+    from lungseg.config import PRECISIONS
+
     parser.add_argument("--precision", type=common.choice_list(PRECISIONS), metavar="LIST",
                         help="dtype policies, float32 first for the ratios (default float32, "
                         "plus mixed_bfloat16 on a CPU with AVX-512 BF16 or AMX)")
