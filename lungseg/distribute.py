@@ -173,13 +173,13 @@ def shard_by_data(dataset):
 
 def digest(*parts):
     """A 62-bit number from the SHA-256 of ``parts`` (strings, bytes or arrays)."""
-    digest = hashlib.sha256()
+    sha = hashlib.sha256()
     for part in parts:
         if isinstance(part, str):
             part = part.encode()
-        digest.update(part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes())
-        digest.update(b"\0")
-    return int.from_bytes(digest.digest()[:8], "big") >> 2
+        sha.update(part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes())
+        sha.update(b"\0")
+    return int.from_bytes(sha.digest()[:8], "big") >> 2
 
 
 PATH_OPTIONS = (*PATH_FIELDS, "out")  # may differ between machines
