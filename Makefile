@@ -21,8 +21,9 @@ demo: $(STAMP)
 	$(PY) train_xunet.py --preset quick --name demo_xunet --overwrite
 	$(PY) evaluate.py weights/demo_vunet weights/demo_xunet --out results/demo
 
-# Two pytest-xdist workers: the shared runs' modules on one, everything else on the other
-# (tests/conftest.py); under 3 minutes and 1 GB of temporary files on two cores.
+# Two pytest-xdist workers: the tests that write full-size model files run one after another
+# on one of them, each other module goes whole to either (tests/conftest.py); under 3 minutes
+# and 1 GB of temporary files on two cores.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2

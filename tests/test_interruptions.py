@@ -65,6 +65,7 @@ def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(narrow_pr
     state = tmp_path / "k" / "fold_1" / "state" / "state.json"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     saved_epoch(state, 1, process)
+    assert process.poll() is None, "the run ended before it could be killed: give it more epochs"
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = read_json(state)["epoch"]
@@ -95,6 +96,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(narrow_pretrained, ti
     finally:
         signal.signal(signal.SIGINT, ignored)
     saved_epoch(state, 1, process)
+    assert process.poll() is None, "the run ended before Ctrl-C: give it more epochs"
     process.send_signal(signal.SIGINT)
     try:
         out, err = process.communicate(timeout=120)

@@ -163,8 +163,8 @@ def test_missing_local_weights_file_is_named(tmp_path):
         build_vunet((32, 32, 1), encoder_weights=tmp_path / "nope.h5")
 
 
-# A compiled X-Unet's round trip through .keras in a fresh process (predictions bit for bit,
-# loss and metrics): test_startup.py, with each import order.
+# A compiled X-Unet's round trip through .keras in a fresh process (its loss, its weights to the
+# bit, its predictions to 1e-6), after each import order: test_startup.py.
 
 
 def _imports(path):

@@ -9,17 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
+from conftest import ROOT, TINY
 from lungseg.errors import ConfigError
 from lungseg.files import read_json
 from lungseg.distribute import Cluster, cluster_from_tf_config
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "32", "--lus-frames", "16", "--folds", "2", "--batch-size", "4",
-        "--lr", "1e-3", "--seed", "1"]
 
 # A worker: the training command; "kill" dies right after the first epoch's state is written;
 # every step's batch on this worker is counted and printed at the end (STEP_FRAMES [...]).

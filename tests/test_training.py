@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, run_script, snapshot
+from conftest import TINY, narrow_xunet, run_script, snapshot
 from lungseg.config import RunConfig
 from lungseg.files import read_json
 
@@ -24,8 +24,8 @@ def same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-# The shared runs are gone after their last test (conftest), so the V-Unet run's tests come
-# first, then the X-Unet run's, then those that train their own full-size models.
+# The shared runs are deleted after their last test (conftest); the V-Unet run's tests come
+# first, then the X-Unet run's, so that the two runs' files are seldom on disk together.
 
 
 def test_vunet_run_folder_holds_every_file(vunet_run):
@@ -173,7 +173,6 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
     conftest.narrow_xunet): it runs no pre-training of its own, trains in bfloat16, config.json
     says so, and its model.keras computes in float32 (so predicting with it gives exactly what
     the same weights give in a float32 model)."""
-    from conftest import narrow_xunet
     from lungseg.models import with_policy
 
     pretrained = narrow_pretrained
