@@ -75,7 +75,9 @@ def _release_shared_folders(request):
 # full_size run on one worker, one after another, so that their model files never add up with
 # another worker's (and the shared runs are trained once); every other module runs on one
 # worker (its module fixtures are built once). Each worker writes which of its tests are
-# full-size into a folder that the controller's scheduler reads.
+# full-size into a folder that the controller's scheduler reads. (pytest-xdist's own --dist
+# loadgroup would do this from xdist_group marks, but 3.8 tags a test's group by setting
+# item._nodeid, which pytest 9 no longer reads: the groups were ignored when tried.)
 
 
 def full_size(item):
