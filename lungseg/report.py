@@ -54,6 +54,7 @@ from lungseg.evaluation import (
 )
 from lungseg.postprocess import PostProcess
 from lungseg.files import write_json, write_text
+from lungseg.markdown import markdown_table
 from lungseg.predict import input_size, load_model
 from lungseg.runs import RunFolder, display_name
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
@@ -449,6 +450,35 @@ def _number(value, digits=4):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _contamination(summary):
+    trained = summary["trained_on_test_frames"]
+    return "-" if trained is None else ", ".join(f"{fold} {n}" for fold, n in trained.items())
+
+
+def result_columns(millimetres=False):
+    """The results table's columns: ``(header, cell)`` pairs, ``cell`` a function of a summary."""
+    columns = [
+        ("experiment", lambda s: s["experiment"]),
+        ("model", lambda s: s["model"]),
+        ("prediction", lambda s: s.get("prediction", "plain")),
+        ("training frames", lambda s: s["training_frames"] or "-"),
+        ("fine-tuning", lambda s: s["fine_tuning"]),
+        ("stage-1 Dice", lambda s: _number(s["stage1_dice"])),
+        ("fold Dice (mean ± SD)", lambda s: f"{_number(s['fold_dice_mean'])} ± {_number(s['fold_dice_sd'])}"),
+        ("SD as the paper (np.std)", lambda s: _number(s["fold_dice_sd_paper"])),
+        ("best fold", lambda s: f"{s['best_fold']} ({_number(s['best_fold_dice'])})"),
+        ("global Dice", lambda s: _number(s["across_folds"]["dice_global"]["mean"])),
+        ("per-image Dice", lambda s: _number(s["per_image_dice_mean"])),
+        ("spurious components / image", lambda s: _number(s["spurious_per_image"], 2)),
+        ("HD95 (px)", lambda s: _number(s["hd95_mean"], 1)),
+        ("ASSD (px)", lambda s: _number(s.get("assd_mean"), 1)),
+    ]
+    if millimetres:
+        columns += [("HD95 (mm)", lambda s: _number(s["hd95_mm_mean"], 2)),
+                    ("ASSD (mm)", lambda s: _number(s["assd_mm_mean"], 2))]
+    return columns + [("test frames trained on", _contamination)]
+
+
 def results_table(summaries, scored_on, resolution="native", spacing=None):
     """The paper-style Markdown table, one row per experiment, and what each number means."""
     millimetres = spacing is not None and resolution == "native"
@@ -461,26 +491,8 @@ def results_table(summaries, scored_on, resolution="native", spacing=None):
         f"Per-image metrics (per-image Dice, spurious components, HD95, ASSD) at {where}"
         + (f", pixel spacing {spacing[0]:g} x {spacing[1]:g} mm (row x column)." if millimetres else "."),
         "",
-        "| experiment | model | prediction | training frames | fine-tuning | stage-1 Dice | fold Dice (mean ± SD) "
-        "| SD as the paper (np.std) | best fold | global Dice | per-image Dice "
-        "| spurious components / image | HD95 (px) | ASSD (px) |"
-        + (" HD95 (mm) | ASSD (mm) |" if millimetres else "") + " test frames trained on |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if millimetres else ""),
     ]
-    for s in summaries:
-        across = s["across_folds"]
-        trained = s["trained_on_test_frames"]
-        contamination = "-" if trained is None else ", ".join(f"{fold} {n}" for fold, n in trained.items())
-        mm = (f" {_number(s['hd95_mm_mean'], 2)} | {_number(s['assd_mm_mean'], 2)} |" if millimetres else "")
-        lines.append(
-            f"| {s['experiment']} | {s['model']} | {s.get('prediction', 'plain')} | {s['training_frames'] or '-'} "
-            f"| {s['fine_tuning']} "
-            f"| {_number(s['stage1_dice'])} | {_number(s['fold_dice_mean'])} ± {_number(s['fold_dice_sd'])} "
-            f"| {_number(s['fold_dice_sd_paper'])} | {s['best_fold']} ({_number(s['best_fold_dice'])}) "
-            f"| {_number(across['dice_global']['mean'])} | {_number(s['per_image_dice_mean'])} "
-            f"| {_number(s['spurious_per_image'], 2)} | {_number(s['hd95_mean'], 1)} "
-            f"| {_number(s.get('assd_mean'), 1)} |{mm} {contamination} |"
-        )
+    lines += markdown_table(result_columns(millimetres), summaries)
     lines += ["", "What the numbers are:", ""]
     lines += [f"- **{name}**: {text}." for name, text in (
         ("prediction", "how masks were made: plain (one model, threshold 0.5), or with a run's fold "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script, snapshot
+from markdown_tables import gfm_tables
 from lungseg.config import make_config
 from lungseg.files import read_json
 from lungseg.evaluation import aggregate_folds
@@ -24,10 +25,10 @@ def results(vunet_run, xunet_run, module_tmp):
 
 
 def table_rows(path):
-    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
-    header, rows = lines[0], lines[1:]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
-    return [dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|")))) for row in rows]
+    """The rows of results.md's table as a GFM viewer renders it, as dicts by header."""
+    (header, rows), = gfm_tables(path.read_text())
+    assert all(len(row) == len(header) for row in rows)
+    return [dict(zip(header, row)) for row in rows]
 
 
 def test_evaluate_writes_every_file(results):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+from markdown_tables import gfm_tables
 from lungseg.files import read_json
 from lungseg.report import Experiment, spread_frames
 
@@ -36,6 +37,9 @@ def test_native_metrics_with_spacing_and_options_on_a_test_set(xunet_run, tiny_l
     text = (out / "results.md").read_text()
     assert "at each frame's own size, pixel spacing 0.2 x 0.2 mm" in text and "HD95 (mm)" in text
     assert "| x+ensemble+flip+min20 | X-Unet | fold ensemble; flip TTA;" in text
+    (header, table), = gfm_tables(text)  # renders as a table: 17 cells in every row
+    assert len(header) == 17 and header[-3:-1] == ["HD95 (mm)", "ASSD (mm)"]
+    assert [len(row) for row in table] == [17, 17] and table[1][0] == "x+ensemble+flip+min20"
     # masks are written at each frame's own size (960 x 128) when scored natively
     import cv2
 
