@@ -209,6 +209,18 @@ def binary_set_metrics(
     }
 
 
+# The notebooks scored a test list with flow_from_dataframe (shuffle on, seed 1): Keras seeded
+# NumPy with 1 and drew np.random.permutation of the rows before the first batch, so every model
+# was scored on the same batches, in this order.
+NOTEBOOK_SEED = 1
+
+
+def notebook_order(n: int, seed: int = NOTEBOOK_SEED) -> np.ndarray:
+    """The order in which the authors' evaluation drew the ``n`` rows of a test list into
+    batches: ``np.random.RandomState(1).permutation(n)``, the same for every model and run."""
+    return np.random.RandomState(seed).permutation(n)
+
+
 def batch_dice(
     references: np.ndarray, predictions: np.ndarray, smooth: float = 1.0, batch_size: Optional[int] = None
 ) -> float:

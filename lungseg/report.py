@@ -50,6 +50,7 @@ from lungseg.evaluation import (
     binary_set_metrics,
     image_metrics,
     nan_to_none,
+    notebook_order,
     summarize,
 )
 from lungseg.postprocess import PostProcess
@@ -295,7 +296,9 @@ def score(experiment, source, batch_size=20, resolution="native", spacing=None):
                 f"was trained at {expected[0]}x{expected[1]}"
             )
         frames = source.frames(experiment, fold, (height, width))
-        scores = score_frames(model, frames, batch_size)
+        # A test list is batched as the notebooks drew it; other frames in the order scored.
+        order = notebook_order(len(frames)) if source.test_names else None
+        scores = score_frames(model, frames, batch_size, order=order)
         if splits and source.test_names and fold != "ensemble":
             part = splits["stage1"] if fold == "stage1" else splits["folds"][int(fold.split("_")[1]) - 1]
             experiment.trained_on_test[fold] = trained_on(frames.names, part["train"])

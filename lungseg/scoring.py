@@ -6,7 +6,7 @@ evaluation cannot report different numbers for the same model and frames.
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -20,10 +20,14 @@ if TYPE_CHECKING:
 
 # The paper's numbers are Keras' evaluate over batches of 20 frames: the mean of batch Dice.
 PAPER_BATCH = 20
+# The salient pre-training's Dice (the notebook's 0.719) is Keras' validation in batches of 30.
+SALIENT_BATCH = 30
 
 METRIC_DEFINITIONS = {
-    "dice": f"the paper's Dice: soft Dice (smoothing 1) of each batch of {PAPER_BATCH} frames, "
-    "averaged over batches, as Keras' evaluate reported it",
+    "dice": f"the paper's Dice: soft Dice (smoothing 1) of each batch of {PAPER_BATCH} frames "
+    f"({SALIENT_BATCH} for the salient pre-training), averaged over batches, as Keras reported it; "
+    "a test list's frames are batched in the notebooks' order (numpy RandomState(1).permutation "
+    "of the list's rows), other frames in the order scored, the last batch holding the rest",
     "dice_global": "soft Dice (smoothing 1) over all scored frames at once",
     "dice_per_image": "mean over frames of each frame's Dice of the mask thresholded at 0.5 "
     "(frames with both masks empty skipped)",
@@ -41,10 +45,22 @@ class Scores:
     masks: np.ndarray  # (n, h, w) uint8 predicted masks of 0/1
 
 
-def score_frames(model: "keras.Model", frames: "FrameSet", batch_size: int = DEFAULT_BATCH_SIZE) -> Scores:
-    """Score ``model`` on a ``FrameSet`` at the model's resolution; a :class:`Scores`."""
+def dice_batch(stage_name: str) -> int:
+    """How many frames the paper's Dice of a stage pools per batch: 30 for the salient
+    pre-training (its batch size in the notebook), else 20."""
+    return SALIENT_BATCH if stage_name == "pretrain" else PAPER_BATCH
+
+
+def score_frames(model: "keras.Model", frames: "FrameSet", batch_size: int = DEFAULT_BATCH_SIZE,
+                 dice_batch: int = PAPER_BATCH, order: "Optional[np.ndarray]" = None) -> Scores:
+    """Score ``model`` on a ``FrameSet`` at the model's resolution; a :class:`Scores`.
+
+    The paper's ``dice`` and ``iou`` pool ``dice_batch`` frames per batch, the batches taken in
+    ``order`` (frame indices, e.g. :func:`lungseg.evaluation.notebook_order`; None: as given).
+    """
     probabilities = predict_probabilities(model, frames.images[..., 0], batch_size)
     references = frames.masks[..., 0]
+    order = np.arange(len(frames)) if order is None else np.asarray(order)
     masks = (probabilities > 0.5).astype(np.uint8)
     rows = [
         {"frame": name, **image_metrics(reference, mask)}
@@ -54,10 +70,10 @@ def score_frames(model: "keras.Model", frames: "FrameSet", batch_size: int = DEF
     has_ribs = references.reshape(len(references), -1).sum(axis=1) > 0
     with_ribs = max(int(has_ribs.sum()), 1)
     metrics = {
-        "dice": batch_dice(references, probabilities, batch_size=PAPER_BATCH),
+        "dice": batch_dice(references[order], probabilities[order], batch_size=dice_batch),
         "dice_global": batch_dice(references, probabilities),
         "dice_per_image": summarize(rows)["metrics"]["dice"]["mean"],
-        "iou": batch_iou(references, probabilities, batch_size=PAPER_BATCH),
+        "iou": batch_iou(references[order], probabilities[order], batch_size=dice_batch),
         "binary_accuracy": float(np.mean(masks == references)),
         "frames": len(frames),
         "empty_predictions": float(np.mean(predicted == 0)),

@@ -40,7 +40,7 @@ from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_co
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
 from lungseg.runs import HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256
-from lungseg.scoring import METRIC_DEFINITIONS, score_frames
+from lungseg.scoring import METRIC_DEFINITIONS, dice_batch, score_frames
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
 # an empty (or all-foreground) prediction.
@@ -314,7 +314,8 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
             "try a lower --lr or check the data"
         )
     started = time.perf_counter()
-    metrics = score_frames(keras.models.load_model(checkpoint.best_path, compile=False), val).metrics
+    metrics = score_frames(keras.models.load_model(checkpoint.best_path, compile=False), val,
+                           dice_batch=dice_batch(stage_name)).metrics
     metrics.update(
         best_epoch=checkpoint.best_epoch,
         val_loss=checkpoint.best_val_loss,

@@ -14,6 +14,7 @@ from lungseg.evaluation import (
     hd95,
     image_metrics,
     nan_to_none,
+    notebook_order,
     summarize,
 )
 
@@ -297,3 +298,38 @@ def test_binary_set_metrics_pools_frames_of_different_sizes():
     assert metrics["dice"] == pytest.approx((1.0 + 1 / 4) / 2)  # (2*4+1)/(4+4+1), then 1/(0+3+1)
     assert metrics["dice_global"] == pytest.approx((2 * 4 + 1) / (4 + 7 + 1))
     assert metrics["binary_accuracy"] == pytest.approx(4 / 7)
+
+
+def test_notebook_order_is_the_permutation_keras_drew_with_seed_1():
+    # keras_preprocessing's Iterator seeds NumPy with seed + batches seen (1 + 0) and draws
+    # np.random.permutation(n) before the first batch; Default_testset's 80 rows went so.
+    np.random.seed(1)
+    drawn = np.random.permutation(80)
+    order = notebook_order(80)
+    assert (order == drawn).all()
+    assert order[:8].tolist() == [63, 27, 31, 69, 46, 47, 53, 74]
+    assert (notebook_order(80) == order).all()  # the same for every model and run
+
+
+def test_score_frames_batches_the_paper_dice_in_the_order_given():
+    import keras
+
+    from lungseg.data import FrameSet
+    from lungseg.scoring import dice_batch, score_frames
+
+    # One pixel each: a hit (t 1, p 1), a miss (1, 0), a false alarm (0, 1), nothing (0, 0).
+    truth = np.zeros((4, 2, 2, 1), np.uint8)
+    truth[[0, 1], 0, 0] = 1
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    images[[0, 2], 0, 0] = 255
+    inputs = keras.Input((2, 2, 1))
+    model = keras.Model(inputs, keras.layers.Rescaling(1 / 255)(inputs))  # probability = gray / 255
+    frames = FrameSet(list("abcd"), list("abcd"), images, truth)
+    # In list order the batches are (a, b), (c, d): (2+1)/(2+1+1) = 3/4 and 1/(1+1) = 1/2.
+    assert score_frames(model, frames, dice_batch=2).metrics["dice"] == pytest.approx(0.625)
+    # Ordered a, d, b, c: (2+1)/(1+1+1) = 1 and 1/(1+1+1) = 1/3.
+    scores = score_frames(model, frames, dice_batch=2, order=[0, 3, 1, 2])
+    assert scores.metrics["dice"] == pytest.approx(2 / 3)
+    assert scores.metrics["dice_global"] == pytest.approx(3 / 5)  # one batch: order does not matter
+    assert [row["frame"] for row in scores.rows] == list("abcd")  # rows stay in frame order
+    assert (dice_batch("pretrain"), dice_batch("stage1"), dice_batch("fold_1")) == (30, 20, 20)
