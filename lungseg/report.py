@@ -322,6 +322,14 @@ def score(experiment, source, batch_size=20, resolution="native", spacing=None):
 MASK_NAME_FORMS = ("{}", "{}_mask", "mask_{}")
 
 
+def mask_stems(pair):
+    """The file stems a predicted mask of ``pair`` may have: each of ``MASK_NAME_FORMS`` of the
+    pair's name and of its image file's stem, so that what ``lungseg-predict`` writes for the
+    image (``img_<name>_mask.png`` in the paper's layout) is found as well as ``<name>.png``."""
+    stems = [form.format(base) for base in (pair.name, pair.image.stem) for form in MASK_NAME_FORMS]
+    return list(dict.fromkeys(stems))
+
+
 def open_mask_folder(path):
     """An Experiment scoring a folder of predicted masks (any tool's) without a model."""
     path = Path(path)
@@ -343,8 +351,9 @@ def _mask_files(folder):
 def score_mask_folder(experiment, source, resolution="native", spacing=None):
     """Score predicted mask files against the test set's references, at the references' size.
 
-    The mask of frame ``<name>`` is ``<name>``, ``<name>_mask`` (as ``lungseg-predict``
-    writes) or ``mask_<name>``, with any image suffix, anywhere below the folder.
+    The mask of frame ``<name>`` is ``<name>``, ``<name>_mask`` or ``mask_<name>``, or one of
+    those of its image's stem (``lungseg-predict`` on ``IMG/img_<name>.tif`` writes
+    ``img_<name>_mask.png``), with any image suffix, anywhere below the folder.
     """
     from lungseg.data.io import read_mask
 
@@ -356,11 +365,11 @@ def score_mask_folder(experiment, source, resolution="native", spacing=None):
     files = _mask_files(experiment.mask_folder)
     problems, references, predictions, names = [], [], [], []
     for pair in pairs:
-        found = next((files[form.format(pair.name)] for form in MASK_NAME_FORMS
-                      if form.format(pair.name) in files), None)
+        stems = mask_stems(pair)
+        found = next((files[stem] for stem in stems if stem in files), None)
         if found is None:
             problems.append(f"{experiment.mask_folder}: no mask for frame {pair.name} "
-                            f"({', '.join(f.format(pair.name) for f in MASK_NAME_FORMS)}.png ...)")
+                            f"({', '.join(stems)}.png ...)")
             continue
         try:
             reference, prediction = read_mask(pair.mask), read_mask(found)

@@ -93,3 +93,35 @@ def test_overlay_frames_spread_from_worst_to_best_across_groups():
     assert chosen[0] == "f00" and chosen[-1] == "f11"  # worst and best
     groups = [experiment.groups[name] for name in chosen]
     assert len(set(groups)) == 4  # one frame per group, not the first frames of one sequence
+
+
+@pytest.mark.parametrize("layout", ["lus", "generic"])
+def test_what_predict_writes_is_scored_by_evaluate_masks(layout, tmp_path):
+    """lungseg-predict on the image folder, then evaluate --masks on its output: every frame is
+    found (IMG/img_<name>.tif gives img_<name>_mask.png) and scores as the model itself does."""
+    from lungseg.data import write_lus_dataset
+    from lungseg.inference import save_inference_model
+    from lungseg.predict import main as predict
+    from test_predict_cli import brightness_model
+
+    data = write_lus_dataset(tmp_path / "data", n=4, seed=5, shape=(96, 32))
+    if layout == "generic":  # images/<name>.tif with masks/<name>.tif
+        for folder, prefix, new in (("IMG", "img_", "images"), ("MASK", "mask_", "masks")):
+            (data / new).mkdir()
+            for file in (data / folder).iterdir():
+                file.rename(data / new / file.name[len(prefix):])
+            (data / folder).rmdir()
+    images = data / ("IMG" if layout == "lus" else "images")
+    model = save_inference_model(brightness_model(), tmp_path / "bright.keras")
+    assert predict([str(model), str(images), "--out", str(tmp_path / "predicted")]) == 0
+    written = sorted(p.name for p in (tmp_path / "predicted").glob("*_mask.png"))
+    assert written == sorted(f"{p.stem}_mask.png" for p in images.iterdir()) and len(written) == 4
+    assert run_script("evaluate", "--masks", tmp_path / "predicted", "--test", data,
+                      "--out", tmp_path / "from_masks") == 0
+    assert run_script("evaluate", model, "--test", data, "--out", tmp_path / "from_model") == 0
+    from_masks = {r["frame"]: r for r in rows_of(tmp_path / "from_masks" / "per_image.csv")}
+    from_model = {r["frame"]: r for r in rows_of(tmp_path / "from_model" / "per_image.csv")}
+    assert len(from_masks) == 4 and set(from_masks) == set(from_model)
+    for name, row in from_model.items():
+        for metric in ("dice", "hd95", "spurious"):
+            assert from_masks[name][metric] == row[metric], (name, metric)
