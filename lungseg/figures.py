@@ -8,6 +8,7 @@ absent columns or models) leave a gap or a note in the figure instead of raising
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,11 @@ REFERENCE_COLOUR = (0.0, 0.85, 0.2)  # ground truth: green
 PREDICTION_COLOUR = (1.0, 0.25, 0.0)  # model masks: orange-red
 OVERLAY_ALPHA = 0.45
 DEFAULT_DPI = 100
+# Width of an average character in units of the font size (DejaVu Sans is about 0.55; a little
+# more, so that wrapped text stays inside the space it is wrapped for).
+CHARACTER_WIDTH = 0.62
+# A name needing more lines than this at its place is shown by a letter, with a key below.
+MAX_LABEL_LINES = 2
 
 
 def save_figure(fig, path, dpi=DEFAULT_DPI):
@@ -91,6 +97,61 @@ def blend_mask(image, mask, colour=PREDICTION_COLOUR, alpha=OVERLAY_ALPHA):
     return (rgb * 255).round().astype(np.uint8)
 
 
+def _characters(inches, points):
+    """How many characters of a ``points``-sized font fit in ``inches``."""
+    return max(int(inches * 72 / (CHARACTER_WIDTH * points)), 4)
+
+
+def _wrap(text, width):
+    """``text`` on lines of at most ``width`` characters, long words (run names) broken too;
+    its own line breaks are kept."""
+    return "\n".join(textwrap.fill(line, width, break_long_words=True) or line
+                     for line in str(text).splitlines())
+
+
+def fit_labels(names, inches, points):
+    """Labels for ``names`` given ``inches`` each at ``points`` size, and the key that explains them.
+
+    Each name is wrapped to its space; when one would need more than ``MAX_LABEL_LINES``
+    lines, every name is shown as a letter (A, B, ...) and the key lists ``A: name`` (None
+    when the names themselves fit).
+    """
+    width = _characters(inches, points)
+    wrapped = [_wrap(name, width) for name in names]
+    if all(label.count("\n") < MAX_LABEL_LINES for label in wrapped):
+        return wrapped, None
+    letters = [_letter(index) for index in range(len(names))]
+    return letters, [f"{letter}: {name}" for letter, name in zip(letters, names)]
+
+
+def _letter(index):
+    """A, B, ..., Z, AA, AB, ..."""
+    text = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        text = chr(ord("A") + rest) + text
+    return text
+
+
+KEY_POINTS = 9.0
+
+
+def _key_text(key, inches):
+    """The letters' key as text ``inches`` wide (None without a key), and its height in inches."""
+    if not key:
+        return None, 0.0
+    width = _characters(inches - 0.3, KEY_POINTS)
+    text = "\n".join(_wrap(entry, width) for entry in key)
+    return text, (text.count("\n") + 2) * KEY_POINTS * 1.3 / 72
+
+
+def _add_key(fig, text):
+    """The key under the figure's axes, left-aligned (constrained layout makes room for it)."""
+    if text:
+        fig.supxlabel(text, x=0.01, ha="left", fontsize=KEY_POINTS, linespacing=1.3)
+
+
 def _hide_ticks(ax):
     ax.set_xticks([])
     ax.set_yticks([])
@@ -102,6 +163,10 @@ def _missing(ax, text):
         0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.3",
         bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.85},
     )
+
+
+TITLE_POINTS = 11.0
+LABEL_POINTS = 8.5
 
 
 def overlay_grid(images, reference_masks, predictions, names=None, cell_inches=2.0):
@@ -122,21 +187,27 @@ def overlay_grid(images, reference_masks, predictions, names=None, cell_inches=2
         fig = Figure(figsize=(cell_inches * columns, cell_inches), layout="constrained")
         _missing(fig.add_subplot(), "no frames to show")
         return fig
+    # Frames keep their own aspect ratio (a 960 x 128 frame is tall and narrow); a row is at
+    # most 2.5 cells tall, the frame then narrower than its column.
     height, width = np.asarray(images[0]).shape[:2]
-    aspect = min(max(height / width, 0.5), 4.0)
+    aspect = min(max(height / width, 0.5), 2.5)
+    titles, key = fit_labels(models, cell_inches * 0.95, TITLE_POINTS)
+    key, key_height = _key_text(key, cell_inches * columns)
     fig = Figure(
-        figsize=(cell_inches * columns, cell_inches * aspect * len(images)),
+        figsize=(cell_inches * columns, cell_inches * aspect * len(images) + key_height),
         layout="constrained",
     )
     axes = fig.subplots(len(images), columns, squeeze=False)
-    for column, title in enumerate(["image", "ground truth", *models]):
-        axes[0, column].set_title(title)
+    for column, title in enumerate(["image", "ground truth", *titles]):
+        axes[0, column].set_title(title, fontsize=TITLE_POINTS)
+    _add_key(fig, key)
+    name_width = _characters(cell_inches * aspect * 0.95, LABEL_POINTS)
     for row, image in enumerate(images):
         rgb = _to_unit_rgb(image)
         reference = reference_masks[row] if row < len(reference_masks) else None
         axes[row, 0].imshow(rgb)
         if names is not None and row < len(names):
-            axes[row, 0].set_ylabel(str(names[row]), fontsize="small")
+            axes[row, 0].set_ylabel(_wrap(names[row], name_width), fontsize=LABEL_POINTS)
         if reference is None:
             axes[row, 1].imshow(rgb)
             _missing(axes[row, 1], "no mask")
@@ -156,7 +227,7 @@ def overlay_grid(images, reference_masks, predictions, names=None, cell_inches=2
             if reference is not None:
                 scores = image_metrics(reference, mask)
                 dice = "n/a" if math.isnan(scores["dice"]) else f"{scores['dice']:.3f}"
-                ax.set_xlabel(f"Dice {dice}, spurious {scores['spurious']}", fontsize="small")
+                ax.set_xlabel(f"Dice {dice}, spurious {scores['spurious']}", fontsize=LABEL_POINTS)
         for ax in axes[row]:
             _hide_ticks(ax)
     return fig
@@ -220,6 +291,7 @@ def _items(values):
 
 
 TRAINING_PANELS = (("loss", "loss"), ("dice_coef", "Dice"))
+LEGEND_CHARACTERS = 32  # a legend entry's line: long run names wrap
 
 
 def training_curves(histories, figsize=(11.0, 4.5)):
@@ -257,7 +329,7 @@ def training_curves(histories, figsize=(11.0, 4.5)):
         if not plotted:
             _missing(ax, f"no {column} logged")
     handles = [
-        Line2D([], [], color=colours[label], label=label)
+        Line2D([], [], color=colours[label], label=_wrap(label, LEGEND_CHARACTERS))
         for label in labels
         if label in plotted_labels
     ]
@@ -265,7 +337,8 @@ def training_curves(histories, figsize=(11.0, 4.5)):
         Line2D([], [], color="0.3", linestyle="-", label="training"),
         Line2D([], [], color="0.3", linestyle="--", label="validation"),
     ]
-    axes[-1].legend(handles=handles, fontsize="small", loc="best")
+    # Beside the panels, not over them: constrained layout makes room for it.
+    fig.legend(handles=handles, fontsize="small", loc="outside right upper")
     return fig
 
 
@@ -278,6 +351,7 @@ def _finite(values):
 
 
 BOXPLOT_PANELS = (("dice", "per-image Dice"), ("spurious", "spurious components per image"))
+TICK_POINTS = 9.0
 
 
 def metric_boxplots(per_model, figsize=(10.0, 4.5)):
@@ -288,9 +362,14 @@ def metric_boxplots(per_model, figsize=(10.0, 4.5)):
     dropped and the number of images left is shown under each box. Each image is also
     drawn as a point, so small test sets are not hidden behind a box. Two axes.
     """
-    fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(1, len(BOXPLOT_PANELS), squeeze=False)[0]
     models = list(per_model or {})
+    # Each box's label gets its share of a panel's width (about 80 % of half the figure).
+    share = 0.8 * figsize[0] / len(BOXPLOT_PANELS) / max(len(models), 1)
+    labels, key = fit_labels(models, share * 0.9, TICK_POINTS)
+    key, key_height = _key_text(key, figsize[0])
+    fig = Figure(figsize=(figsize[0], figsize[1] + key_height), layout="constrained")
+    axes = fig.subplots(1, len(BOXPLOT_PANELS), squeeze=False)[0]
+    _add_key(fig, key)
     rng = np.random.default_rng(0)  # fixed jitter: the same data give the same picture
     for ax, (metric, title) in zip(axes, BOXPLOT_PANELS):
         data = [_finite((per_model[model] or {}).get(metric)) for model in models]
@@ -308,7 +387,8 @@ def metric_boxplots(per_model, figsize=(10.0, 4.5)):
         else:
             _missing(ax, f"no {metric} values")
         ax.set_xticks(
-            positions, [f"{model}\n(n={values.size})" for model, values in zip(models, data)]
+            positions, [f"{label}\n(n={values.size})" for label, values in zip(labels, data)],
+            fontsize=TICK_POINTS,
         )
         ax.set_xlim(0.4, len(models) + 0.6)
         ax.set_title(title)

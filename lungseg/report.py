@@ -250,6 +250,17 @@ def _load_scored_model(paths, options):
     return ensemble([load_model(path) for path in paths], tta=options.tta)
 
 
+def _shown(frames, index):
+    """A frame and its reference mask as the overlay figure shows them: at the frame's own
+    size when it is known (a 960 x 128 frame is not drawn square), else the model's."""
+    image, reference = frames.images[index, :, :, 0], frames.masks[index, :, :, 0]
+    if frames.native_masks is None:
+        return image, reference
+    reference = frames.native_masks[index]
+    height, width = reference.shape
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR), reference
+
+
 def per_image_rows(frames, masks, resolution="native", post=PostProcess(), spacing=None):
     """Per-image metric rows and final masks of predicted ``masks`` (at the model's size).
 
@@ -308,11 +319,12 @@ def score(experiment, source, batch_size=20, resolution="native", spacing=None):
             continue
         experiment.fold_metrics[fold] = scores.metrics
         rows, masks = per_image_rows(frames, scores.masks, resolution, options.post, spacing)
-        for row, image, reference, mask, group in zip(rows, frames.images, frames.masks, masks, frames.groups):
+        for index, (row, mask, group) in enumerate(zip(rows, masks, frames.groups)):
             experiment.rows.append({"experiment": experiment.label, "model": experiment.model, "fold": fold, **row})
             experiment.masks[fold, row["frame"]] = mask
             experiment.groups[row["frame"]] = group
-            experiment.predictions.setdefault(row["frame"], (image[..., 0], reference[..., 0], mask))
+            if row["frame"] not in experiment.predictions:
+                experiment.predictions[row["frame"]] = (*_shown(frames, index), mask)
         note = ""
         if fold in experiment.trained_on_test:
             note = f"; it trained on {experiment.trained_on_test[fold]} of them (contaminated)"
@@ -589,7 +601,7 @@ def make_figures(experiments, summaries, n_frames=4):
         [first.predictions[n][0] for n in chosen],
         [first.predictions[n][1] for n in chosen],
         {e.display_name: [e.predictions[n][2] for n in chosen] for e in experiments},
-        names=[f"{n} ({label}, Dice {dice.get(n, math.nan):.2f})"
+        names=[f"{n}\n({label}, Dice {dice.get(n, math.nan):.2f})"
                for n, label in zip(chosen, _spread_labels(len(chosen)))],
     )
     histories = {}

@@ -184,3 +184,78 @@ def test_save_figure_is_atomic_and_reports_bad_paths(tmp_path):
     blocker.write_text("x")
     with pytest.raises(DataError, match="fig.png"):
         save_figure(fig, blocker / "fig.png")
+
+
+# --- text that never collides ------------------------------------------------------------
+
+LONG = "V-Unet (random encoder) (demo_vunet_quick_preset_with_a_long_run_name_2026)"
+
+
+def text_boxes(fig):
+    """(text, window extent) of every visible, non-empty text of ``fig`` once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    undrawn = set()  # labels of ticks outside an axis' view, which matplotlib does not draw
+    for ax in fig.axes:
+        for axis, (low, high) in ((ax.xaxis, sorted(ax.get_xlim())), (ax.yaxis, sorted(ax.get_ylim()))):
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not low - 1e-9 <= tick.get_loc() <= high + 1e-9:
+                    undrawn.update({id(tick.label1), id(tick.label2)})
+    return [(text.get_text(), text.get_window_extent(renderer))
+            for text in fig.findobj(Text)
+            if text.get_visible() and text.get_text().strip() and id(text) not in undrawn]
+
+
+def assert_no_text_collides(fig):
+    boxes = text_boxes(fig)
+    width, height = fig.get_size_inches() * fig.dpi
+    for text, box in boxes:
+        assert box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, \
+            f"{text!r} leaves the figure: {box}"
+    for index, (text, box) in enumerate(boxes):
+        for other, other_box in boxes[index + 1:]:
+            overlap_x = min(box.x1, other_box.x1) - max(box.x0, other_box.x0)
+            overlap_y = min(box.y1, other_box.y1) - max(box.y0, other_box.y0)
+            assert overlap_x <= 0.5 or overlap_y <= 0.5, f"{text!r} overlaps {other!r}"
+    return [text for text, _ in boxes]
+
+
+MODEL_NAMES = [
+    ["V-Unet", "X-Unet"],
+    ["V-Unet (random encoder) (v)", "X-Unet (x)", "masks (predicted)"],
+    [LONG, "X-Unet (demo_xunet_with_an_equally_long_name_for_the_test)", "masks (a_tool's_output_folder)"],
+    [f"{LONG} {k}" for k in range(5)],
+]
+
+
+@pytest.mark.parametrize("names", MODEL_NAMES, ids=["short", "medium", "long", "five long"])
+@pytest.mark.parametrize("shape", [(960, 128), (64, 64), (128, 480)], ids=["960x128", "square", "wide"])
+def test_overlay_text_never_collides_and_frames_keep_their_aspect(names, shape):
+    frames, masks = frames_and_masks(count=4, shape=shape)
+    labels = [f"lung_pos2_{k}_flipped_with_a_long_suffix\n(worst, Dice 0.{k}1)" for k in range(4)]
+    fig = overlay_grid(frames, masks, {name: masks for name in names}, names=labels)
+    texts = assert_no_text_collides(fig)
+    if any(len(name) > 40 for name in names):  # letters over the columns, the names in a key
+        assert any(name in text.replace("\n", "") for text in texts for name in names)
+        assert fig.axes[2].get_title() == "A"
+    image = fig.axes[0]
+    box = image.get_window_extent()
+    assert box.height / box.width == pytest.approx(shape[0] / shape[1], rel=0.03)
+
+
+@pytest.mark.parametrize("names", MODEL_NAMES, ids=["short", "medium", "long", "five long"])
+def test_boxplot_labels_never_collide(names):
+    per_model = {name: {"dice": [0.5, 0.7, 0.9], "spurious": [0, 1, 3]} for name in names}
+    texts = assert_no_text_collides(metric_boxplots(per_model))
+    assert sum("(n=3)" in text for text in texts) == 2 * len(names)
+
+
+def test_training_curve_legend_never_collides_with_long_labels():
+    history = {"epoch": [0, 1, 2], "loss": [-0.1, -0.2, -0.3], "val_loss": [-0.1, -0.15, -0.2],
+               "dice_coef": [0.1, 0.2, 0.3], "val_dice_coef": [0.1, 0.15, 0.2]}
+    fig = training_curves({f"{LONG} fold_{k}": history for k in range(1, 4)})
+    assert_no_text_collides(fig)
