@@ -37,9 +37,9 @@ def write_xpie(root):
 def test_gray_values_follow_the_channel_order(tmp_path, order, column):
     source = write_xpie(tmp_path / "XPIE")
     assert convert_xpie(source, tmp_path / "out", channel_order=order) == 2
-    pairs = find_pairs(tmp_path / "out", layout="salient")
+    pairs = find_pairs(tmp_path / "out", layout="generic")
     assert [(p.image.name, p.mask.name) for p in pairs] == [
-        ("Y_E_1.jpg", "Y_E_1.png"), ("Y_E_2.jpg", "Y_E_2.png")
+        ("Y_E_1.png", "Y_E_1.png"), ("Y_E_2.png", "Y_E_2.png")
     ]
     gray = cv2.imread(str(pairs[0].image), cv2.IMREAD_UNCHANGED)
     assert gray.shape == (16, 128)  # original size kept
@@ -58,7 +58,7 @@ def test_gray_values_follow_the_channel_order(tmp_path, order, column):
 def test_size_stretches_image_and_mask_with_nearest(tmp_path):
     source = write_xpie(tmp_path / "XPIE")
     convert_xpie(source, tmp_path / "out", size=8)
-    pairs = find_pairs(tmp_path / "out", layout="salient")
+    pairs = find_pairs(tmp_path / "out", layout="generic")
     for pair in pairs:
         image = cv2.imread(str(pair.image), cv2.IMREAD_UNCHANGED)
         mask = cv2.imread(str(pair.mask), cv2.IMREAD_UNCHANGED)
@@ -124,8 +124,18 @@ def test_command_line(tmp_path, capsys):
     argv = ["xpie", str(source), "--out", str(out), "--channel-order", "paper", "--size", "8"]
     assert main([*argv, "--quiet"]) == 0
     assert "2 XPIE pairs converted to gray (paper)" in capsys.readouterr().out
-    assert len(find_pairs(out, layout="salient")) == 2
+    assert len(find_pairs(out, layout="generic")) == 2
     (source / "Grounds" / "Y_E_2.png").unlink()
     assert main(["xpie", str(source), "--out", str(tmp_path / "other"), "--quiet"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Y_E_2.jpg: no mask" in lines[0]
+
+
+def test_default_is_the_authors_conversion_pixel_for_pixel(tmp_path):
+    source = write_xpie(tmp_path / "XPIE")
+    convert_xpie(source, tmp_path / "out")
+    # XPIEpreprocess: cv2.cvtColor(cv2.imread(jpg), cv2.COLOR_RGB2GRAY), saved as PNG (lossless)
+    authors = cv2.cvtColor(cv2.imread(str(source / "Images" / "Y_E_1.jpg")), cv2.COLOR_RGB2GRAY)
+    ours = cv2.imread(str(tmp_path / "out" / "images" / "Y_E_1.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(ours, authors)
+    assert not list((tmp_path / "out").rglob("*.jpg"))

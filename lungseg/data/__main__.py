@@ -3,7 +3,7 @@
     python -m lungseg.data lus --n 200 --seed 0 --out data/lus
     python -m lungseg.data lus --subjects 6 --probe convex --target line --out data/convex
     python -m lungseg.data salient --n 100 --seed 0 --out data/salient
-    python -m lungseg.data xpie /path/to/XPIE --out data/xpie [--channel-order paper]
+    python -m lungseg.data xpie /path/to/XPIE --out data/xpie [--channel-order rgb]
     python -m lungseg.data check data/lus --size 256 256
 """
 
@@ -14,7 +14,7 @@ from collections import Counter
 from lungseg.data.frames import load_frames
 from lungseg.data.pairs import LAYOUTS, scan_pairs
 from lungseg.data.synthetic import LUS_OPTIONS, PROBES, TARGETS, ensure_dataset
-from lungseg.data.xpie import CHANNEL_ORDERS, convert_xpie
+from lungseg.data.xpie import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, convert_xpie
 from lungseg.cli import positive_int, run_main
 from lungseg.errors import DataError
 
@@ -78,17 +78,17 @@ def build_parser():
     xpie = commands.add_parser(
         "xpie",
         help="convert XPIE (Images/*.jpg + Grounds/*.png) to gray images/ + 0/255 masks/",
-        description="Convert an XPIE download to the salient layout: images/<name>.jpg (gray) "
-        "and masks/<name>.png (0/255). Every problem is reported at once; nothing is written "
+        description="Convert an XPIE download to images/<name>.png (gray, lossless) and "
+        "masks/<name>.png (0/255). Every problem is reported at once; nothing is written "
         "unless all pairs convert.",
     )
     xpie.add_argument("src", help="XPIE folder holding Images/ (colour photographs) and Grounds/")
     xpie.add_argument("--out", default="data/xpie", help="output folder (default data/xpie)")
     xpie.add_argument(
-        "--channel-order", choices=CHANNEL_ORDERS, default="rgb",
-        help="rgb: correct luminance (BGR2GRAY of OpenCV's BGR pixels, the default); paper: the "
-        "authors' conversion (cv2.imread's BGR pixels through COLOR_RGB2GRAY, red and blue "
-        "weights exchanged)",
+        "--channel-order", choices=CHANNEL_ORDERS, default=DEFAULT_CHANNEL_ORDER,
+        help="paper: the authors' conversion, the default (cv2.imread's BGR pixels through "
+        "COLOR_RGB2GRAY, red and blue weights exchanged); rgb: correct luminance (BGR2GRAY of "
+        "OpenCV's BGR pixels)",
     )
     xpie.add_argument(
         "--size", type=positive_int, metavar="SIDE",

@@ -1,18 +1,20 @@
-"""Converting an XPIE download into the package's ``salient`` layout (gray images, 0/255 masks).
+"""Converting an XPIE download into gray images and 0/255 masks (``images/`` + ``masks/``).
 
 XPIE (Xia et al., "What is and What is not a Salient Object?", CVPR 2017) as the authors read
 it (``XPIEpreprocess.ipynb``): ``XPIE/Images/<name>.jpg`` colour photographs and
 ``XPIE/Grounds/<name>.png`` binary masks of the same size and stem, 10,000 pairs (``Y_E_1`` ...
-``Y_P_625``). ``convert_xpie`` writes ``images/<name>.jpg`` (gray) and ``masks/<name>.png``
-(0/255), which ``find_pairs(out, layout="salient")`` and the X-Unet pre-training read.
+``Y_P_625``). ``convert_xpie`` writes ``images/<name>.png`` (gray) and ``masks/<name>.png``
+(0/255), both lossless as the authors' gray images were, which ``find_pairs(out)`` (the
+``generic`` layout) and the X-Unet pre-training read.
 
 Gray conversion (``channel_order``):
 
-``"rgb"`` (default)
-    Luminance with the right weights: OpenCV decodes BGR, converted with ``COLOR_BGR2GRAY``.
-``"paper"``
+``"paper"`` (default)
     The authors' conversion: ``cv2.imread`` (BGR) then ``COLOR_RGB2GRAY``, so red and blue
-    weights are exchanged (a pure red pixel becomes 29, not 76).
+    weights are exchanged (a pure red pixel becomes 29, not 76). The images are those the
+    authors pre-trained on, pixel for pixel.
+``"rgb"``
+    Luminance with the right weights: OpenCV decodes BGR, converted with ``COLOR_BGR2GRAY``.
 
 Images keep their size unless ``size`` is given; then image and mask are stretched to
 ``size`` x ``size`` with nearest, as the authors' Keras loader did.
@@ -34,11 +36,12 @@ from lungseg.errors import ConfigError, DataError
 from lungseg.files import write_json
 
 XPIE_FOLDERS = ("Images", "Grounds")  # photographs, masks
-CHANNEL_ORDERS = ("rgb", "paper")
+CHANNEL_ORDERS = ("paper", "rgb")
+DEFAULT_CHANNEL_ORDER = "paper"  # the authors' swapped weights: the images they trained on
 MANIFEST = "xpie.json"
 
 
-def convert_xpie(src, out, channel_order="rgb", size=None, progress=False):
+def convert_xpie(src, out, channel_order=DEFAULT_CHANNEL_ORDER, size=None, progress=False):
     """Convert the XPIE folder ``src`` into ``out`` (``images/`` + ``masks/``); return the count.
 
     Every problem (missing folder, no images, an image without a mask or a mask without an
@@ -133,12 +136,12 @@ def _convert_pair(name, image_path, mask_path, out, channel_order, size):
     if size is not None:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
-    write_image(out / "images" / f"{name}.jpg", image)
+    write_image(out / "images" / f"{name}.png", image)
     write_image(out / "masks" / f"{name}.png", mask * np.uint8(255))
     return []
 
 
-def gray(array, channel_order="rgb", path="<array>"):
+def gray(array, channel_order=DEFAULT_CHANNEL_ORDER, path="<array>"):
     """A decoded image (OpenCV's BGR order) as 2-D uint8 gray, with ``channel_order``'s weights.
 
     ``"paper"`` hands OpenCV's BGR pixels to a conversion that expects RGB, as the authors'
