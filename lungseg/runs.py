@@ -348,6 +348,7 @@ def environment(strategy=None, precision=None, workers=1):
         "workers": workers,
         "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
         "precision": precision,
+        "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),  # float32 matmuls in TF32
         "platform": platform.platform(),
     }
 

@@ -447,6 +447,7 @@ def _run_training(config, root, cluster, fold, overwrite):
         distribution_strategy()  # MultiWorkerMirroredStrategy: before any other TensorFlow op
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(config.tf32)
     keras.utils.set_random_seed(config.seed)
     tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
     saved = RunFolder(root, config).saved_precision(overwrite)

@@ -22,6 +22,8 @@ def test_paper_preset_is_the_papers_protocol():
     assert xunet.freeze == []
     # How the notebooks ran: bilinear augmentation, 1.25 passes per stage-1 epoch, float32.
     assert (xunet.augment_interpolation, xunet.stage1_steps, xunet.precision) == ("bilinear", "pool", "float32")
+    # True float32 on any GPU, as the authors' (TF32 only came with Ampere); quick keeps TF's default.
+    assert (vunet.tf32, xunet.tf32, make_config("vunet", "q", "quick").tf32) == (False, False, True)
 
 
 @pytest.mark.parametrize("model", ["vunet", "xunet"])

@@ -129,6 +129,7 @@ def test_run_records_what_really_ran(vunet_run, vgg_weights):
     assert versions["keras"] == keras.__version__ and versions["numpy"] == np.__version__
     assert summary["environment"]["device_count"]["CPU"] >= 1
     assert summary["environment"]["precision"] == "float32"
+    assert summary["environment"]["tf32"] is False  # the paper preset computes true float32
     stage1 = (vunet_run["dir"] / "stage1" / "model.keras").read_bytes()
     assert summary["folds"]["fold_1"]["started_from_sha256"] == hashlib.sha256(stage1).hexdigest()
     history = (vunet_run["dir"] / "stage1" / "history.csv").read_text().splitlines()
