@@ -29,8 +29,10 @@ Results folder::
     masks/<run>/<fold>/<frame>.png   predicted masks (with --save-masks)
 """
 
+import contextlib
 import csv
 import io
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,6 +300,27 @@ def score(experiment, source, batch_size=20, resolution="native", spacing=None):
             and not options.active:
         models = {"stage1": experiment.run.model_path("stage1"), **models}  # the paper's stage-1 Dice
     splits = experiment.run.read_splits() if experiment.run else None
+    with quiet_retracing():
+        _score_models(experiment, source, models, expected, splits, batch_size, resolution, spacing)
+
+
+@contextlib.contextmanager
+def quiet_retracing():
+    """TensorFlow's logger held at ERROR while models are scored: each model loaded builds its
+    own predict function, which TensorFlow reports as "retracing" from the fifth model on (a
+    note meant for a function traced again and again, not for new models)."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _score_models(experiment, source, models, expected, splits, batch_size, resolution, spacing):
+    """Score each of ``models`` (fold name -> model path, or paths of an ensemble); fill the rows."""
+    options = experiment.options
     for fold, path in models.items():
         model = _load_scored_model(path, options)
         height, width, _ = input_size(model, str(path))

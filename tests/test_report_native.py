@@ -1,6 +1,7 @@
 """evaluate.py in native units, on a folder of masks, with prediction options; the figure's spread."""
 
 import csv
+import logging
 import shutil
 
 import numpy as np
@@ -125,3 +126,20 @@ def test_what_predict_writes_is_scored_by_evaluate_masks(layout, tmp_path):
     for name, row in from_model.items():
         for metric in ("dice", "hd95", "spurious"):
             assert from_masks[name][metric] == row[metric], (name, metric)
+
+
+def test_scoring_many_models_prints_no_retracing_warning(tmp_path, caplog):
+    from lungseg.data import write_lus_dataset
+    from lungseg.inference import save_inference_model
+    from test_predict_cli import brightness_model
+
+    data = write_lus_dataset(tmp_path / "data", n=2, seed=5, shape=(64, 32))
+    models = [save_inference_model(brightness_model(-100.0 - k, 0.8), tmp_path / f"m{k}.keras")
+              for k in range(7)]  # TensorFlow's note comes from the fifth new predict function on
+    # Under pytest TensorFlow's logger hands its records to the root logger: caplog sees them.
+    level = logging.getLogger("tensorflow").level
+    with caplog.at_level(logging.WARNING):
+        assert run_script("evaluate", *models, "--test", data, "--out", tmp_path / "r") == 0
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert logging.getLogger("tensorflow").level == level  # quiet only while scoring
+    assert len(read_json(tmp_path / "r" / "summary.json")["experiments"]) == 7
