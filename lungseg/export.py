@@ -24,6 +24,7 @@ import importlib.util
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lungseg.cli import positive_int, run_main
@@ -86,7 +87,11 @@ def export_model(model, out, fmt, overwrite=False):
 
             # Keras' ONNX exporter refuses a model that was never called.
             model(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
-            model.export(str(tmp), format=FORMATS[fmt][0], verbose=False)
+            with warnings.catch_warnings():
+                # Keras' tf2onnx patch probes np.object (hasattr), which NumPy 2 answers with a
+                # FutureWarning on every ONNX export: not the user's concern.
+                warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
+                model.export(str(tmp), format=FORMATS[fmt][0], verbose=False)
         seconds = time.perf_counter() - start
         if out.is_dir():
             shutil.rmtree(out)
