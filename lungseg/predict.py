@@ -32,6 +32,7 @@ unusable, or no file was readable; 130 interrupted. Other exceptions are bugs an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -345,24 +346,35 @@ def _write_outputs(
 VIDEO_CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 
 
-def _write_overlay_video(
-    path: Path, frames: Sequence[np.ndarray], masks: Iterable[np.ndarray], fps: float | None
-) -> None:
-    """The frames with their masks tinted, as a video of the input's kind, atomically."""
-    from lungseg.figures import blend_mask
-    from lungseg.files import atomic_path
+class OverlayVideo:
+    """The frames of a video with their masks tinted, written as they come, as a video of the
+    input's kind; atomically: the file appears when the context closes without error."""
 
-    height, width = frames[0].shape[:2]
-    with atomic_path(path) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_CODECS[path.suffix.lower()]),
-                                 fps or 25.0, (width, height), True)
-        if not writer.isOpened():
-            raise LungsegError(f"{path}: cannot write the overlay video (no {path.suffix} encoder)")
-        try:
-            for frame, mask in zip(frames, masks):
-                writer.write(cv2.cvtColor(blend_mask(frame, mask), cv2.COLOR_RGB2BGR))
-        finally:
-            writer.release()
+    def __init__(self, path: Path, fps: float | None) -> None:
+        self.path, self.fps, self.writer = Path(path), fps, None
+
+    def __enter__(self) -> "OverlayVideo":
+        from lungseg.files import atomic_path
+
+        self._atomic = atomic_path(self.path)
+        self.tmp = self._atomic.__enter__()
+        return self
+
+    def write(self, frame: np.ndarray, mask: np.ndarray) -> None:
+        from lungseg.figures import blend_mask
+
+        if self.writer is None:
+            height, width = frame.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()]),
+                                          self.fps or 25.0, (width, height), True)
+            if not self.writer.isOpened():
+                raise LungsegError(f"{self.path}: cannot write the overlay video (no {self.path.suffix} encoder)")
+        self.writer.write(cv2.cvtColor(blend_mask(frame, mask), cv2.COLOR_RGB2BGR))
+
+    def __exit__(self, *exc_info: object) -> bool | None:
+        if self.writer is not None:
+            self.writer.release()
+        return self._atomic.__exit__(*exc_info)
 
 
 def spacing_option(text: str) -> tuple[float, float]:
@@ -457,8 +469,33 @@ def training_interpolation(model_path: str | Path) -> str | None:
     return run.config.interpolation if run is not None else None
 
 
-PREDICTION_COLUMNS = ("file", "frame", "height", "width", "row_spacing_mm", "column_spacing_mm",
-                      "rib_area_px", "rib_area_mm2", "components", "mean_probability", "mask")
+PREDICTION_COLUMNS = ("file", "frame", "time_s", "height", "width", "row_spacing_mm", "column_spacing_mm",
+                      "spacing_source", "rib_area_px", "rib_area_mm2", "components", "mean_probability",
+                      "mask", "model", "threshold")
+# A video's frames are decoded, segmented and written this many at a time (its progress too).
+VIDEO_CHUNK_FRAMES = 64
+
+
+def frame_spacing(source: Source, option: tuple[float, float] | None) -> tuple[tuple | None, str]:
+    """The pixel spacing of ``source``'s rows and where it came from: the file's own ("file", a
+    DICOM's), else ``--spacing`` ("option"), else none (""). When both are given and differ the
+    file's wins, and a note on stderr says so, once per file."""
+    if source.spacing:
+        if option and tuple(option) != tuple(source.spacing):
+            print(f"note: {source.path}: its own pixel spacing {source.spacing[0]:g} x "
+                  f"{source.spacing[1]:g} mm is used, not --spacing {option[0]:g} x {option[1]:g}",
+                  file=sys.stderr)
+        return tuple(source.spacing), "file"
+    return (tuple(option), "option") if option else (None, "")
+
+
+def _chunks(frames: Sequence[np.ndarray], size: int) -> Iterable[list]:
+    """Consecutive lists of up to ``size`` frames; a video's decoded as they are needed."""
+    if hasattr(frames, "chunks"):
+        yield from frames.chunks(size)
+        return
+    for start in range(0, len(frames), size):
+        yield frames[start : start + size]
 
 
 def _predict_source(
@@ -468,42 +505,58 @@ def _predict_source(
     source: Source,
     folder: Path,
     relative: Path,
-) -> list[dict]:
-    """Masks (and overlays, probabilities) of every frame of one source; its CSV rows."""
-    frames = source.frames
-    multi = source.multi
-    spacing = source.spacing or args.spacing
-    rows, masks = [], []
+    show_progress: bool = False,
+) -> tuple[list[dict], str | None]:
+    """Masks (and overlays, probabilities) of every frame of one source: its CSV rows, and the
+    problem that stopped a video early (None when none did).
+
+    A video is streamed: chunks of ``VIDEO_CHUNK_FRAMES`` frames are decoded, segmented and
+    written (masks, overlay video) before the next is read, with its progress shown when
+    ``show_progress``.
+    """
     from lungseg.postprocess import frame_record
 
-    for start in range(0, len(frames), PREDICT_CHUNK_FRAMES):
-        chunk = frames[start : start + PREDICT_CHUNK_FRAMES]
-        probabilities = predict_probabilities(model, chunk, args.batch_size, args.interpolation)
-        for offset, (frame, probability) in enumerate(zip(chunk, probabilities)):
-            index = start + offset + 1
-            height, width = frame.shape[:2]
-            mask = cv2.resize((probability > args.threshold).astype(np.uint8), (width, height),
-                              interpolation=cv2.INTER_NEAREST_EXACT)
-            mask = post(mask)
-            native = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-            base = f"{source.path.stem}_{index:04d}" if multi else source.path.stem
-            _write_outputs(folder, base, frame, mask,
-                           native if args.save_probabilities else None,
-                           overlay=source.kind != "video")
-            record = frame_record(mask, native, spacing)
-            rows.append({
-                "file": relative.as_posix(), "frame": index, **{k: record[k] for k in ("height", "width")},
-                "row_spacing_mm": spacing[0] if spacing else None,
-                "column_spacing_mm": spacing[1] if spacing else None,
-                **{k: record[k] for k in ("rib_area_px", "rib_area_mm2", "components", "mean_probability")},
-                "mask": (relative.parent / f"{base}{MASK_SUFFIX}").as_posix(),
-            })
-            if source.kind == "video":
-                masks.append(mask)
-    if source.kind == "video":
-        _write_overlay_video(folder / f"{source.path.stem}_overlay{source.path.suffix.lower()}",
-                             frames, masks, source.fps)
-    return rows
+    spacing, spacing_source = frame_spacing(source, args.spacing)
+    video = source.kind == "video"
+    rows, index, problem = [], 0, None
+    overlay = (OverlayVideo(folder / f"{source.path.stem}_overlay{source.path.suffix.lower()}", source.fps)
+               if video else contextlib.nullcontext())
+    size = VIDEO_CHUNK_FRAMES if video else PREDICT_CHUNK_FRAMES
+    label = f"{relative.as_posix()} frames"
+    with overlay, Progress(len(source.frames), label, enabled=show_progress and video and len(source.frames) > 0) as bar:
+        try:
+            for chunk in _chunks(source.frames, size):
+                probabilities = predict_probabilities(model, chunk, args.batch_size, args.interpolation)
+                for frame, probability in zip(chunk, probabilities):
+                    index += 1
+                    height, width = frame.shape[:2]
+                    mask = cv2.resize((probability > args.threshold).astype(np.uint8), (width, height),
+                                      interpolation=cv2.INTER_NEAREST_EXACT)
+                    mask = post(mask)
+                    native = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+                    base = f"{source.path.stem}_{index:04d}" if source.multi else source.path.stem
+                    _write_outputs(folder, base, frame, mask,
+                                   native if args.save_probabilities else None, overlay=not video)
+                    if video:
+                        overlay.write(frame, mask)
+                    record = frame_record(mask, native, spacing)
+                    rows.append({
+                        "file": relative.as_posix(), "frame": index,
+                        "time_s": (index - 1) / source.fps if video and source.fps else None,
+                        **{k: record[k] for k in ("height", "width")},
+                        "row_spacing_mm": spacing[0] if spacing else None,
+                        "column_spacing_mm": spacing[1] if spacing else None,
+                        "spacing_source": spacing_source,
+                        **{k: record[k] for k in ("rib_area_px", "rib_area_mm2", "components", "mean_probability")},
+                        "mask": (relative.parent / f"{base}{MASK_SUFFIX}").as_posix(),
+                        "model": str(args.model), "threshold": args.threshold,
+                    })
+                bar.advance(len(chunk))
+        except DataError as error:  # a video that ends early: its decoded frames are kept
+            if not video or not index:
+                raise
+            problem = f"{error}; its first {index} frames were segmented"
+    return rows, problem
 
 
 def _csv_text(rows: Iterable[dict]) -> str:
@@ -550,6 +603,7 @@ def run(args: argparse.Namespace) -> int:
         raise LungsegError(f"{out}: cannot create the output folder ({error.strerror})") from error
 
     skipped = [f"{path}: unsupported file type" for path in others]
+    partial = []  # videos that ended early: their decoded frames were written
     rows = []
     with Progress(len(files), "segmenting files", enabled=len(files) > 1) as progress:
         for path in files:
@@ -562,7 +616,11 @@ def run(args: argparse.Namespace) -> int:
                 skipped.append(str(error))
                 progress.advance(1)
                 continue
-            rows += _predict_source(args, model, post, source, out / relative.parent, relative)
+            source_rows, problem = _predict_source(args, model, post, source, out / relative.parent,
+                                                   relative, show_progress=len(files) == 1)
+            rows += source_rows
+            if problem:
+                partial.append(problem)
             progress.advance(1)
     if rows:
         write_text(out / PREDICTIONS_CSV, _csv_text(rows))
@@ -577,6 +635,8 @@ def run(args: argparse.Namespace) -> int:
         )
     for problem in skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
+    for problem in partial:
+        print(f"warning: {problem}", file=sys.stderr)
     if not written:
         print(f"error: none of the {total} files could be read (listed above)", file=sys.stderr)
         return 2
@@ -586,6 +646,10 @@ def run(args: argparse.Namespace) -> int:
             "the others were written",
             file=sys.stderr,
         )
+        return 1
+    if partial:
+        print(f"error: {len(partial)} video(s) ended early (listed above); their decoded frames "
+              "were written", file=sys.stderr)
         return 1
     return 0
 

@@ -130,8 +130,11 @@ def test_tiff_max_sample_value_states_the_range(tmp_path):
 def test_video_gives_every_frame(tmp_path, suffix, fourcc):
     source = read_source(write_video(tmp_path / f"cine{suffix}", 5, fourcc=fourcc))
     assert source.kind == "video" and len(source.frames) == 5 and source.fps == pytest.approx(10)
-    assert source.frames[0].shape == (48, 64) and source.frames[0].dtype == np.uint8
-    assert abs(int(source.frames[4].mean()) - 180) < 8
+    frames = list(source.frames)  # decoded as iterated, as often as iterated
+    assert len(frames) == 5 and len(list(source.frames)) == 5
+    assert frames[0].shape == (48, 64) and frames[0].dtype == np.uint8
+    assert abs(int(frames[4].mean()) - 180) < 8
+    assert [len(chunk) for chunk in source.frames.chunks(2)] == [2, 2, 1]
 
 
 def test_unreadable_video_is_named(tmp_path):

@@ -166,3 +166,66 @@ def test_cli_post_processing(model_path, tmp_path):
     assert main([str(model_path), str(tmp_path / "f.png"), "--out", str(out), "--min-size", "5"]) == 0
     row, = read_rows(out)
     assert (int(row["components"]), int(row["rib_area_px"])) == (1, 100)
+
+
+def test_video_is_streamed_in_chunks_with_progress_and_times(model_path, tmp_path, monkeypatch, capsys):
+    import lungseg.predict
+
+    write_video(tmp_path / "cine.avi", 5)
+    seen = []
+    real = lungseg.predict.predict_probabilities
+
+    def recording(model, frames, *args):
+        seen.append(len(frames))
+        return real(model, frames, *args)
+
+    monkeypatch.setattr(lungseg.predict, "predict_probabilities", recording)
+    monkeypatch.setattr(lungseg.predict, "VIDEO_CHUNK_FRAMES", 2)
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "cine.avi"), "--out", str(out), "--threshold", "0.4"]) == 0
+    assert seen == [2, 2, 1]  # never more than a chunk of frames decoded at once
+    assert "cine.avi frames" in capsys.readouterr().err  # the one long file shows its progress
+    rows = read_rows(out)
+    assert [r["time_s"] for r in rows] == ["0", "0.1", "0.2", "0.3", "0.4"]  # 10 frames/s
+    assert {(r["model"], r["threshold"], r["spacing_source"]) for r in rows} == {(str(model_path), "0.4", "")}
+    capture = cv2.VideoCapture(str(out / "cine_overlay.avi"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    capture.release()
+
+
+def test_a_video_that_ends_early_keeps_its_decoded_frames(model_path, tmp_path, monkeypatch, capsys):
+    import lungseg.data.sources as sources
+
+    real = sources.read_video
+
+    def claims_seven(path):  # a container stating more frames than it holds
+        source = real(path)
+        source.frames.count = 7
+        return source
+
+    monkeypatch.setattr(sources, "read_video", claims_seven)
+    write_video(tmp_path / "cine.avi", 5)
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "cine.avi"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "only 5 of its 7 frames could be decoded" in err and "its first 5 frames were segmented" in err
+    assert len(read_rows(out)) == 5 and len(list(out.glob("cine_*_mask.png"))) == 5
+    assert (out / "cine_overlay.avi").is_file()
+
+
+def test_a_dicom_files_own_spacing_wins_over_the_option_and_says_so_once(model_path, tmp_path, capsys):
+    frames = np.zeros((2, 16, 24), np.uint16)
+    (tmp_path / "in").mkdir()
+    write_dicom(tmp_path / "in" / "scan.dcm", frames, spacing=(0.2, 0.3))
+    cv2.imwrite(str(tmp_path / "in" / "plain.png"), np.zeros((20, 20), np.uint8))
+    out = tmp_path / "out"
+    assert main([str(model_path), str(tmp_path / "in"), "--out", str(out), "--spacing", "0.5"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {tmp_path / 'in' / 'scan.dcm'}: its own pixel spacing 0.2 x 0.3 mm is used, "
+                     "not --spacing 0.5 x 0.5"]
+    rows = read_rows(out)
+    spacing = {(r["file"], r["frame"]): (r["row_spacing_mm"], r["column_spacing_mm"], r["spacing_source"])
+               for r in rows}
+    assert spacing == {("scan.dcm", "1"): ("0.2", "0.3", "file"), ("scan.dcm", "2"): ("0.2", "0.3", "file"),
+                       ("plain.png", "1"): ("0.5", "0.5", "option")}
+    assert {r["time_s"] for r in rows} == {""}  # only video frames have a time

@@ -1,9 +1,9 @@
 """Clinical inputs: every frame of an image, multi-page TIFF, DICOM or cine video, and its spacing.
 
 ``read_source(path)`` gives a :class:`Source`: its frames as 2-D uint8 gray arrays, the pixel
-spacing in mm when the file states it (DICOM), and the frame rate of a video. A file is read
-whole or not at all: a page, frame or byte that cannot be decoded raises ``DataError`` naming
-the file, never a shorter list.
+spacing in mm when the file states it (DICOM), and the frame rate of a video. An image or DICOM
+file is read whole or not at all: a page, frame or byte that cannot be decoded raises
+``DataError`` naming the file, never a shorter list.
 
 * Images (``IMAGE_SUFFIXES``): one frame; a TIFF gives one frame per page. 16-bit samples
   are scaled by the range the file states (PNG ``sBIT``, TIFF ``MaxSampleValue``), or by
@@ -12,7 +12,10 @@ the file, never a shorter list.
   and multi-frame, scaled by ``BitsStored``, MONOCHROME1 inverted, colour made gray; the
   spacing from ``PixelSpacing``, else from the first ultrasound region's physical deltas
   (``SequenceOfUltrasoundRegions``, in cm).
-* Videos (``.mp4``, ``.avi``, ``.mov``) through OpenCV: every frame, made gray.
+* Videos (``.mp4``, ``.avi``, ``.mov``) through OpenCV: every frame, made gray, decoded as it
+  is used (:class:`VideoFrames`), so a long cine is never held in memory whole. A video that
+  cannot be opened or whose first frame cannot be decoded fails at once; one that ends early
+  raises ``DataError`` when the iteration reaches its end.
 
 ``find_sources(folder)`` lists the readable-looking files below a folder, recursively, and the
 ones of other types, so that a caller can name each file it skips.
@@ -47,7 +50,7 @@ class Source:
 
     path: Path
     kind: str  # "image", "pages" (multi-page TIFF), "dicom" or "video"
-    frames: list  # 2-D uint8 arrays
+    frames: list  # 2-D uint8 arrays; a video's VideoFrames, decoded as iterated
     spacing: tuple = None  # (row mm, column mm) of one pixel, when known
     fps: float = None  # frames per second of a video
 
@@ -117,27 +120,73 @@ def read_source(path, top=None):
 
 
 def read_video(path):
-    """Every frame of a video, gray; ``DataError`` if it cannot be opened or read to its end."""
-    capture = cv2.VideoCapture(str(path))
-    try:
+    """A video's :class:`Source`, its frames decoded when iterated; ``DataError`` if it cannot be
+    opened or its first frame cannot be decoded."""
+    frames = VideoFrames(path)
+    return Source(Path(path), "video", frames, fps=frames.fps)
+
+
+class VideoFrames:
+    """The frames of a video, gray, decoded one at a time each time they are iterated.
+
+    ``len()`` is the frame count the container states (0 when it states none). Iterating
+    raises ``DataError`` when fewer frames than stated could be decoded (a truncated video),
+    after yielding those that could.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        capture = self._open()
+        try:
+            self.count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0) or None
+            if not capture.read()[0]:
+                raise DataError(f"{self.path}: not a readable video (no frame could be decoded)")
+        finally:
+            capture.release()
+
+    def _open(self):
+        capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
-            raise DataError(f"{path}: not a readable video (OpenCV could not open it)")
-        expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0) or None
-        frames = []
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(to_gray_uint8(frame, f"{path} frame {len(frames) + 1}"))
-    finally:
-        capture.release()
-    if not frames:
-        raise DataError(f"{path}: not a readable video (no frame could be decoded)")
-    if expected > 0 and len(frames) < expected:
-        raise DataError(f"{path}: only {len(frames)} of its {expected} frames could be decoded "
-                        "(truncated or corrupt video)")
-    return Source(path, "video", frames, fps=fps)
+            capture.release()
+            raise DataError(f"{self.path}: not a readable video (OpenCV could not open it)")
+        return capture
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        capture = self._open()
+        decoded = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                decoded += 1
+                yield to_gray_uint8(frame, f"{self.path} frame {decoded}")
+        finally:
+            capture.release()
+        if self.count > 0 and decoded < self.count:
+            raise DataError(f"{self.path}: only {decoded} of its {self.count} frames could be decoded "
+                            "(truncated or corrupt video)")
+
+    def chunks(self, size):
+        """Lists of up to ``size`` consecutive frames; a truncated video's last frames come out
+        before its ``DataError``."""
+        chunk = []
+        try:
+            for frame in self:
+                chunk.append(frame)
+                if len(chunk) == size:
+                    yield chunk
+                    chunk = []
+        except DataError:
+            if chunk:
+                yield chunk
+            raise
+        if chunk:
+            yield chunk
 
 
 def read_dicom(path):
