@@ -31,8 +31,9 @@ def run(argv):
     parser.add_argument("--figure-frames", type=positive_int, default=4, help="frames in the overlay figure")
     parser.add_argument("--save-masks", action="store_true", help="also write every predicted mask as PNG")
     parser.add_argument("--masks", metavar="DIR", action="append", default=[],
-                        help="a folder of predicted masks (<name>.png, <name>_mask.png or mask_<name>.png) "
-                        "to score against --test without a model; repeatable")
+                        help="a folder of predicted masks (<name>.png, <name>_mask.png or mask_<name>.png, "
+                        "or those of the image file's stem: img_<name>_mask.png as lungseg-predict "
+                        "writes) to score against --test without a model; repeatable")
     parser.add_argument("--resolution", choices=("native", "model"), default="native",
                         help="per-image metrics at each frame's own size or at the model's input size")
     parser.add_argument("--spacing", metavar="MM|ROWxCOL", help="pixel spacing in mm of the frames at "
