@@ -1,0 +1,27 @@
+"""The commands the docs show run as written (docs/check_commands.py; the slow ones only there)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("check_commands", ROOT / "docs" / "check_commands.py")
+check_commands = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(check_commands)
+
+
+def test_evaluation_inference_paper_and_data_docs_run_as_written():
+    docs = [ROOT / "docs" / name for name in ("evaluation.md", "inference.md", "paper.md", "data.md")]
+    assert check_commands.check(docs, fast=True) == []
+
+
+def test_a_doc_that_lies_is_caught(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```\nlungseg-predict MODEL_OR_RUN INPUT [--out DIR] [--no-such-option]\n```\n\n"
+        "```python\nimport keras\nkeras.models.load_model('runs/nowhere/model.keras')\n```\n\n"
+        "```bash\npython -m lungseg.data check LUS --size 64 32\n```\n"
+    )
+    problems = check_commands.check([doc], fast=True)
+    assert len(problems) == 2, problems
+    assert problems[0] == "doc.md: --no-such-option: not an option of lungseg-predict MODEL_OR_RUN INPUT"
+    assert problems[1].startswith("doc.md: python block failed: ValueError")
