@@ -68,6 +68,8 @@ def argv_of(line, where):
     """A doc's command line as an argv for this interpreter, paths mapped to ``where``."""
     words = shlex.split(line)
     words = [str(where[word]) if word in where else word for word in words]
+    # The repository's scripts (train_vunet.py, evaluate.py) are run from the scratch folder.
+    words = [str(ROOT / word) if word.endswith(".py") and (ROOT / word).is_file() else word for word in words]
     head = COMMANDS.get(words[0])
     if head is None:
         raise ValueError(f"unknown command {words[0]!r} in: {line}")
