@@ -175,14 +175,17 @@ def run_block(language, text, folder, where, fast):
     return problems
 
 
-def check(docs=DOCS, fast=False):
-    """Every problem of the docs' blocks, as lines naming the doc."""
+def check(docs=DOCS, fast=False, folder=None):
+    """Every problem of the docs' blocks, as lines naming the doc; run in ``folder`` (made by
+    :func:`scratch` there when its map is not given as ``(folder, map)``), else a temporary one."""
+    if folder is None:
+        with tempfile.TemporaryDirectory() as temporary:
+            return check(docs, fast, (temporary, scratch(temporary)))
+    folder, where = folder
     problems = []
-    with tempfile.TemporaryDirectory() as folder:
-        where = scratch(folder)
-        for doc in docs:
-            for language, text in blocks(doc):
-                problems += [f"{Path(doc).name}: {p}" for p in run_block(language, text, folder, where, fast)]
+    for doc in docs:
+        for language, text in blocks(doc):
+            problems += [f"{Path(doc).name}: {p}" for p in run_block(language, text, folder, where, fast)]
     return problems
 
 
