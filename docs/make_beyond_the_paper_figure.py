@@ -22,6 +22,7 @@ from lungseg import figures
 from lungseg.data import find_pairs, load_frames
 from lungseg.data.io import read_mask
 from lungseg.files import read_json
+from lungseg.markdown import markdown_table
 
 CONDITIONS = [(probe, target) for probe in ("linear", "convex") for target in ("line", "shadow")]
 RECIPES = ("quick", "sound")
@@ -107,10 +108,8 @@ def main(out, docs=Path(__file__).parent):
               "held-out per-image Dice", "per fold model", "spurious / frame", "HD95 (px)",
               "held-out frames with ribs predicted empty", "best epoch per fold",
               "collapse noticed"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in table:
-        print("| " + " | ".join(row) + " |")
+    print("\n".join(markdown_table([(name, lambda row, i=i: row[i]) for i, name in enumerate(header)],
+                                    table)))
     for name in ("beyond_the_paper.png", "beyond_the_paper_linear.png", "beyond_the_paper_convex.png"):
         print(f"{docs / name}: {(docs / name).stat().st_size / 1024:.0f} KB")
 
