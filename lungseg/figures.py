@@ -30,7 +30,7 @@ DEFAULT_DPI = 100
 # more, so that wrapped text stays inside the space it is wrapped for).
 CHARACTER_WIDTH = 0.62
 # A name needing more lines than this at its place is shown by a letter, with a key below.
-MAX_LABEL_LINES = 2
+MAX_LABEL_LINES = 3
 
 
 def save_figure(fig, path, dpi=DEFAULT_DPI):
