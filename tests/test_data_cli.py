@@ -88,6 +88,7 @@ def test_check_reports_pairing_and_content_problems_in_one_run(tmp_path, capsys)
 def test_entries_that_are_not_frames_are_named_as_warnings(tmp_path):
     pixels = np.zeros((4, 4), np.uint8)
     write_image(tmp_path / "IMG" / "img_a.tif", pixels)
+    pixels[1, 1] = 255  # one foreground pixel: a set of empty masks is refused
     write_image(tmp_path / "MASK" / "mask_a.tif", pixels)
     (tmp_path / "IMG" / "notes.txt").write_text("scanned on Monday")
     (tmp_path / "IMG" / "img_b.gif").write_bytes(b"GIF89a")
