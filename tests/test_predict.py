@@ -83,16 +83,22 @@ def test_segment_accepts_colour_and_16_bit_frames(models, gray_model):
 
 def test_resizing_and_threshold_place_the_mask_exactly():
     # 96 x 64 frame, 32 x 32 model: a block aligned to the 3 x 2 scale survives the round trip,
-    # so a swapped height/width or a half-pixel offset would show.
+    # so a swapped height/width or a half-pixel offset would show. The probability is resized
+    # bilinearly and then thresholded: each corner pixel gets 2/3 * 3/4 = 0.5, not above 0.5.
     frame = np.zeros((96, 64), np.uint8)
     frame[30:60, 20:40] = 200
     expected = (frame > 127).astype(np.uint8)
+    for row, column in ((30, 20), (30, 39), (59, 20), (59, 39)):
+        expected[row, column] = 0
     for channels in (1, 3):
         model = threshold_model(channels)
         np.testing.assert_array_equal(segment(model, frame), expected)
 
-    dim = np.where(expected, 130, 0).astype(np.uint8)  # probability sigmoid(2.5) = 0.924
-    np.testing.assert_array_equal(segment(threshold_model(), dim, threshold=0.9), expected)
+    dim = np.where(frame, 130, 0).astype(np.uint8)  # probability sigmoid(2.5) = 0.924
+    # the block's edge pixels weigh the inside 2/3 (rows) or 3/4 (columns): under 0.9
+    inside = np.zeros_like(expected)
+    inside[31:59, 21:39] = 1
+    np.testing.assert_array_equal(segment(threshold_model(), dim, threshold=0.9), inside)
     assert segment(threshold_model(), dim, threshold=0.95).sum() == 0
 
 
