@@ -11,7 +11,8 @@ A :class:`Placement` says how one frame goes into the model's (height, width) in
 input when stretching, or the largest part of it with the box's aspect ratio, centred and
 padded with black (``keep_aspect``). :func:`to_model` applies it to a frame or mask;
 :func:`to_native` undoes it for a probability map (bilinear, then zero outside the box), so
-a mask thresholded at the frame's own size has smooth edges in the right place.
+a mask thresholded at the frame's own size has smooth edges in the right place, or for a mask
+(nearest).
 """
 
 from dataclasses import dataclass
@@ -88,17 +89,19 @@ def to_model(array, placement, interpolation):
     return out
 
 
-def to_native(probability, placement):
-    """A map at the model's size (float) back at the frame's own size and position: its
-    region resized bilinearly to the box, zero outside the box."""
+def to_native(array, placement, interpolation=cv2.INTER_LINEAR):
+    """A map at the model's size back at the frame's own size and position: its region
+    resized to the box (bilinear for a probability map; ``cv2.INTER_NEAREST_EXACT`` for a
+    mask), zero outside the box. A float map comes back float32, a mask in its own type."""
     top, left, bottom, right = placement.box
     r_top, r_left, r_height, r_width = placement.region
-    part = np.ascontiguousarray(probability[r_top:r_top + r_height, r_left:r_left + r_width],
-                                dtype=np.float32)
-    resized = cv2.resize(part, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    array = np.asarray(array)
+    dtype = np.float32 if array.dtype.kind == "f" else array.dtype
+    part = np.ascontiguousarray(array[r_top:r_top + r_height, r_left:r_left + r_width], dtype=dtype)
+    resized = cv2.resize(part, (right - left, bottom - top), interpolation=interpolation)
     if (top, left, bottom, right) == (0, 0, *placement.native):
         return resized
-    out = np.zeros(placement.native, np.float32)
+    out = np.zeros(placement.native, dtype)
     out[top:bottom, left:right] = resized
     return out
 

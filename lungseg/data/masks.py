@@ -7,8 +7,9 @@ alpha when the colour is uniform (an alpha-only mask), by its colour when alpha 
 colour times alpha.
 
 The mask's *level* is its foreground value: the largest value that at least
-``LEVEL_SHARE`` of its nonzero pixels reach, so that a few stray pixels above it (one 255 in
-a 0/1 mask) neither set the threshold nor vanish (they count as foreground). A pixel is
+``LEVEL_SHARE`` of its nonzero pixels reach (and ``STRAY_PIXELS`` of them, or half of a tiny
+mask's), so that a few stray pixels above it (one 255 in a 0/1 mask) neither set the
+threshold nor vanish (they count as foreground). A pixel is
 foreground above ``threshold`` times the level (half, by default). Soft values between 0
 and the level (anti-aliased or compressed edges) are thresholded; a mask with many values
 in the middle band is refused unless a threshold is given. A *label map* (a few distinct
@@ -22,6 +23,7 @@ finding, never one per file), and refuses a set whose masks are all empty.
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lungseg.data.io import decode_image
@@ -29,6 +31,7 @@ from lungseg.errors import ConfigError, DataError
 
 DEFAULT_THRESHOLD = 0.5  # of the mask's level: half, as masks have always been read
 LEVEL_SHARE = 0.01  # share of the nonzero pixels that must reach the level
+STRAY_PIXELS = 10  # ... and how many of them (or half the nonzero pixels of a tiny mask)
 SOFT_TOLERANCE = 0.02  # share of pixels allowed in the middle band without --mask-threshold
 LABEL_SHARE = 0.05  # share of the nonzero pixels a label holds
 SMALL_LABELS = 16  # labels 1..16 are label maps at any count; larger values only 2-3 of them
@@ -112,12 +115,12 @@ def binarize(raw, path="<array>", threshold=None):
         return np.zeros(raw.shape, np.uint8), MaskStats(str(path), raw.size, 0, 0, 0.0)
     values, counts = np.unique(nonzero, return_counts=True)
     reached = np.cumsum(counts[::-1])[::-1]  # pixels at or above each value
-    level = int(values[np.nonzero(reached >= LEVEL_SHARE * nonzero.size)[0][-1]])
-    labels = _labels(values, counts, nonzero.size)
+    enough = max(LEVEL_SHARE * nonzero.size, min(STRAY_PIXELS, nonzero.size / 2))
+    level = int(values[np.nonzero(reached >= enough)[0][-1]])
+    labels = _labels(raw, values, counts, nonzero.size)
     if labels:
         mask = (raw > 0).astype(np.uint8)
-        return mask, MaskStats(str(path), raw.size, int(nonzero.size), level, 0.0,
-                               labels=(0, *labels))
+        return mask, MaskStats(str(path), raw.size, int(nonzero.size), level, 0.0, labels=labels)
     cut = share * level
     ambiguous = np.count_nonzero((raw > level / 4) & (raw < 3 * level / 4))
     if threshold is None and ambiguous > SOFT_TOLERANCE * raw.size:
@@ -132,14 +135,23 @@ def binarize(raw, path="<array>", threshold=None):
     return mask, MaskStats(str(path), raw.size, int(mask.sum()), level, cut, soft, stray)
 
 
-def _labels(values, counts, total):
-    """The labels of a label map (its distinct nonzero values), or () when it is not one."""
+def _labels(raw, values, counts, total):
+    """The labels of a label map (its distinct values), or () when it is not one: two or
+    more nonzero values each held by ``LABEL_SHARE`` of the nonzero pixels, and either small
+    integers (1 to ``SMALL_LABELS``) or two or three levels whose lower ones fill regions of
+    their own (an anti-aliased edge of one level is a thin rim with no inside)."""
     held = values[counts >= LABEL_SHARE * total]
     if len(held) < 2 or len(values) > SMALL_LABELS:
         return ()
-    if values.max() <= SMALL_LABELS or len(values) <= 3:
-        return tuple(int(v) for v in values)
-    return ()
+    if values.max() > SMALL_LABELS:
+        if len(values) > 3:
+            return ()
+        cross = np.ones((3, 3), np.uint8)
+        for value in values[:-1]:
+            inside = cv2.erode((raw == value).astype(np.uint8), cross, borderValue=0)
+            if np.count_nonzero(inside) < LABEL_SHARE * total:
+                return ()
+    return (0, *(int(v) for v in values))
 
 
 def summarize_masks(stats, folder, threshold=None):
