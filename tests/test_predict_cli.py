@@ -166,3 +166,16 @@ def test_cli_post_processing(model_path, tmp_path):
     assert main([str(model_path), str(tmp_path / "f.png"), "--out", str(out), "--min-size", "5"]) == 0
     row, = read_rows(out)
     assert (int(row["components"]), int(row["rib_area_px"])) == (1, 100)
+
+
+def test_deep_frames_of_unstated_range_are_said_in_one_line(model_path, tmp_path, capsys):
+    data = tmp_path / "deep"
+    data.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(data / f"{name}.png"), np.full((20, 20), 1000, np.uint16))
+    assert main([str(model_path), str(data), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1
+    assert "2 16-bit frame(s) state no range" in err and "fit 10 bits (up to 1000)" in err
+    assert main([str(model_path), str(data), "--out", str(tmp_path / "out"), "--max-value", "4095"]) == 0
+    assert "warning" not in capsys.readouterr().err
