@@ -348,6 +348,11 @@ def test_crop_predicts_on_the_sector_and_maps_the_mask_back_in_place(tmp_path, c
     (run / "fold_1").mkdir(parents=True)
     model.save(run / "fold_1" / "model.keras")
     write_text(run / "config.json", make_config("xunet", "run", "sound").to_json())
+    from lungseg.inference import load_predictor
+
+    predictor = load_predictor(run / "fold_1" / "model.keras")
+    assert (predictor.crop, predictor.keep_aspect) == ("auto", False)
+    np.testing.assert_array_equal(predictor.segment([frame])[0], cropped)
     cv2.imwrite(str(tmp_path / "capture.png"), frame)
     assert main([str(run / "fold_1" / "model.keras"), str(tmp_path / "capture.png"),
                  "--out", str(tmp_path / "out")]) == 0
