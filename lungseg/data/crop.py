@@ -112,13 +112,15 @@ def find_sector(gray):
     The bright pixels (above ``BRIGHT``, after a 3x3 median against JPEG noise) are closed
     (speckle gaps) and opened with a disc about ``STROKE_SHARE`` of the smaller side wide
     (strokes of text and scale dots vanish); the largest connected region left, grown back by
-    the disc within the bright pixels, gives the box. A frame with no such region gives the
-    whole frame.
+    the disc within the nonzero pixels, gives the box. A frame with no such region gives the
+    whole frame. Mask pixels outside the box (a sector whose deepest rows are black) are
+    left out, and ``load_frames`` says how many.
     """
     gray = np.asarray(gray)
     height, width = gray.shape
     whole = (0, 0, height, width)
-    bright = (cv2.medianBlur(np.ascontiguousarray(gray), 3) > BRIGHT).astype(np.uint8)
+    smooth = cv2.medianBlur(np.ascontiguousarray(gray), 3)
+    bright = (smooth > BRIGHT).astype(np.uint8)
     side = max(3, int(round(min(height, width) * STROKE_SHARE)) | 1)
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
     solid = cv2.morphologyEx(cv2.morphologyEx(bright, cv2.MORPH_CLOSE, disc), cv2.MORPH_OPEN, disc)
@@ -126,7 +128,9 @@ def find_sector(gray):
     if count < 2:
         return whole
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    region = cv2.dilate((labels == largest).astype(np.uint8), disc) & bright
+    # Grown back by the disc into every nonzero pixel: the sector's corners that the opening
+    # rounded, and its darkest depths (attenuation, a rib's shadow) that are not bright.
+    region = cv2.dilate((labels == largest).astype(np.uint8), disc) & (smooth > 0)
     rows = np.flatnonzero(region.any(axis=1))
     columns = np.flatnonzero(region.any(axis=0))
     if not rows.size:
