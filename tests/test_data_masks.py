@@ -73,7 +73,8 @@ def test_soft_edges_are_thresholded_at_half_the_level_and_summed_up_in_one_line(
     lines = summarize_masks(stats, "masks")
     assert len(lines) == 1  # one line for the set, not one per file
     assert lines[0] == ("masks: 3 of 3 masks are not two-valued (anti-aliased or compressed edges, "
-                        "0.62% of all mask pixels between 0 and the mask's level): thresholded at "
+                        "0.62% of all mask pixels between 0 and the mask's level, e.g. m0.png): "
+                        "thresholded at "
                         "half their level; --mask-threshold changes it")
     np.testing.assert_array_equal(binarize(raw, threshold=0.3)[0][9, 10:15], [1, 1, 1, 0, 0])
 

@@ -178,8 +178,8 @@ def summarize_masks(stats, folder, threshold=None):
         share = sum(s.soft for s in soft) / pixels
         lines.append(
             f"{folder}: {len(soft)} of {n} masks are not two-valued (anti-aliased or compressed "
-            f"edges, {share:.2%} of all mask pixels between 0 and the mask's level): "
-            f"thresholded at {how}"
+            f"edges, {share:.2%} of all mask pixels between 0 and the mask's level, e.g. "
+            f"{Path(soft[0].path).name}): thresholded at {how}"
             + ("; --mask-threshold changes it" if threshold is None else "")
         )
     stray = [s for s in stats if s.stray]
