@@ -8,6 +8,7 @@ import traceback
 from lungseg.config import (
     AUGMENT_INTERPOLATIONS,
     AUGMENT_POLICIES,
+    CROPS,
     INITIALIZERS,
     INTERPOLATIONS,
     LOSSES,
@@ -99,6 +100,58 @@ def image_size(text):
     return sides
 
 
+def share(text):
+    """A number strictly between 0 and 1 (--mask-threshold)."""
+    value = _number(float, text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def sample_value(text):
+    """The largest value of 16-bit frames, 1-65535 (--max-value)."""
+    value = _number(int, text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {text}")
+    return value
+
+
+# RunConfig's fields that say how data is read, as add_reading_options names them.
+READING_FIELDS = ("target", "mask_threshold", "max_value", "crop", "keep_aspect")
+
+
+def add_reading_options(parser, show=None):
+    """--target, --mask-threshold, --max-value, --crop and --keep-aspect: how frames and masks
+    are read (training, evaluate's --test, data check). ``show`` gives a field's default as
+    help text (``preset_defaults``); without it the defaults are the paper's."""
+    show = show or (lambda getter: f"(default: {_text(getter(make_config('xunet', 'help')))})")
+    add = parser.add_argument
+    add("--target", metavar="NAME", help="read the masks of masks/NAME/ (MASK/NAME/), for sets "
+        "with one mask folder per target, e.g. masks/rib_shadow/ (default: masks/ itself)")
+    add("--mask-threshold", type=share, metavar="X",
+        help="a mask pixel is foreground above X times the mask's level (its foreground value); "
+        "also accepts soft masks, which are otherwise refused (default: 0.5, half)")
+    add("--max-value", type=sample_value, metavar="N",
+        help="the largest value of 16-bit frames, e.g. 4095 for 12-bit data (default: the "
+        "file's sBIT or MaxSampleValue, else 1023 or 4095 when the values fit 10 or 12 bits, "
+        "said in one line, else 65535)")
+    add("--crop", choices=CROPS, help="auto: crop each frame and mask to the imaging sector's "
+        "bounding box (black margins, depth scales, labels and marks of screen captures left out) "
+        "before resizing; masks are mapped back to each frame's own size and position "
+        + show(lambda c: c.crop))
+    add("--keep-aspect", action="store_true", default=None,
+        help="keep each frame's (or crop box's) aspect ratio, padding with black to the model's "
+        "input instead of stretching " + show(lambda c: c.keep_aspect))
+
+
+def reading_from_args(args):
+    """``lungseg.data.frames.Reading`` from add_reading_options' options (paper defaults)."""
+    from lungseg.data.frames import Reading
+
+    return Reading(mask_threshold=args.mask_threshold, max_value=args.max_value,
+                   crop=args.crop or "none", keep_aspect=bool(args.keep_aspect))
+
+
 def freeze_spec(text):
     """``none`` -> [], a part name -> [part], ``a,b`` -> the layer names a and b."""
     if text == "none":
@@ -127,6 +180,8 @@ def _text(value):
         return "x".join(map(str, value))
     if isinstance(value, list):
         return ",".join(value) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return "none" if value is None else str(value)
 
 
@@ -143,10 +198,12 @@ def training_parser(model, description):
         "augmentation, Dice + BCE, He initialisation) (default: paper)")
     add("--data", metavar="DIR", help="LUS frames (IMG/ + MASK/, or images/ + masks/) "
         "(default: generated phantom frames, cached under --out)")
-    add("--groups", metavar="REGEX|CSV", help="group of each frame for --split grouped: a regex "
-        "whose first group is taken from the file stem, or a CSV of stem,group "
-        "(default: the subject when names carry one, subj<k>; else probe position and a window "
-        "of neighbouring frame numbers)")
+    add("--groups", metavar="blocks:N|REGEX|CSV", help="group of each frame for --split grouped: "
+        "blocks:N, contiguous blocks of N frame numbers of each sequence (a sweep's frames "
+        "Frame1, Frame2, ...); a regex whose first group is taken from the file stem; or a CSV "
+        "of stem,group (default: the subject when names carry one, subj<k>; else probe position "
+        "and a window of neighbouring frame numbers)")
+    add_reading_options(parser, d)
     add("--lus-frames", type=positive_int, metavar="N", help="training frames; with flips N/2 "
         "frames plus their mirror images (the paper: 200 without flips, 400, 600) "
         + d(lambda c: c.lus_frames))
@@ -228,7 +285,7 @@ def _stage_values(values, key, parser, option):
 def config_from_args(model, args, parser, extra=()):
     """RunConfig from the preset and the options given; ``extra`` names model-specific fields."""
     overrides = {}
-    for field in ("data", "groups", "lus_frames", "flips", "split", "folds", "image_size",
+    for field in ("data", "groups", *READING_FIELDS, "lus_frames", "flips", "split", "folds", "image_size",
                   "interpolation", "initializer", "augment", "augment_interpolation", "stage1_steps",
                   "augment_policy", "loss", "stop_on_collapse",
                   "seed", "out", "precision", "jit_compile",

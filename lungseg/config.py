@@ -34,6 +34,9 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # run starts, and config.json stores the precision chosen (see lungseg.precision).
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 TTA_CHOICES = ("none", "flip")  # test-time augmentation of prediction and evaluation
+# What of each frame the model sees (--crop): all of it, or the imaging sector's bounding box
+# (lungseg.data.crop.find_sector), which screen captures surround with black, scales and text.
+CROPS = ("none", "auto")
 # Kernel initialisers of the 3x3 ReLU convolutions. The authors used Keras' default,
 # glorot_uniform; he_normal (He et al., 2015) keeps the activations' scale through the ReLU
 # layers, without which a plain U-Net trained from scratch with Dice loss stalls or collapses.
@@ -67,7 +70,12 @@ class RunConfig:
     out: str = "weights"
     data: Optional[str] = None  # LUS folder; None: generated phantom frames
     salient: Optional[str] = None  # salient-object folder (X-Unet); None: generated composites
-    groups: Optional[str] = None  # regex or CSV giving each frame's group
+    groups: Optional[str] = None  # blocks:N, a regex or a CSV giving each frame's group
+    target: Optional[str] = None  # masks/<target>/ of a set with several targets per frame
+    mask_threshold: Optional[float] = None  # share of a mask's level; None: half, soft refused
+    max_value: Optional[int] = None  # 16-bit frames: the value read as white; None: stated/inferred
+    crop: str = "none"  # "auto": crop frames and masks to the imaging sector (lungseg.data.crop)
+    keep_aspect: bool = False  # pad to the input's shape instead of stretching
     lus_frames: int = 400
     flips: bool = True  # 400 = 200 frames + their mirror images, as in the paper
     split: str = "paper"
@@ -143,6 +151,12 @@ class RunConfig:
         ):
             if value not in choices:
                 raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+        if self.crop not in CROPS:
+            raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
+            raise ConfigError(f"--mask-threshold must be between 0 and 1, got {self.mask_threshold}")
+        if self.max_value is not None and not 0 < self.max_value < 65536:
+            raise ConfigError(f"--max-value must be between 1 and 65535, got {self.max_value}")
         if self.initializer not in INITIALIZERS:
             raise ConfigError(
                 f"--initializer must be one of {', '.join(INITIALIZERS)}, got {self.initializer!r}"
@@ -230,14 +244,18 @@ PRESETS = {
 # "sound": the quick preset's sizes and budget (frames, epochs, learning rates) with a recipe that
 # holds on new subjects: folds that never split a subject (pairs.default_group groups by the
 # subject when names carry one, else by probe position and frame window), nnU-Net's strong
-# augmentation, Dice + binary cross-entropy (Dice alone collapses on thin targets) and He
-# initialisation. Beyond the paper (docs/training.md).
+# augmentation, Dice + binary cross-entropy (Dice alone collapses on thin targets), He
+# initialisation, and frames cropped to the imaging sector (screen captures' black margins,
+# scales and labels left out; a frame that fills its image, as a linear probe's, is kept whole).
+# Beyond the paper (docs/training.md). keep_aspect stays off: at quick's 128 x 64 input a
+# 960 x 128 linear frame would keep only 17 columns.
 PRESETS["sound"] = {
     **PRESETS["quick"],
     "split": "grouped",
     "augment_policy": "strong",
     "loss": "dice_bce",
     "initializer": "he_normal",
+    "crop": "auto",
 }
 
 

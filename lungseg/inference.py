@@ -7,7 +7,9 @@
   probabilities (nnU-Net's fold ensemble) and, with ``tta="flip"``, of their outputs on the
   left-right mirrored frame mirrored back. It is an ordinary model, so everything that takes
   a model (``predict_probabilities``, ``score_frames``, ``lungseg-export``) takes it too.
-* :func:`load_predictor`: a run folder (its finished fold models, ensembled) or one model file.
+* :func:`load_predictor`: a run folder (its finished fold models, ensembled) or one model file,
+  with the placement of frames its training run used (``Predictor.segment`` takes frames at
+  their own size and gives masks at their own size).
 
 Post-processing of masks and the numbers of a predicted frame live in ``lungseg.postprocess``
 (NumPy only).
@@ -105,13 +107,32 @@ def ensemble(models: Iterable[keras.Model], tta: str = "none", name: str = "ense
 
 @dataclass
 class Predictor:
-    """What ``load_predictor`` gives: the model to run and what it is made of."""
+    """What ``load_predictor`` gives: the model to run, what it is made of, and how its
+    training run placed frames (``interpolation``, ``crop``, ``keep_aspect``), so that
+    :meth:`probabilities` and :meth:`segment` take frames at their own size."""
 
     model: object  # a keras.Model: one model or the ensemble
     paths: list  # the model files it was built from
     run: object = None  # the RunFolder when given one
     tta: str = "none"
     folds: list = field(default_factory=list)
+    interpolation: str = "nearest"
+    crop: str = "none"
+    keep_aspect: bool = False
+
+    def probabilities(self, frames: Iterable[Any], batch_size: int = 20) -> list:
+        """Probability maps at each frame's own size (``lungseg.predict.native_probabilities``)."""
+        from lungseg.predict import native_probabilities
+
+        return native_probabilities(self.model, frames, batch_size, self.interpolation,
+                                    self.crop, self.keep_aspect)
+
+    def segment(self, frames: Iterable[Any], threshold: float = 0.5, batch_size: int = 20) -> list:
+        """0/1 masks at each frame's own size, thresholded there (``lungseg.predict.segment_batch``)."""
+        from lungseg.predict import segment_batch
+
+        return segment_batch(self.model, frames, batch_size, threshold, self.interpolation,
+                             self.crop, self.keep_aspect)
 
     @property
     def description(self) -> str:
@@ -126,8 +147,11 @@ def load_predictor(path: str | Path, tta: str = "none", folds: Iterable[str] | N
     ``path`` is a run folder (every finished fold model is loaded, or only ``folds``, names
     such as ``fold_2``) or a model file. Raises ``LungsegError`` naming what is missing.
     """
-    from lungseg.predict import load_model, model_files
+    from lungseg.predict import load_model, model_files, training_config
 
     run, chosen, paths = model_files(path, folds)
     model = ensemble([load_model(p) for p in paths], tta=tta)
-    return Predictor(model=model, paths=paths, run=run, tta=tta, folds=chosen)
+    config = training_config(path)
+    placing = {} if config is None else {"interpolation": config.interpolation, "crop": config.crop,
+                                         "keep_aspect": config.keep_aspect}
+    return Predictor(model=model, paths=paths, run=run, tta=tta, folds=chosen, **placing)

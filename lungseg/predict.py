@@ -1,9 +1,12 @@
 """Segment new frames with a trained model: a small Python API and the ``lungseg-predict`` command.
 
 The frames go through the paper's input handling (gray, resized to the model's input with
-nearest-neighbour as Keras' image loader did); lungseg's models rescale 0-255 to 0-1 and
-copy gray to three channels inside the graph, so nothing else is done here. The predicted
-mask is thresholded and resized back to each frame's own size.
+nearest-neighbour as Keras' image loader did), or are cropped to the imaging sector and padded
+as the model's training run did (``crop``, ``keep_aspect``: ``lungseg.data.crop``); lungseg's
+models rescale 0-255 to 0-1 and copy gray to three channels inside the graph, so nothing else
+is done here. The predicted probability map is mapped back to each frame's own size and
+position (bilinear) and thresholded there, so mask edges follow the probabilities, not the
+model's pixel grid.
 
     model = load_model("weights/demo_xunet/fold_1/model.keras")
     mask = segment(model, frame)          # (H, W) uint8, 0/1, for an (H, W) uint8 frame
@@ -43,17 +46,19 @@ import cv2
 import numpy as np
 
 # Frames are resized exactly as for training (lungseg.data.frames.load_frames).
+from lungseg.data.crop import find_sector, place, to_model, to_native
 from lungseg.data.frames import INTERPOLATIONS, check_interpolation
 from lungseg.data.io import to_gray_uint8, write_image
 from lungseg.data.sources import SOURCE_SUFFIXES, find_sources, is_source
 from lungseg.cli import run_main
 from lungseg.errors import ConfigError, DataError, LungsegError
-from lungseg.config import TTA_CHOICES
+from lungseg.config import CROPS, TTA_CHOICES
 from lungseg.progress import Progress
 
 if TYPE_CHECKING:
     import keras
 
+    from lungseg.config import RunConfig
     from lungseg.runs import RunFolder
 
     from lungseg.data.sources import Source
@@ -183,21 +188,42 @@ def model_batch(
     channels: int,
     interpolation: str = "nearest",
     first_index: int = 0,
+    placements: Sequence | None = None,
 ) -> np.ndarray:
     """Frames as the model's input batch: uint8 (n, height, width, channels), values 0-255.
 
     Each frame is made 2-D uint8 gray as ``lungseg.data.io.read_image`` does (3- or
-    4-channel arrays are taken as OpenCV's BGR/BGRA, 16-bit scaled to 0-255), resized, and
-    copied to three channels when the model wants them. The batch stays uint8 (a quarter of
-    float32's memory and transfer); Keras casts it to the model's float input exactly. A
-    frame that cannot be converted raises ``DataError`` naming it as ``frame <index>``.
+    4-channel arrays are taken as OpenCV's BGR/BGRA, 16-bit scaled to 0-255), resized (or
+    placed as its ``placements`` entry says, ``lungseg.data.crop.to_model``), and copied to
+    three channels when the model wants them. The batch stays uint8 (a quarter of float32's
+    memory and transfer); Keras casts it to the model's float input exactly. A frame that
+    cannot be converted raises ``DataError`` naming it as ``frame <index>``.
     """
     flag = INTERPOLATIONS[interpolation]
     batch = np.empty((len(frames), height, width, 1), np.uint8)
     for index, frame in enumerate(frames):
         gray = to_gray_uint8(np.asarray(frame), f"frame {first_index + index}")
-        batch[index, :, :, 0] = cv2.resize(gray, (width, height), interpolation=flag)
+        if placements is None:
+            batch[index, :, :, 0] = cv2.resize(gray, (width, height), interpolation=flag)
+        else:
+            batch[index, :, :, 0] = to_model(gray, placements[index], flag)
     return np.repeat(batch, channels, axis=3) if channels == 3 else batch
+
+
+def placements_of(
+    frames: Sequence[np.ndarray], size: tuple[int, int], crop: str = "none", keep_aspect: bool = False
+) -> list:
+    """Where each frame goes in the model's input of ``size`` (``lungseg.data.crop.Placement``):
+    the imaging sector's box with ``crop="auto"``, padded to the box's aspect with
+    ``keep_aspect``, as ``lungseg.data.frames.load_frames`` placed the training frames."""
+    if crop not in CROPS:
+        raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    placements = []
+    for index, frame in enumerate(frames):
+        frame = np.asarray(frame)
+        box = find_sector(to_gray_uint8(frame, f"frame {index}")) if crop == "auto" else None
+        placements.append(place(frame.shape[:2], size, box, keep_aspect))
+    return placements
 
 
 def predict_probabilities(
@@ -205,8 +231,10 @@ def predict_probabilities(
     frames: Iterable[np.ndarray],
     batch_size: int = DEFAULT_BATCH_SIZE,
     interpolation: str = "nearest",
+    placements: Sequence | None = None,
 ) -> np.ndarray:
-    """Sigmoid outputs (n, h, w) float32 at the model's resolution.
+    """Sigmoid outputs (n, h, w) float32 at the model's resolution (frames placed as
+    ``placements`` say, else stretched over the input).
 
     Up to one batch of frames goes through ``predict_on_batch`` (no per-call tf.data set-up,
     which matters when frames come one at a time). More frames go through ``model.predict``
@@ -223,7 +251,9 @@ def predict_probabilities(
     outputs = []
     for start in range(0, len(frames), chunk_size):
         chunk = frames[start : start + chunk_size]
-        batch = model_batch(chunk, height, width, channels, interpolation, first_index=start)
+        batch = model_batch(chunk, height, width, channels, interpolation, first_index=start,
+                            placements=None if placements is None
+                            else placements[start : start + chunk_size])
         if len(chunk) <= batch_size:
             output = model.predict_on_batch(batch)
         else:
@@ -232,30 +262,46 @@ def predict_probabilities(
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
+def native_probabilities(
+    model: keras.Model,
+    frames: Iterable[np.ndarray],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    interpolation: str = "nearest",
+    crop: str = "none",
+    keep_aspect: bool = False,
+) -> list[np.ndarray]:
+    """Probability maps at each frame's own size: a list of (H_i, W_i) float32 arrays.
+
+    Each frame is placed in the model's input (:func:`placements_of`), predicted, and its map
+    mapped back to the frame's size and position with bilinear interpolation
+    (``lungseg.data.crop.to_native``; zero outside a crop box).
+    """
+    frames = list(frames)
+    height, width, _ = input_size(model)
+    placements = placements_of(frames, (height, width), crop, keep_aspect)
+    probabilities = predict_probabilities(model, frames, batch_size, interpolation, placements)
+    return [to_native(probability, placement)
+            for probability, placement in zip(probabilities, placements)]
+
+
 def segment_batch(
     model: keras.Model,
     frames: Iterable[np.ndarray],
     batch_size: int = DEFAULT_BATCH_SIZE,
     threshold: float = DEFAULT_THRESHOLD,
     interpolation: str = "nearest",
+    crop: str = "none",
+    keep_aspect: bool = False,
 ) -> list[np.ndarray]:
     """Masks for many frames: a list of (H_i, W_i) uint8 arrays of 0/1, one per frame.
 
     Frames may differ in size; each mask has its frame's size. A pixel is foreground when
-    its probability exceeds ``threshold`` (``>``, as Keras' ``binary_accuracy``), decided
-    at the model's resolution, then resized back with nearest-neighbour.
+    its probability, resized to the frame's own size (:func:`native_probabilities`),
+    exceeds ``threshold`` (``>``, as Keras' ``binary_accuracy``).
     """
     _check_threshold(threshold)
-    frames = list(frames)
-    probabilities = predict_probabilities(model, frames, batch_size, interpolation)
-    masks = []
-    for frame, probability in zip(frames, probabilities):
-        frame_height, frame_width = np.shape(frame)[:2]
-        mask = (probability > threshold).astype(np.uint8)
-        masks.append(
-            cv2.resize(mask, (frame_width, frame_height), interpolation=cv2.INTER_NEAREST_EXACT)
-        )
-    return masks
+    return [(probability > threshold).astype(np.uint8) for probability in
+            native_probabilities(model, frames, batch_size, interpolation, crop, keep_aspect)]
 
 
 def segment(
@@ -263,9 +309,11 @@ def segment(
     frame: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
     interpolation: str = "nearest",
+    crop: str = "none",
+    keep_aspect: bool = False,
 ) -> np.ndarray:
     """Mask of one frame ((H, W) or (H, W, C), uint8 or uint16): (H, W) uint8 of 0/1."""
-    return segment_batch(model, [frame], 1, threshold, interpolation)[0]
+    return segment_batch(model, [frame], 1, threshold, interpolation, crop, keep_aspect)[0]
 
 
 # --- command line ------------------------------------------------------------------------
@@ -449,24 +497,44 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pixel spacing in mm for rib areas in mm² (DICOM files give their own)")
     parser.add_argument("--max-value", type=int, metavar="N",
                         help="the largest value of 16-bit frames that do not state it, e.g. 4095 "
-                        "for 12-bit data (default: the file's sBIT or MaxSampleValue, else 65535)")
+                        "for 12-bit data (default: the file's sBIT or MaxSampleValue, else 1023 "
+                        "or 4095 when the values fit 10 or 12 bits, said in one line, else 65535)")
+    parser.add_argument("--crop", choices=CROPS,
+                        help="auto: predict on the imaging sector's bounding box of each frame, "
+                        "zero outside it (default: as the training run did, from its config.json)")
+    parser.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction,
+                        help="pad frames to the model's input instead of stretching them "
+                        "(default: as the training run did)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
 
-def training_interpolation(model_path: str | Path) -> str | None:
-    """The ``interpolation`` the run folder holding this model (or this run folder) was
-    trained with, or None."""
+def training_config(model_path: str | Path) -> RunConfig | None:
+    """The ``RunConfig`` of the run folder holding this model (or of this run folder), or None."""
     from lungseg.runs import RunFolder
 
     model_path = Path(model_path)
     if model_path.is_dir():
         try:
-            return RunFolder.open(model_path).config.interpolation
+            return RunFolder.open(model_path).config
         except (LungsegError, OSError, ValueError, TypeError):
             return None
     run = RunFolder.containing(model_path)
-    return run.config.interpolation if run is not None else None
+    return run.config if run is not None else None
+
+
+def training_interpolation(model_path: str | Path) -> str | None:
+    """The ``interpolation`` the run folder holding this model (or this run folder) was
+    trained with, or None."""
+    config = training_config(model_path)
+    return config.interpolation if config is not None else None
+
+
+def training_placement(model_path: str | Path) -> tuple[str, bool]:
+    """``(crop, keep_aspect)`` the model's training run placed its frames with (the paper's
+    ``("none", False)`` for a model outside a run folder or a run written before them)."""
+    config = training_config(model_path)
+    return (getattr(config, "crop", "none"), getattr(config, "keep_aspect", False))
 
 
 PREDICTION_COLUMNS = ("file", "frame", "time_s", "height", "width", "row_spacing_mm", "column_spacing_mm",
@@ -526,14 +594,11 @@ def _predict_source(
     with overlay, Progress(len(source.frames), label, enabled=show_progress and video and len(source.frames) > 0) as bar:
         try:
             for chunk in _chunks(source.frames, size):
-                probabilities = predict_probabilities(model, chunk, args.batch_size, args.interpolation)
-                for frame, probability in zip(chunk, probabilities):
+                probabilities = native_probabilities(model, chunk, args.batch_size, args.interpolation,
+                                                     args.crop, args.keep_aspect)
+                for frame, native in zip(chunk, probabilities):
                     index += 1
-                    height, width = frame.shape[:2]
-                    mask = cv2.resize((probability > args.threshold).astype(np.uint8), (width, height),
-                                      interpolation=cv2.INTER_NEAREST_EXACT)
-                    mask = post(mask)
-                    native = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+                    mask = post((native > args.threshold).astype(np.uint8))
                     base = f"{source.path.stem}_{index:04d}" if source.multi else source.path.stem
                     _write_outputs(folder, base, frame, mask,
                                    native if args.save_probabilities else None, overlay=not video)
@@ -581,6 +646,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.interpolation is None:
         args.interpolation = training_interpolation(args.model) or "nearest"
+    crop, keep_aspect = training_placement(args.model)
+    args.crop = crop if args.crop is None else args.crop
+    args.keep_aspect = keep_aspect if args.keep_aspect is None else args.keep_aspect
     _check_threshold(args.threshold)
     _check_batching(args.batch_size, args.interpolation)
     post = PostProcess(args.min_size, args.keep_largest)
@@ -604,7 +672,7 @@ def run(args: argparse.Namespace) -> int:
 
     skipped = [f"{path}: unsupported file type" for path in others]
     partial = []  # videos that ended early: their decoded frames were written
-    rows = []
+    rows, depths = [], []
     with Progress(len(files), "segmenting files", enabled=len(files) > 1) as progress:
         for path in files:
             relative = path.relative_to(args.input) if args.input.is_dir() else Path(path.name)
@@ -621,16 +689,24 @@ def run(args: argparse.Namespace) -> int:
             rows += source_rows
             if problem:
                 partial.append(problem)
+            depths += [source.depth] if source.depth else []
             progress.advance(1)
     if rows:
         write_text(out / PREDICTIONS_CSV, _csv_text(rows))
+    from lungseg.data.io import describe_depths
+
+    depth_note = describe_depths(depths, args.input)[1]
+    if depth_note:
+        print(f"warning: {depth_note}", file=sys.stderr)
 
     total = len(files) + len(others)
     written = len(files) - (len(skipped) - len(others))
     if written:
         print(
             f"wrote {len(rows)} mask(s) of {written} file(s) to {out}, and {PREDICTIONS_CSV} "
-            f"({predictor.description}; frames resized with {args.interpolation}, "
+            f"({predictor.description}; frames "
+            f"{'cropped to the imaging sector, ' if args.crop == 'auto' else ''}"
+            f"{'padded and ' if args.keep_aspect else ''}resized with {args.interpolation}, "
             f"threshold {args.threshold:g}; post-processing: {post.describe()})"
         )
     for problem in skipped:

@@ -31,6 +31,7 @@ Results folder::
 
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -42,6 +43,7 @@ import numpy as np
 
 from lungseg import figures
 from lungseg.console import log
+from lungseg.data.crop import to_native
 from lungseg.data.frames import FLIP_SUFFIX
 from lungseg.data.io import write_image
 from lungseg.errors import ConfigError, DataError
@@ -58,7 +60,7 @@ from lungseg.evaluation import (
 from lungseg.postprocess import PostProcess
 from lungseg.files import write_json, write_text
 from lungseg.markdown import markdown_table
-from lungseg.predict import input_size, load_model
+from lungseg.predict import DEFAULT_THRESHOLD, input_size, load_model
 from lungseg.runs import RunFolder, display_name
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 
@@ -194,13 +196,28 @@ def trained_on(names, training_names):
 class FrameSource:
     """The frames each model is scored on, decoded once per resolution and run."""
 
-    def __init__(self, test=None, test_list=None, native=False):
+    def __init__(self, test=None, test_list=None, native=False, target=None, mask_threshold=None,
+                 max_value=None):
         if test and test_list:
             raise ConfigError("give --test or --test-list, not both")
         self.test, self.test_names = test, read_test_list(test_list) if test_list else None
         self.test_list = test_list
         self.native = native  # also keep each mask at its frame's own size
+        # How --test is read (default: as each run read its data); frames are placed (crop,
+        # keep_aspect) as each run's training placed them.
+        self.target, self.mask_threshold, self.max_value = target, mask_threshold, max_value
         self._cache = {}
+
+    def test_reading(self, experiment):
+        """``(target, Reading)`` of the test set for ``experiment``'s models."""
+        from lungseg.data.frames import Reading
+
+        config = experiment.config
+        reading = Reading.of(config) if config is not None else Reading()
+        changes = {k: v for k, v in (("mask_threshold", self.mask_threshold),
+                                     ("max_value", self.max_value)) if v is not None}
+        target = self.target or getattr(config, "target", None)
+        return target, dataclasses.replace(reading, **changes)
 
     @property
     def description(self):
@@ -217,12 +234,15 @@ class FrameSource:
     def frames(self, experiment, fold, shape):
         """The FrameSet ``fold``'s model of ``experiment`` is scored on, at ``shape``."""
         if self.test:
-            if shape not in self._cache:
+            target, reading = self.test_reading(experiment)
+            key = (shape, target, reading)
+            if key not in self._cache:
                 from lungseg.data import find_pairs, load_frames
 
-                self._cache[shape] = load_frames(find_pairs(self.test), shape, progress=True,
-                                                 native=self.native)
-            return self._cache[shape]
+                pairs = find_pairs(self.test, target=target, warn_groups=False)
+                self._cache[key] = load_frames(pairs, shape, progress=True, native=self.native,
+                                               reading=reading)
+            return self._cache[key]
         if experiment.run is None:
             option = "--test DIR" if not self.test_names else "--test DIR (a test list names frames of a run folder's pool)"
             raise ConfigError(f"{experiment.models['model']}: a single .keras model needs {option} to be scored")
@@ -263,25 +283,31 @@ def _shown(frames, index):
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR), reference
 
 
-def per_image_rows(frames, masks, resolution="native", post=PostProcess(), spacing=None):
-    """Per-image metric rows and final masks of predicted ``masks`` (at the model's size).
+def per_image_rows(frames, probabilities, resolution="native", post=PostProcess(), spacing=None):
+    """Per-image metric rows and final masks of predicted ``probabilities`` (maps at the
+    model's size; 0/1 masks work too).
 
-    At ``native`` resolution each mask is resized to its frame's own size (nearest, as
-    ``lungseg-predict`` writes it) and compared with the mask as stored; HD95 and ASSD are
-    also given in mm with ``spacing``. At ``model`` resolution the comparison is at the
-    model's input size, in pixels only. Post-processing applies at the resolution compared.
+    At ``native`` resolution each map is mapped back to its frame's own size and position
+    (bilinear, its crop box and padding undone, ``FrameSet.placements``), thresholded there as
+    lungseg-predict does, and compared with the mask as stored; HD95 and ASSD are also given
+    in mm with ``spacing``. At ``model`` resolution the comparison is at the model's input
+    size, in pixels only. Post-processing applies at the resolution compared.
     """
     rows, finals = [], []
-    for index, (name, mask) in enumerate(zip(frames.names, masks)):
+    for index, (name, probability) in enumerate(zip(frames.names, probabilities)):
+        probability = np.asarray(probability, np.float32)
         if resolution == "native":
             reference = frames.native_masks[index]
             height, width = reference.shape
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+            if frames.placements:
+                probability = to_native(probability, frames.placements[index])
+            else:
+                probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
             row_spacing = spacing
         else:
             reference = frames.masks[index, :, :, 0]
             row_spacing = None
-        mask = post(mask)
+        mask = post((probability > DEFAULT_THRESHOLD).astype(np.uint8))
         rows.append({"frame": name, **image_metrics(reference, mask, row_spacing)})
         finals.append(mask)
     return rows, finals
@@ -341,7 +367,7 @@ def _score_models(experiment, source, models, expected, splits, batch_size, reso
             log(f"{experiment.display_name} stage 1: {len(frames)} frames, Dice {scores.metrics['dice']:.4f}")
             continue
         experiment.fold_metrics[fold] = scores.metrics
-        rows, masks = per_image_rows(frames, scores.masks, resolution, options.post, spacing)
+        rows, masks = per_image_rows(frames, scores.probabilities, resolution, options.post, spacing)
         for index, (row, mask, group) in enumerate(zip(rows, masks, frames.groups)):
             experiment.rows.append({"experiment": experiment.label, "model": experiment.model, "fold": fold, **row})
             experiment.masks[fold, row["frame"]] = mask
@@ -390,13 +416,13 @@ def score_mask_folder(experiment, source, resolution="native", spacing=None):
     those of its image's stem (``lungseg-predict`` on ``IMG/img_<name>.tif`` writes
     ``img_<name>_mask.png``), with any image suffix, anywhere below the folder.
     """
-    from lungseg.data.io import read_mask
+    from lungseg.data.masks import read_mask
 
     if not source.test:
         raise ConfigError(f"{experiment.mask_folder}: a folder of masks is scored against --test DIR")
     from lungseg.data import find_pairs
 
-    pairs = find_pairs(source.test)
+    pairs = find_pairs(source.test, target=source.target, warn_groups=False)
     files = _mask_files(experiment.mask_folder)
     problems, references, predictions, names = [], [], [], []
     for pair in pairs:
@@ -407,7 +433,7 @@ def score_mask_folder(experiment, source, resolution="native", spacing=None):
                             f"({', '.join(stems)}.png ...)")
             continue
         try:
-            reference, prediction = read_mask(pair.mask), read_mask(found)
+            reference, prediction = read_mask(pair.mask, source.mask_threshold), read_mask(found)
         except DataError as error:
             problems += error.problems
             continue
@@ -649,14 +675,17 @@ def make_figures(experiments, summaries, n_frames=4):
 
 
 def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, save_masks=False,
-             resolution="native", spacing=None, options=PredictionOptions(), masks=()):
+             resolution="native", spacing=None, options=PredictionOptions(), masks=(),
+             target=None, mask_threshold=None, max_value=None):
     """Score ``runs`` (run folders or .keras files) and ``masks`` (folders of predicted masks)
     and write the results folder ``out``.
 
     Per-image metrics are at each frame's own size (``resolution="native"``) or the model's
     (``"model"``); ``spacing`` (row mm, column mm) adds HD95 and ASSD in mm. With ``options``
-    (:class:`PredictionOptions`) every run is scored as it is and again with them. Everything
-    is scored before anything is written, so bad input leaves ``out`` untouched.
+    (:class:`PredictionOptions`) every run is scored as it is and again with them.
+    ``target``, ``mask_threshold`` and ``max_value`` say how ``test`` is read (default: as each
+    run read its data). Everything is scored before anything is written, so bad input leaves
+    ``out`` untouched.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -668,7 +697,8 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
     if options.ensemble and not test:
         raise ConfigError("--ensemble needs --test DIR: on held-out folds or a test list the other "
                           "fold models trained on the frames")
-    source = FrameSource(test, test_list, native=resolution == "native")
+    source = FrameSource(test, test_list, native=resolution == "native", target=target,
+                         mask_threshold=mask_threshold, max_value=max_value)
     experiments = [open_experiment(path) for path in runs]
     if options.active:
         experiments = [variant for e in experiments for variant in (e, e.with_options(options))]

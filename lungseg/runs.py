@@ -236,12 +236,13 @@ class RunFolder:
 
     def _load_lus(self, keep_generated, native=False):
         from lungseg.data import find_pairs, load_frames
+        from lungseg.data.frames import Reading
 
         config = self.config
         with self._data_folder("lus", config.data, lus_pool_size(config), keep_generated) as root:
-            pairs = find_pairs(root, groups=config.groups)
+            pairs = find_pairs(root, groups=config.groups, target=getattr(config, "target", None))
             return load_frames(pairs, config.image_size, config.interpolation, progress=True,
-                               native=native)
+                               native=native, reading=Reading.of(config))
 
     def salient_frames(self, keep_generated=False):
         """The salient-object frames of X-Unet's pre-training."""
@@ -249,7 +250,8 @@ class RunFolder:
 
         config = self.config
         with self._data_folder("salient", config.salient, config.synthetic_salient, keep_generated) as root:
-            pairs = find_pairs(root, groups=config.groups if config.salient else None)
+            pairs = find_pairs(root, groups=config.groups if config.salient else None,
+                               warn_groups=False)
             return load_frames(pairs, config.image_size, config.interpolation, progress=True)
 
     @contextmanager

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from lungseg.evaluation import batch_dice, batch_iou, image_metrics, summarize
-from lungseg.predict import DEFAULT_BATCH_SIZE, predict_probabilities
+from lungseg.predict import DEFAULT_BATCH_SIZE, DEFAULT_THRESHOLD, predict_probabilities
 
 if TYPE_CHECKING:
     import keras
@@ -43,6 +43,7 @@ class Scores:
     metrics: dict  # set-level numbers: METRIC_DEFINITIONS' keys, frame counts, degenerate shares
     rows: list  # one dict per frame: "frame" and lungseg.evaluation.image_metrics
     masks: np.ndarray  # (n, h, w) uint8 predicted masks of 0/1
+    probabilities: np.ndarray  # (n, h, w) float32 probabilities the masks were thresholded from
 
 
 def dice_batch(stage_name: str) -> int:
@@ -61,7 +62,7 @@ def score_frames(model: "keras.Model", frames: "FrameSet", batch_size: int = DEF
     probabilities = predict_probabilities(model, frames.images[..., 0], batch_size)
     references = frames.masks[..., 0]
     order = np.arange(len(frames)) if order is None else np.asarray(order)
-    masks = (probabilities > 0.5).astype(np.uint8)
+    masks = (probabilities > DEFAULT_THRESHOLD).astype(np.uint8)
     rows = [
         {"frame": name, **image_metrics(reference, mask)}
         for name, reference, mask in zip(frames.names, references, masks)
@@ -81,4 +82,4 @@ def score_frames(model: "keras.Model", frames: "FrameSet", batch_size: int = DEF
         "empty_on_ribs": float(np.sum((predicted == 0) & has_ribs) / with_ribs),
         "full_predictions": float(np.mean(predicted == masks[0].size)),
     }
-    return Scores(metrics=metrics, rows=rows, masks=masks)
+    return Scores(metrics=metrics, rows=rows, masks=masks, probabilities=probabilities)

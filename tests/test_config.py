@@ -180,3 +180,37 @@ def test_a_run_written_before_the_recipe_options_still_resumes(tmp_path):
     (tmp_path / "v" / "config.json").write_text(json.dumps(old))
     with pytest.raises(RunExistsError, match=r"different configuration \(loss\)"):
         RunFolder(tmp_path / "v", make_config("vunet", "v", "quick", loss="dice_bce")).create()
+
+
+def test_reading_options_reach_the_config_round_trip_and_old_configs_load(tmp_path):
+    from lungseg.runs import RunFolder
+
+    parser = training_parser("xunet", "test")
+    args = parser.parse_args(["--target", "rib_shadow", "--groups", "blocks:48", "--crop", "auto",
+                              "--keep-aspect", "--mask-threshold", "0.4", "--max-value", "4095"])
+    config = config_from_args("xunet", args, parser)
+    assert (config.target, config.groups, config.crop, config.keep_aspect, config.mask_threshold,
+            config.max_value) == ("rib_shadow", "blocks:48", "auto", True, 0.4, 4095)
+    assert RunConfig.from_dict(json.loads(config.to_json())) == config
+    # the paper's and quick's frames are stretched whole, as before; sound crops to the sector
+    for preset, crop in (("paper", "none"), ("quick", "none"), ("sound", "auto")):
+        made = make_config("vunet", "v", preset)
+        assert (made.crop, made.keep_aspect, made.target, made.mask_threshold, made.max_value) == (
+            crop, False, None, None, None), preset
+    # a config.json written before these fields loads with the defaults, and resumes
+    config = make_config("vunet", "v", "quick")
+    old = json.loads(config.to_json())
+    for key in ("target", "mask_threshold", "max_value", "crop", "keep_aspect"):
+        del old[key]
+    assert RunConfig.from_dict(old) == config
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "config.json").write_text(json.dumps(old))
+    RunFolder(tmp_path / "v", config).create()
+    for overrides, words in (({"crop": "sector"}, "--crop must be one of none, auto"),
+                             ({"mask_threshold": 1.0}, "--mask-threshold must be between 0 and 1"),
+                             ({"max_value": 70000}, "--max-value must be between 1 and 65535")):
+        with pytest.raises(ConfigError, match=words):
+            make_config("vunet", "v", **overrides)
+    for argv in (["--mask-threshold", "0"], ["--max-value", "0"], ["--crop", "yes"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)

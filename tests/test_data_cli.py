@@ -88,6 +88,7 @@ def test_check_reports_pairing_and_content_problems_in_one_run(tmp_path, capsys)
 def test_entries_that_are_not_frames_are_named_as_warnings(tmp_path):
     pixels = np.zeros((4, 4), np.uint8)
     write_image(tmp_path / "IMG" / "img_a.tif", pixels)
+    pixels[1, 1] = 255  # one foreground pixel: a set of empty masks is refused
     write_image(tmp_path / "MASK" / "mask_a.tif", pixels)
     (tmp_path / "IMG" / "notes.txt").write_text("scanned on Monday")
     (tmp_path / "IMG" / "img_b.gif").write_bytes(b"GIF89a")
@@ -106,3 +107,37 @@ def test_entries_that_are_not_frames_are_named_as_warnings(tmp_path):
     for name in ("notes.txt: not an image file", "img_b.gif: not an image file",
                  "thumbnails: a folder", "MASK: 1 hidden entry skipped (.DS_Store)"):
         assert any(name in line for line in warnings), (name, warnings)
+
+
+def test_check_reads_a_multi_target_set_of_deep_frames_as_training_would(tmp_path, capsys, caplog):
+    import cv2
+
+    frame = np.zeros((16, 20), np.uint16)
+    frame[4:12, 5:15] = 4000  # 12-bit values in a 16-bit PNG that states no range
+    mask = np.zeros((16, 20), np.uint8)
+    mask[6:10, 6:10] = 255
+    mask[5, 6:10] = 90  # an anti-aliased edge
+    for index in (1, 2, 3):
+        (tmp_path / "image").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "image" / f"Frame{index}.png"), frame)
+        write_image(tmp_path / "masks" / "rib" / f"Frame{index}.png", mask)
+    argv = ["check", str(tmp_path), "--target", "rib", "--size", "16", "16", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs in 3 groups, all readable" in out
+    assert out.rstrip().endswith("frames 16-bit (3 of 3 frames), values up to 4000, scaled by "
+                                 "0-4095 (inferred)")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("numbered frames of one sweep" in w for w in warnings) == 1
+    assert sum("3 of 3 masks are not two-valued" in w for w in warnings) == 1
+    assert sum("fit 12 bits (up to 4000): scaled as 12-bit; give --max-value" in w
+               for w in warnings) == 1
+    caplog.clear()
+    assert main(argv + ["--max-value", "65535", "--groups", "blocks:2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs in 2 groups" in out and "scaled by 0-65535 (given)" in out
+    assert not any("sweep" in r.getMessage() or "bits" in r.getMessage() for r in caplog.records)
+    assert main(argv + ["--crop", "auto", "--keep-aspect"]) == 0
+    assert "after cropping to the imaging sector and padding to 16 x 16" in capsys.readouterr().out
+    assert main(["check", str(tmp_path), "--quiet"]) == 2
+    assert "choose one with --target NAME" in capsys.readouterr().err

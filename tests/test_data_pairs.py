@@ -143,3 +143,61 @@ def test_groups_from_a_csv_file(tmp_path):
 def test_default_groups_on_disk(tmp_path):
     write_lus(tmp_path, ["lung_pos2_5", "lung_pos2_55", "other"])
     assert [p.group for p in find_pairs(tmp_path)] == ["lung_pos2:0-49", "lung_pos2:50-99", "other"]
+
+
+def write_targets(root, names, targets=("rib_shadow", "pleural_line"), image_folder="image"):
+    """A multi-target set as such sets come: image/ + masks/<target>/."""
+    mask = MASK.copy()
+    mask[2:4, 2:4] = 255
+    for name in names:
+        write_image(root / image_folder / f"{name}.jpg", FRAME)
+        for target in targets:
+            write_image(root / "masks" / target / f"{name}.png", mask)
+    return root
+
+
+def test_a_target_chooses_one_mask_folder_of_a_multi_target_set(tmp_path):
+    root = write_targets(tmp_path, ["Frame1", "Frame4"])
+    pairs = find_pairs(root, target="pleural_line")
+    assert [p.mask for p in pairs] == [root / "masks" / "pleural_line" / f"{n}.png"
+                                       for n in ("Frame1", "Frame4")]
+    assert pairs[0].image == root / "image" / "Frame1.jpg"  # image/ as well as images/
+    with pytest.raises(DataError, match=r"masks: holds one folder per target \(pleural_line, "
+                       r"rib_shadow\): choose one with --target NAME"):
+        find_pairs(root)
+    with pytest.raises(DataError, match=r"masks/ribs: no such target folder \(targets in .*masks: "
+                       "pleural_line, rib_shadow"):
+        find_pairs(root, target="ribs")
+    with pytest.raises(ConfigError, match="--target must name one folder"):
+        find_pairs(root, target="../masks")
+
+
+def test_blocks_group_contiguous_frame_numbers_of_each_sequence(tmp_path):
+    names = ["Frame1", "Frame4", "Frame7", "Frame10", "Frame13", "clip2_0003", "clip2_0012"]
+    root = write_flat(tmp_path, names)
+    groups = {p.name: p.group for p in find_pairs(root, groups="blocks:10")}
+    assert groups == {"Frame1": "Frame:0-9", "Frame4": "Frame:0-9", "Frame7": "Frame:0-9",
+                      "Frame10": "Frame:10-19", "Frame13": "Frame:10-19",
+                      "clip2_0003": "clip2_:0-9", "clip2_0012": "clip2_:10-19"}
+    for bad in ("blocks:0", "blocks:x", "blocks:"):
+        with pytest.raises(ConfigError, match=f"--groups {bad}: expected blocks:N"):
+            find_pairs(root, groups=bad)
+    write_flat(root, ["notes_a"])
+    with pytest.raises(DataError, match=r"notes_a\.jpg: name 'notes_a' does not end in a frame "
+                       "number"):
+        find_pairs(root, groups="blocks:10")
+
+
+def test_a_sweep_split_frame_by_frame_is_warned_about(tmp_path, caplog):
+    root = write_flat(tmp_path, ["Frame1", "Frame4", "Frame7"])
+    find_pairs(root)
+    warnings = [r.getMessage() for r in caplog.records if "sweep" in r.getMessage()]
+    assert len(warnings) == 1 and "3 names look like numbered frames of one sweep (Frame1, " \
+        "Frame4, ...) but every frame is its own group" in warnings[0]
+    assert "--groups blocks:N" in warnings[0]
+    caplog.clear()
+    find_pairs(root, groups="blocks:10")
+    find_pairs(root, warn_groups=False)
+    write_flat(tmp_path / "other", ["a", "b", "c"])
+    find_pairs(tmp_path / "other")  # names that are no sweep
+    assert not [r for r in caplog.records if "sweep" in r.getMessage()]

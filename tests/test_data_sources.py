@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg.data.io import read_image, stated_maximum
+from lungseg.data.io import Depth, read_frame, read_image, stated_maximum
 from lungseg.data.sources import find_sources, read_source
 from lungseg.errors import DataError
 
@@ -106,10 +106,17 @@ def test_12_bit_png_is_scaled_by_its_stated_range(tmp_path):
     frame = read_source(path).frames[0]
     np.testing.assert_array_equal(frame[0], [0, 64, 128, 255])
     np.testing.assert_array_equal(read_image(path), frame)
-    # without the sBIT chunk: the full 16-bit range, as before (almost black)
+    # without the sBIT chunk: values that fit 12 bits are taken as 12-bit, and said so
     cv2.imwrite(str(tmp_path / "plain.png"), array)
-    assert read_image(tmp_path / "plain.png").max() == 16
-    assert read_image(tmp_path / "plain.png", top=4095).max() == 255
+    frame, depth = read_frame(tmp_path / "plain.png")
+    np.testing.assert_array_equal(frame[0], [0, 64, 128, 255])
+    assert depth == Depth(16, 4095, "inferred", 4095)
+    assert read_image(tmp_path / "plain.png", top=65535).max() == 16  # --max-value 65535
+    # values that fit 10 bits: 10-bit; a value above 4095: the full 16-bit range
+    cv2.imwrite(str(tmp_path / "ten.png"), np.array([[0, 341, 1023]], np.uint16))
+    np.testing.assert_array_equal(read_image(tmp_path / "ten.png")[0], [0, 85, 255])
+    cv2.imwrite(str(tmp_path / "full.png"), np.array([[0, 4096, 65535]], np.uint16))
+    assert read_frame(tmp_path / "full.png")[1].how == "full"
     # a value above the stated range: the file is not what it says
     bad = write_12_bit_png(tmp_path / "bad.png", np.array([[0, 5000]], np.uint16))
     with pytest.raises(DataError, match=r"bad\.png: holds values up to 5000, above the 4095"):

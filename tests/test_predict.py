@@ -83,16 +83,22 @@ def test_segment_accepts_colour_and_16_bit_frames(models, gray_model):
 
 def test_resizing_and_threshold_place_the_mask_exactly():
     # 96 x 64 frame, 32 x 32 model: a block aligned to the 3 x 2 scale survives the round trip,
-    # so a swapped height/width or a half-pixel offset would show.
+    # so a swapped height/width or a half-pixel offset would show. The probability is resized
+    # bilinearly and then thresholded: each corner pixel gets 2/3 * 3/4 = 0.5, not above 0.5.
     frame = np.zeros((96, 64), np.uint8)
     frame[30:60, 20:40] = 200
     expected = (frame > 127).astype(np.uint8)
+    for row, column in ((30, 20), (30, 39), (59, 20), (59, 39)):
+        expected[row, column] = 0
     for channels in (1, 3):
         model = threshold_model(channels)
         np.testing.assert_array_equal(segment(model, frame), expected)
 
-    dim = np.where(expected, 130, 0).astype(np.uint8)  # probability sigmoid(2.5) = 0.924
-    np.testing.assert_array_equal(segment(threshold_model(), dim, threshold=0.9), expected)
+    dim = np.where(frame, 130, 0).astype(np.uint8)  # probability sigmoid(2.5) = 0.924
+    # the block's edge pixels weigh the inside 2/3 (rows) or 3/4 (columns): under 0.9
+    inside = np.zeros_like(expected)
+    inside[31:59, 21:39] = 1
+    np.testing.assert_array_equal(segment(threshold_model(), dim, threshold=0.9), inside)
     assert segment(threshold_model(), dim, threshold=0.95).sum() == 0
 
 
@@ -309,3 +315,52 @@ def test_cli_takes_the_interpolation_of_the_training_run(models, tmp_path, capsy
     assert "resized with bilinear" in capsys.readouterr().out
     assert main([str(models[1]), str(frame)]) == 0  # no run folder: the paper's nearest
     assert "resized with nearest" in capsys.readouterr().out
+
+
+def test_crop_predicts_on_the_sector_and_maps_the_mask_back_in_place(tmp_path, capsys):
+    import shutil
+
+    from test_data_crop import screen_capture
+
+    from lungseg.config import make_config
+    from lungseg.data.crop import find_sector
+    from lungseg.files import write_text
+
+    frame, _ = screen_capture()  # 96 x 128: a sector with a label, scale dots and a line
+    model = threshold_model()  # rib where the frame is brighter than 127.5
+    whole = segment(model, frame)
+    box = find_sector(frame)
+    top, left, bottom, right = box
+    outside = np.ones(frame.shape, bool)
+    outside[top:bottom, left:right] = False
+    assert whole[outside].sum() > 20  # stretched: the label and dots are segmented too
+    cropped = segment(model, frame, crop="auto")
+    assert cropped.shape == frame.shape and not cropped[outside].any()
+    # inside the box the same frame at a finer scale: the mask agrees with the bright pixels
+    bright = frame[top:bottom, left:right] > 127
+    inside = cropped[top:bottom, left:right].astype(bool)
+    assert 2 * np.sum(bright & inside) / (bright.sum() + inside.sum()) > 0.4
+    padded = segment(model, frame, crop="auto", keep_aspect=True)
+    assert padded.shape == frame.shape and not padded[outside].any()
+
+    # lungseg-predict places frames as the model's training run did (config.json)
+    run = tmp_path / "run"
+    (run / "fold_1").mkdir(parents=True)
+    model.save(run / "fold_1" / "model.keras")
+    write_text(run / "config.json", make_config("xunet", "run", "sound").to_json())
+    from lungseg.inference import load_predictor
+
+    predictor = load_predictor(run / "fold_1" / "model.keras")
+    assert (predictor.crop, predictor.keep_aspect) == ("auto", False)
+    np.testing.assert_array_equal(predictor.segment([frame])[0], cropped)
+    cv2.imwrite(str(tmp_path / "capture.png"), frame)
+    assert main([str(run / "fold_1" / "model.keras"), str(tmp_path / "capture.png"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "frames cropped to the imaging sector, resized with nearest" in capsys.readouterr().out
+    written = cv2.imread(str(tmp_path / "out" / "capture_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written // 255, cropped)
+    shutil.rmtree(tmp_path / "out")
+    assert main([str(run / "fold_1" / "model.keras"), str(tmp_path / "capture.png"),
+                 "--out", str(tmp_path / "out"), "--crop", "none"]) == 0
+    written = cv2.imread(str(tmp_path / "out" / "capture_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written // 255, whole)

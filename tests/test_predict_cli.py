@@ -229,3 +229,16 @@ def test_a_dicom_files_own_spacing_wins_over_the_option_and_says_so_once(model_p
     assert spacing == {("scan.dcm", "1"): ("0.2", "0.3", "file"), ("scan.dcm", "2"): ("0.2", "0.3", "file"),
                        ("plain.png", "1"): ("0.5", "0.5", "option")}
     assert {r["time_s"] for r in rows} == {""}  # only video frames have a time
+
+
+def test_deep_frames_of_unstated_range_are_said_in_one_line(model_path, tmp_path, capsys):
+    data = tmp_path / "deep"
+    data.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(data / f"{name}.png"), np.full((20, 20), 1000, np.uint16))
+    assert main([str(model_path), str(data), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1
+    assert "2 16-bit frame(s) state no range" in err and "fit 10 bits (up to 1000)" in err
+    assert main([str(model_path), str(data), "--out", str(tmp_path / "out"), "--max-value", "4095"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -81,9 +81,11 @@ def test_disabled_and_empty():
 def test_loading_frames_writes_plain_lines_to_a_captured_stderr(tmp_path, capsys):
     from lungseg.data import find_pairs, load_frames
 
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 255  # a set of empty masks is refused
     for index in range(12):
         write_image(tmp_path / "IMG" / f"img_lung_pos2_{index}.tif", np.zeros((8, 8), np.uint8))
-        write_image(tmp_path / "MASK" / f"mask_lung_pos2_{index}.tif", np.zeros((8, 8), np.uint8))
+        write_image(tmp_path / "MASK" / f"mask_lung_pos2_{index}.tif", mask)
     load_frames(find_pairs(tmp_path), (8, 8), progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -143,3 +143,31 @@ def test_scoring_many_models_prints_no_retracing_warning(tmp_path, caplog):
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     assert logging.getLogger("tensorflow").level == level  # quiet only while scoring
     assert len(read_json(tmp_path / "r" / "summary.json")["experiments"]) == 7
+
+
+def test_native_scoring_undoes_each_frames_crop_box(tmp_path):
+    from test_data_crop import screen_capture
+
+    from lungseg.data.frames import Reading, load_frames
+    from lungseg.data.io import write_image
+    from lungseg.data.pairs import find_pairs
+    from lungseg.report import per_image_rows
+
+    for index in (1, 2):
+        frame, _ = screen_capture(seed=index)
+        mask = np.zeros_like(frame)
+        mask[40:72, 48:80] = 255
+        write_image(tmp_path / "images" / f"f{index}.png", frame)
+        write_image(tmp_path / "masks" / f"f{index}.png", mask)
+    pairs = find_pairs(tmp_path)
+    for reading in (Reading(crop="auto"), Reading(crop="auto", keep_aspect=True), Reading()):
+        frames = load_frames(pairs, (32, 48), native=True, reading=reading)
+        rows, finals = per_image_rows(frames, frames.masks[..., 0])
+        # the model-size reference mapped back lands on the native mask: Dice near 1, at 96 x 128
+        assert all(final.shape == (96, 128) for final in finals)
+        assert all(row["dice"] > 0.9 for row in rows), (reading, rows)
+        shifted = np.roll(frames.masks[..., 0], 4, axis=2)  # 4 model columns to the right
+        moved = per_image_rows(frames, shifted)[1][0]
+        columns = np.flatnonzero(moved.any(axis=0))
+        scale = (frames.placements[0].box[3] - frames.placements[0].box[1]) / frames.placements[0].region[3]
+        assert abs(columns[0] - (48 + 4 * scale)) <= scale + 1  # moved in native columns

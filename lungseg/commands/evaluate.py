@@ -13,7 +13,7 @@ every run a second time as lungseg-predict would predict with them (docs/inferen
 import argparse
 import sys
 
-from lungseg.cli import positive_int, run_main
+from lungseg.cli import positive_int, run_main, sample_value, share
 
 
 def run(argv):
@@ -34,6 +34,12 @@ def run(argv):
                         help="a folder of predicted masks (<name>.png, <name>_mask.png or mask_<name>.png, "
                         "or those of the image file's stem: img_<name>_mask.png as lungseg-predict "
                         "writes) to score against --test without a model; repeatable")
+    parser.add_argument("--target", metavar="NAME", help="read --test's masks from masks/NAME/ "
+                        "(default: the run's --target, else masks/ itself)")
+    parser.add_argument("--mask-threshold", type=share, metavar="X", help="a --test mask pixel is "
+                        "foreground above X times the mask's level (default: the run's, else 0.5)")
+    parser.add_argument("--max-value", type=sample_value, metavar="N", help="the largest value of "
+                        "16-bit --test frames, e.g. 4095 (default: the run's, else stated or inferred)")
     parser.add_argument("--resolution", choices=("native", "model"), default="native",
                         help="per-image metrics at each frame's own size or at the model's input size")
     parser.add_argument("--spacing", metavar="MM|ROWxCOL", help="pixel spacing in mm of the frames at "
@@ -66,7 +72,8 @@ def run(argv):
                                 post=PostProcess(args.min_size, args.keep_largest))
     evaluate(args.runs, args.out, test=args.test, test_list=args.test_list, batch_size=args.batch_size,
              n_frames=args.figure_frames, save_masks=args.save_masks, resolution=args.resolution,
-             spacing=spacing, options=options, masks=args.masks)
+             spacing=spacing, options=options, masks=args.masks, target=args.target,
+             mask_threshold=args.mask_threshold, max_value=args.max_value)
 
 
 def main(argv=None):

@@ -5,17 +5,18 @@
     python -m lungseg.data salient --n 100 --seed 0 --out data/salient
     python -m lungseg.data xpie /path/to/XPIE --out data/xpie [--channel-order rgb]
     python -m lungseg.data check data/lus --size 256 256
+    python -m lungseg.data check phantom --target rib_shadow --groups blocks:48 --crop auto
 """
 
 import argparse
 import sys
 from collections import Counter
 
-from lungseg.data.frames import load_frames
+from lungseg.data.frames import Reading, load_frames
 from lungseg.data.pairs import LAYOUTS, scan_pairs
 from lungseg.data.synthetic import LUS_OPTIONS, PROBES, TARGETS, ensure_dataset
 from lungseg.data.xpie import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, convert_xpie
-from lungseg.cli import positive_int, run_main
+from lungseg.cli import add_reading_options, positive_int, reading_from_args, run_main
 from lungseg.errors import DataError
 
 DEFAULTS = {"lus": (200, "data/lus"), "salient": (100, "data/salient")}
@@ -107,7 +108,9 @@ def build_parser():
     check.add_argument(
         "--layout", choices=LAYOUTS, default="auto", help="folder layout (default auto)"
     )
-    check.add_argument("--groups", help="group regex or stem,group CSV file (default: LUS windows)")
+    check.add_argument("--groups", help="blocks:N, group regex or stem,group CSV file "
+                       "(default: the subject, else LUS windows)")
+    add_reading_options(check)
     check.add_argument(
         "--size", type=int, nargs=2, default=(256, 256), metavar=("HEIGHT", "WIDTH"),
         help="resize to this size while checking (default 256 256)",
@@ -123,13 +126,17 @@ def run(args):
         )
         print(f"{n} XPIE pairs converted to gray ({args.channel_order}) in {args.out}")
     elif args.command == "check":
-        frames = check(args.root, args.layout, args.groups, tuple(args.size), progress=not args.quiet)
+        reading = reading_from_args(args)
+        frames = check(args.root, args.layout, args.groups, tuple(args.size), progress=not args.quiet,
+                       target=args.target, reading=reading)
         groups = Counter(frames.groups)
         rib_share = frames.masks.mean()
+        placed = "cropping to the imaging sector and " if reading.crop == "auto" else ""
+        placed += "padding" if reading.keep_aspect else "resizing"
         print(
             f"{args.root}: {len(frames)} pairs in {len(groups)} groups, all readable; "
-            f"mask pixels {rib_share:.2%} of the total after resizing to "
-            f"{args.size[0]} x {args.size[1]}"
+            f"mask pixels {rib_share:.2%} of the total after {placed} to "
+            f"{args.size[0]} x {args.size[1]}; frames {frames.depth}"
         )
     else:
         options = {key: getattr(args, key) for key in LUS_OPTIONS if hasattr(args, key)}
@@ -141,18 +148,20 @@ def run(args):
         print(f"{args.command} data set of {args.n} frames (seed {args.seed}{extra}) in {out}")
 
 
-def check(root, layout="auto", groups=None, size=(256, 256), progress=False):
+def check(root, layout="auto", groups=None, size=(256, 256), progress=False, target=None,
+          reading=Reading()):
     """Find, read and check every pair of ``root`` in one pass; the ``FrameSet`` if all is well.
 
     Pairing problems (a missing mask, a misnamed file, ...) and content problems of the pairs
-    found (unreadable files, size mismatches, non-binary masks) are raised together as one
-    ``DataError``, pairing problems first.
+    found (unreadable files, size mismatches, non-binary masks, all masks empty) are raised
+    together as one ``DataError``, pairing problems first. ``target`` and ``reading`` as for
+    training (``find_pairs``, ``load_frames``).
     """
-    pairs, problems = scan_pairs(root, layout=layout, groups=groups)
+    pairs, problems = scan_pairs(root, layout=layout, groups=groups, target=target)
     frames = None
     if pairs:
         try:
-            frames = load_frames(pairs, size, progress=progress)
+            frames = load_frames(pairs, size, progress=progress, reading=reading)
         except DataError as error:
             problems = problems + error.problems
     if problems:

@@ -1,10 +1,12 @@
 """Decoded, resized frames and masks in memory, and the paper's training-set sizes.
 
-``load_frames`` reads every pair once, checks it and resizes it to the network's input size;
-the resulting ``FrameSet`` of uint8 arrays is the cache that every epoch, fold and evaluation
-reuses, so no file is decoded twice.
+``load_frames`` reads every pair once, checks it and places it in the network's input
+(resized, or cropped to the imaging sector and padded, as :class:`Reading` says); the resulting
+``FrameSet`` of uint8 arrays is the cache that every epoch, fold and evaluation reuses, so no
+file is decoded twice.
 """
 
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,9 @@ import cv2
 import numpy as np
 
 from lungseg import config
-from lungseg.data.io import read_image, read_mask
+from lungseg.data.crop import CROPS, find_sector, place, to_model
+from lungseg.data.io import describe_depths, read_frame
+from lungseg.data.masks import check_threshold, read_mask_stats, summarize_masks
 from lungseg.data.pairs import SUBJECT_PREFIX
 from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
@@ -32,6 +36,45 @@ PAPER_FRAME_NAME = re.compile(
 PAPER_FRAME_STEP = 5
 PAPER_SETS = ((200, 50), (300, 75))  # (originals, largest n mod 100 in that set)
 
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How frames and masks are read and placed (RunConfig's fields of the same names).
+
+    ``mask_threshold``: share of a mask's level above which a pixel is foreground (None:
+    half, refusing soft masks; ``lungseg.data.masks``); ``max_value``: the value of 16-bit
+    frames that becomes 255 (None: stated or inferred, ``lungseg.data.io.read_frame``);
+    ``crop``: ``"none"`` or ``"auto"`` (the imaging sector, ``lungseg.data.crop``);
+    ``keep_aspect``: pad to the input's shape instead of stretching.
+    """
+
+    mask_threshold: float = None
+    max_value: int = None
+    crop: str = "none"
+    keep_aspect: bool = False
+
+    @classmethod
+    def of(cls, config):
+        """The reading a ``RunConfig`` asks for (older configs lack the fields: defaults)."""
+        return cls(**{name: getattr(config, name, default) for name, default in
+                      (("mask_threshold", None), ("max_value", None), ("crop", "none"),
+                       ("keep_aspect", False))})
+
+    def check(self):
+        check_threshold(self.mask_threshold)
+        if self.crop not in CROPS:
+            raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.max_value is not None and not 0 < self.max_value < 65536:
+            raise ConfigError(f"--max-value must be between 1 and 65535, got {self.max_value}")
+        return self
+
+    def placement(self, gray, size):
+        """The :class:`lungseg.data.crop.Placement` of the frame ``gray`` in ``size``."""
+        box = find_sector(gray) if self.crop == "auto" else None
+        return place(gray.shape, size, box, self.keep_aspect)
+
 
 @dataclass
 class FrameSet:
@@ -40,7 +83,10 @@ class FrameSet:
     ``images`` are uint8 ``[N, H, W, 1]`` with values 0-255, ``masks`` uint8 ``[N, H, W, 1]``
     of 0 and 1; ``names`` and ``groups`` give each frame's name and split group.
     ``native_masks``, when loaded (``load_frames(..., native=True)``), holds each mask at its
-    frame's own size (2-D uint8 0/1), for metrics in native pixels.
+    frame's own size (2-D uint8 0/1), for metrics in native pixels; ``placements`` (from
+    ``load_frames``) how each frame was placed in the input (its crop box and padding,
+    :class:`lungseg.data.crop.Placement`), so that predictions map back to the frame.
+    ``depth`` and ``notes`` say what reading found (bit depth; soft masks, crops).
     """
 
     names: list
@@ -48,6 +94,9 @@ class FrameSet:
     images: np.ndarray
     masks: np.ndarray
     native_masks: list = None
+    placements: list = None
+    depth: str = None
+    notes: tuple = ()
 
     def __post_init__(self):
         self.names = list(self.names)
@@ -97,6 +146,9 @@ class FrameSet:
             masks=np.concatenate([self.masks, self.masks[:, :, ::-1]]),
             native_masks=None if self.native_masks is None
             else self.native_masks + [mask[:, ::-1] for mask in self.native_masks],
+            placements=None if self.placements is None
+            else self.placements + [p.mirrored() for p in self.placements],
+            depth=self.depth, notes=self.notes,
         )
 
     def _select(self, indices):
@@ -107,6 +159,8 @@ class FrameSet:
             masks=self.masks[indices],
             native_masks=None if self.native_masks is None
             else [self.native_masks[i] for i in indices],
+            placements=None if self.placements is None else [self.placements[i] for i in indices],
+            depth=self.depth, notes=self.notes,
         )
 
 
@@ -118,35 +172,44 @@ def check_interpolation(interpolation):
         )
 
 
-def load_frames(pairs, image_size, interpolation="nearest", progress=False, native=False):
-    """Read, check and resize every pair into a ``FrameSet``.
+def load_frames(pairs, image_size, interpolation="nearest", progress=False, native=False,
+                reading=Reading()):
+    """Read, check and place every pair into a ``FrameSet``.
 
-    ``image_size`` is ``(height, width)``. Frames are resized with ``interpolation``
-    (``"nearest"``, as Keras' loader did in the paper, ``"area"`` or ``"bilinear"``), masks with
-    nearest so they stay binary. Every problem (unreadable, empty or corrupt file, frame and mask
-    of different sizes, mask that is not binary) is collected and raised together as one
-    ``DataError``. ``progress=True`` draws a progress bar on stderr. ``native=True`` also
-    keeps every mask at its frame's own size (``FrameSet.native_masks``).
+    ``image_size`` is ``(height, width)``. Each frame (cropped to its imaging sector with
+    ``reading.crop="auto"``) is resized with ``interpolation`` (``"nearest"``, as Keras'
+    loader did in the paper, ``"area"`` or ``"bilinear"``) to the input, or into the largest
+    centred part of it with its aspect ratio (``reading.keep_aspect``), masks with nearest
+    so they stay binary. Every problem (unreadable, empty or corrupt file, frame and mask of
+    different sizes, mask that is not binary, every mask empty) is collected and raised
+    together as one ``DataError``; what is worth knowing but no error (soft mask edges,
+    16-bit frames scaled by an inferred range, mask pixels cropped away) is logged as one
+    warning line per kind for the whole set, and kept in ``FrameSet.notes``.
+    ``progress=True`` draws a progress bar on stderr. ``native=True`` also keeps every mask
+    at its frame's own size (``FrameSet.native_masks``).
     """
     height, width = _check_size(image_size)
     check_interpolation(interpolation)
+    reading = reading.check()
     pairs = list(pairs)
     if not pairs:
         raise DataError("no image/mask pairs to load")
     images = np.zeros((len(pairs), height, width, 1), np.uint8)
     masks = np.zeros((len(pairs), height, width, 1), np.uint8)
     native_masks = [None] * len(pairs)
+    placements = [None] * len(pairs)
+    depths, stats, cropped = [None] * len(pairs), [None] * len(pairs), [0] * len(pairs)
 
     def load(index):
         pair = pairs[index]
         problems = []
         image = mask = None
         try:
-            image = read_image(pair.image)
+            image, depths[index] = read_frame(pair.image, reading.max_value)
         except DataError as error:
             problems += error.problems
         try:
-            mask = read_mask(pair.mask)
+            mask, stats[index] = read_mask_stats(pair.mask, reading.mask_threshold)
         except DataError as error:
             problems += error.problems
         if image is not None and mask is not None:
@@ -156,12 +219,11 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False, nati
                     f"image {pair.image} ({_size(image)})"
                 )
             else:
-                images[index, :, :, 0] = cv2.resize(
-                    image, (width, height), interpolation=INTERPOLATIONS[interpolation]
-                )
-                masks[index, :, :, 0] = cv2.resize(
-                    mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT
-                )
+                placement = placements[index] = reading.placement(image, (height, width))
+                images[index, :, :, 0] = to_model(image, placement, INTERPOLATIONS[interpolation])
+                masks[index, :, :, 0] = to_model(mask, placement, cv2.INTER_NEAREST_EXACT)
+                top, left, bottom, right = placement.box
+                cropped[index] = int(mask.sum()) - int(mask[top:bottom, left:right].sum())
                 if native:
                     native_masks[index] = mask
         return problems
@@ -174,14 +236,32 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False, nati
             for lines in progress_bar(results, len(pairs), "loading frames", enabled=progress)
             for line in lines
         ]
+    notes = []
+    if not problems:
+        try:
+            notes = summarize_masks(stats, pairs[0].mask.parent, reading.mask_threshold)
+        except DataError as error:
+            problems += error.problems
     if problems:
         raise DataError(problems)
+    depth, depth_note = describe_depths(depths, pairs[0].image.parent)
+    notes += [depth_note] if depth_note else []
+    if any(cropped):
+        lost = sum(cropped) / max(1, sum(s.foreground for s in stats))
+        notes.append(f"{pairs[0].mask.parent}: {sum(1 for c in cropped if c)} masks have "
+                     f"foreground outside the crop box ({lost:.2%} of all foreground pixels), "
+                     "left out")
+    for note in notes:
+        logger.warning("warning: %s", note)
     return FrameSet(
         names=[pair.name for pair in pairs],
         groups=[pair.group for pair in pairs],
         images=images,
         masks=masks,
         native_masks=native_masks if native else None,
+        placements=placements,
+        depth=depth,
+        notes=tuple(notes),
     )
 
 

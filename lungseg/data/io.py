@@ -1,6 +1,6 @@
-"""Reading frames and masks from disk into uint8 arrays, with one clear error per bad file."""
+"""Reading frames from disk into uint8 gray arrays, with one clear error per bad file."""
 
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -8,8 +8,6 @@ import numpy as np
 
 from lungseg.errors import DataError
 from lungseg.files import atomic_path
-
-logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -45,20 +43,89 @@ def list_image_files(folder):
     return files, skipped
 
 
+# Bit depths a 16-bit frame that states no range is taken to hold when its values fit them:
+# scanners store 10- and 12-bit samples in 16-bit files, which scaled by 65535 come out almost
+# black (a frame of 12-bit values under 1024 is taken as 10-bit; --max-value overrides).
+INFERRED_BITS = (10, 12)
+
+
+@dataclass(frozen=True)
+class Depth:
+    """How a frame's samples were scaled to 0-255: ``bits`` stored (8 or 16), the value
+    ``top`` that became 255, and ``how`` it was chosen: ``"8-bit"``, ``"given"``
+    (``--max-value``), ``"stated"`` (the file's sBIT or MaxSampleValue), ``"inferred"``
+    (the values fit ``INFERRED_BITS``) or ``"full"`` (0-65535); ``peak`` is the largest value."""
+
+    bits: int
+    top: int
+    how: str
+    peak: int
+
+
 def read_image(path, top=None):
-    """Read a frame as a 2-D uint8 gray array.
+    """Read a frame as a 2-D uint8 gray array (:func:`read_frame` without its :class:`Depth`)."""
+    return read_frame(path, top)[0]
+
+
+def read_frame(path, top=None):
+    """``(gray, depth)``: a frame as a 2-D uint8 gray array and how its samples were scaled.
 
     8- and 16-bit gray, RGB and RGBA files are accepted: colour is converted to gray with
     OpenCV's luminance weights (as Keras' ``color_mode="grayscale"`` does), alpha is dropped
     and 16-bit values are scaled to 0-255 by their range: ``top`` when given, else the
     range the file states (:func:`stated_maximum`: a PNG's ``sBIT``, a TIFF's
-    ``MaxSampleValue``), else the full 0-65535. A multi-page TIFF is refused (one frame is
-    expected here; ``lungseg.data.sources.read_source`` reads every page).
+    ``MaxSampleValue``), else the smallest of ``INFERRED_BITS`` their values fit, else the
+    full 0-65535. A multi-page TIFF is refused (one frame is expected here;
+    ``lungseg.data.sources.read_source`` reads every page).
     """
     array = decode_image(path)
-    if array.dtype == np.uint16 and top is None:
-        top = stated_maximum(path)
-    return to_gray_uint8(array, path, top)
+    depth = frame_depth(array, path, top)
+    return to_gray_uint8(array, path, depth.top if depth.bits == 16 else None), depth
+
+
+def frame_depth(array, path=None, top=None):
+    """The :class:`Depth` a decoded frame is scaled with (see :func:`read_frame`)."""
+    peak = int(array.max()) if array.size else 0
+    if array.dtype != np.uint16:
+        return Depth(8, 255, "8-bit", peak)
+    if top is not None:
+        return Depth(16, int(top), "given", peak)
+    stated = stated_maximum(path) if path is not None else None
+    if stated is not None:
+        return Depth(16, stated, "stated", peak)
+    for bits in INFERRED_BITS:
+        if 0 < peak < 1 << bits:
+            return Depth(16, (1 << bits) - 1, "inferred", peak)
+    return Depth(16, 65535, "full", peak)
+
+
+def describe_depths(depths, folder):
+    """One line on the bit depth of a set of frames (``data check`` prints it), and a warning
+    line when 16-bit frames were scaled by a range inferred from their values, else None."""
+    depths = list(depths)
+    if not depths:
+        return "no frames", None
+    deep = [d for d in depths if d.bits == 16]
+    if not deep:
+        return "8-bit", None
+    peak = max(d.peak for d in deep)
+    tops = sorted({d.top for d in deep})
+    hows = sorted({d.how for d in deep})
+    ranges = " or ".join(f"0-{top}" for top in tops)
+    line = f"16-bit ({len(deep)} of {len(depths)} frames), values up to {peak}, scaled by {ranges} ({', '.join(hows)})"
+    inferred = [d for d in deep if d.how == "inferred"]
+    if not inferred:
+        return line, None
+    bits = sorted({d.top.bit_length() for d in inferred})
+    warning = (
+        f"{folder}: {len(inferred)} 16-bit frame(s) state no range (no sBIT or MaxSampleValue) "
+        f"and their values fit {' or '.join(map(str, bits))} bits (up to "
+        f"{max(d.peak for d in inferred)}): scaled as {'/'.join(map(str, bits))}-bit; give "
+        "--max-value if that is wrong"
+    )
+    if len(bits) > 1:
+        warning += " (frames of one set were scaled differently: give --max-value)"
+    return line, warning
 
 
 def decode_image(path):
@@ -154,46 +221,6 @@ def _png_significant_bits(data):
             return None
         position += 12 + length
     return None
-
-
-def read_mask(path):
-    """Read a binary mask as a 2-D uint8 array of 0 and 1.
-
-    The mask is thresholded at half its maximum. A mask whose values are not two-valued
-    (0 and one other level, as 0/255 or 0/1) is accepted only when thresholding is
-    unambiguous; otherwise ``DataError`` says so with the threshold used.
-    """
-    gray = read_image(path)
-    return binarize_mask(gray, path)
-
-
-def binarize_mask(gray, path="<array>", tolerance=0.02):
-    """Threshold a gray mask at half its maximum.
-
-    Values near 0 or near the maximum (JPEG noise, anti-aliased edges) are thresholded with a
-    warning. More than ``tolerance`` of the pixels in the ambiguous middle band (between a
-    quarter and three quarters of the maximum) means the file is not a binary mask and raises
-    ``DataError``. An all-zero mask is valid (no rib in the frame).
-    """
-    top = int(gray.max())
-    if top == 0:
-        return np.zeros(gray.shape, np.uint8)
-    threshold = top / 2
-    mask = (gray > threshold).astype(np.uint8)
-    ambiguous = np.count_nonzero((gray > top / 4) & (gray < 3 * top / 4))
-    if ambiguous > tolerance * gray.size:
-        raise DataError(
-            f"{path}: mask is not binary: {ambiguous / gray.size:.1%} of pixels lie between a "
-            f"quarter and three quarters of its maximum {top} (thresholded at {threshold:g}, "
-            "half the maximum)"
-        )
-    off_levels = np.count_nonzero((gray != 0) & (gray != top))
-    if off_levels:
-        logger.warning(
-            "warning: %s: %.1f%% of mask pixels are neither 0 nor %d (compression noise?); "
-            "thresholded at %g, half the maximum", path, 100 * off_levels / gray.size, top, threshold,
-        )
-    return mask
 
 
 def to_gray_uint8(array, path="<array>", top=None):

@@ -8,8 +8,11 @@ Three folder layouts are understood (``find_pairs(root, layout=...)``):
 ``salient``
     Salient-object data such as gray XPIE: ``images/<name>.jpg`` with ``masks/<name>.png``.
 ``generic``
-    ``images/`` and ``masks/`` holding files with the same stem, any of the extensions in
-    ``io.IMAGE_SUFFIXES``.
+    ``images/`` and ``masks/`` (or ``image/`` and ``mask/``) holding files with the same stem,
+    any of the extensions in ``io.IMAGE_SUFFIXES``.
+
+Sets with several targets per frame keep one mask folder per target, ``masks/<target>/``
+(``MASK/<target>/`` in the LUS layout): ``target="rib_shadow"`` reads ``masks/rib_shadow/``.
 
 Only the image and mask folders are read. An entry in them that cannot be a frame or a mask
 (a sub-folder, a notes file, a file whose suffix is not an image suffix) is named in a warning
@@ -25,6 +28,10 @@ one side. Without instructions, a name that carries a subject (``subj<k>`` betwe
 underscores, as ``lung_subj03_pos2_35``) is grouped by that subject, so that a grouped split
 holds out whole subjects; other LUS names ``<sequence>pos<k>_<frame>`` are grouped by probe
 position and windows of ``LUS_FRAME_WINDOW`` frame numbers; any other name is its own group.
+``groups="blocks:N"`` groups the frames of a sweep, ``<sequence><number>`` (``Frame12``,
+``clip3_0012``), by contiguous blocks of N frame numbers of each sequence. When names look like
+numbered frames of a sweep and still every frame is its own group, a warning says so: any split
+would then put near-duplicate neighbours on both sides.
 """
 
 import csv
@@ -45,12 +52,18 @@ _LUS_NAME = re.compile(r"^(?P<sequence>.*pos\d+)_(?P<frame>\d+)")
 # A subject in a name: subj<k> at the start or after an underscore, then an underscore or the end.
 SUBJECT_PREFIX = "subj"
 SUBJECT_TAG = re.compile(rf"(?:^|_)({SUBJECT_PREFIX}\d+)(?=_|$)")
+# A frame of a sweep: the sequence (the name without its trailing number) and the number.
+SWEEP_FRAME = re.compile(r"^(?P<sequence>.*?)(?P<frame>\d+)$")
+BLOCKS_PREFIX = "blocks:"
+# Frames of one sequence that make a set look like a sweep when each is its own group.
+SWEEP_FRAMES_WARNED = 3
 
-# (image folder, mask folder, image prefix, mask prefix, image suffixes, mask suffixes)
+# (image folders, mask folders, image prefix, mask prefix, image suffixes, mask suffixes);
+# the first folder name of each is the one named when missing.
 _LAYOUT_RULES = {
-    "lus": ("IMG", "MASK", "img_", "mask_", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
-    "salient": ("images", "masks", "", "", (".jpg", ".jpeg"), (".png",)),
-    "generic": ("images", "masks", "", "", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
+    "lus": (("IMG",), ("MASK",), "img_", "mask_", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
+    "salient": (("images",), ("masks",), "", "", (".jpg", ".jpeg"), (".png",)),
+    "generic": (("images", "image"), ("masks", "mask"), "", "", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
 }
 
 
@@ -87,27 +100,30 @@ def default_group(name):
     return f"{match['sequence']}:{start}-{start + LUS_FRAME_WINDOW - 1}"
 
 
-def find_pairs(root, layout="auto", groups=None):
+def find_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
     """All image/mask pairs under ``root``, sorted naturally by name.
 
     ``layout`` is ``"lus"``, ``"salient"``, ``"generic"`` or ``"auto"`` (``lus`` when ``IMG/``
-    or ``MASK/`` exists, else ``generic`` when ``images/`` or ``masks/`` does; folder names
-    match case-insensitively). ``groups`` is ``None`` (``default_group``), a regular
-    expression whose first capture group (or whole match) in each name is the group, or the
-    path of a CSV file of ``stem,group`` rows (an optional ``stem,group`` header allowed).
+    or ``MASK/`` exists, else ``generic`` when ``images/`` or ``masks/`` (``image/``,
+    ``mask/``) does; folder names match case-insensitively). ``target`` names the sub-folder
+    of the mask folder to read (``masks/<target>/``). ``groups`` is ``None``
+    (``default_group``), ``"blocks:N"`` (:func:`block_group`), a regular expression whose
+    first capture group (or whole match) in each name is the group, or the path of a CSV file
+    of ``stem,group`` rows (an optional ``stem,group`` header allowed). ``warn_groups`` warns
+    when the names look like the frames of a sweep and every frame is its own group.
 
     Raises ``DataError`` listing every problem found, one line each naming its file: missing
     folders, no images, an image without a mask or a mask without an image, two files with the
     same name, misnamed files, names the group pattern or the CSV file does not cover. Entries
     that cannot be frames or masks are warnings (see the module docstring).
     """
-    pairs, problems = scan_pairs(root, layout, groups)
+    pairs, problems = scan_pairs(root, layout, groups, target, warn_groups)
     if problems:
         raise DataError(problems)
     return pairs
 
 
-def scan_pairs(root, layout="auto", groups=None):
+def scan_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
     """``(pairs, problems)``: ``find_pairs`` that returns the problems of single files.
 
     ``pairs`` holds every image that has a mask (its ``group`` is ``None`` where the groups
@@ -122,17 +138,18 @@ def scan_pairs(root, layout="auto", groups=None):
         raise DataError(f"{root}: data folder does not exist")
     if layout == "auto":
         layout = _detect_layout(root)
-    image_dir_name, mask_dir_name, image_prefix, mask_prefix, image_suffixes, mask_suffixes = (
+    image_names, mask_names, image_prefix, mask_prefix, image_suffixes, mask_suffixes = (
         _LAYOUT_RULES[layout]
     )
     problems = []
-    image_dir = _subfolder(root, image_dir_name)
-    mask_dir = _subfolder(root, mask_dir_name)
-    for folder, wanted in ((image_dir, image_dir_name), (mask_dir, mask_dir_name)):
+    image_dir = _subfolder(root, *image_names)
+    mask_dir = _subfolder(root, *mask_names)
+    for folder, wanted in ((image_dir, image_names[0]), (mask_dir, mask_names[0])):
         if folder is None:
             problems.append(f"{root / wanted}: folder missing (layout {layout!r})")
     if problems:
         raise DataError(problems)
+    mask_dir = _target_folder(mask_dir, target)
 
     images = _files_by_name(image_dir, image_prefix, image_suffixes, layout, problems)
     masks = _files_by_name(mask_dir, mask_prefix, mask_suffixes, layout, problems)
@@ -146,28 +163,83 @@ def scan_pairs(root, layout="auto", groups=None):
     names = sorted(images.keys() & masks.keys(), key=natural_key)
     group_of = _group_function(groups, problems)
     pairs = [Pair(images[name], masks[name], name, group_of(name, images[name])) for name in names]
+    if warn_groups and not problems:
+        warning = sweep_warning(pairs, image_dir)
+        if warning:
+            logger.warning("warning: %s", warning)
     return pairs, problems
+
+
+def _target_folder(mask_dir, target):
+    """``mask_dir/<target>``, or ``mask_dir`` itself without a target; ``DataError`` naming
+    the targets there when the folder holds only sub-folders and none was chosen."""
+    targets = sorted(p.name for p in mask_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if target is None:
+        if targets and not list_image_files(mask_dir)[0]:
+            raise DataError(f"{mask_dir}: holds one folder per target ({', '.join(targets)}): "
+                            "choose one with --target NAME")
+        return mask_dir
+    if not target or Path(target).name != target or target in (".", ".."):
+        raise ConfigError(f"--target must name one folder of {mask_dir}, got {target!r}")
+    folder = mask_dir / target
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such target folder (targets in {mask_dir}: "
+                        f"{', '.join(targets) or 'none'})")
+    return folder
+
+
+def block_group(name, size):
+    """``Frame37`` with ``size`` 50 -> ``Frame:0-49``: the sequence (the name without its
+    trailing number) and the block of ``size`` frame numbers holding it; None without a number."""
+    match = SWEEP_FRAME.match(name)
+    if match is None:
+        return None
+    start = int(match["frame"]) // size * size
+    return f"{match['sequence']}:{start}-{start + size - 1}"
+
+
+def sweep_warning(pairs, where):
+    """A warning when names look like numbered frames of a sweep (``SWEEP_FRAMES_WARNED`` or
+    more of one sequence) yet every frame is its own group; else None."""
+    if len(pairs) < SWEEP_FRAMES_WARNED or len({pair.group for pair in pairs}) < len(pairs):
+        return None
+    sequences = {}
+    for pair in pairs:
+        match = SWEEP_FRAME.match(pair.name)
+        if match:
+            sequences.setdefault(match["sequence"], []).append(pair.name)
+    sweep = max(sequences.values(), key=len, default=[])
+    if len(sweep) < SWEEP_FRAMES_WARNED:
+        return None
+    return (f"{where}: {len(sweep)} names look like numbered frames of one sweep "
+            f"({', '.join(sweep[:2])}, ...) but every frame is its own group, so a split puts "
+            "near-duplicate neighbours on both sides; group them with --groups blocks:N "
+            "(N frame numbers per group) and --split grouped")
 
 
 def _detect_layout(root):
     # One folder of a pair is enough to tell the layout; the other is then reported missing.
     if _subfolder(root, "IMG") or _subfolder(root, "MASK"):
         return "lus"
-    if _subfolder(root, "images") or _subfolder(root, "masks"):
+    if _subfolder(root, "images", "image") or _subfolder(root, "masks", "mask"):
         return "generic"
     raise DataError(
         f"{root}: no IMG/ + MASK/ folders (LUS layout) and no images/ + masks/ folders "
-        "(salient or generic layout)"
+        "(salient or generic layout; image/ + mask/ too)"
     )
 
 
-def _subfolder(root, name):
-    """The sub-folder of ``root`` called ``name``, ignoring case; exact case preferred."""
-    exact = root / name
-    if exact.is_dir():
-        return exact
-    matches = [p for p in root.iterdir() if p.is_dir() and p.name.lower() == name.lower()]
-    return matches[0] if len(matches) == 1 else None
+def _subfolder(root, *names):
+    """The sub-folder of ``root`` called one of ``names`` (the first found), ignoring case;
+    exact case preferred."""
+    for name in names:
+        exact = root / name
+        if exact.is_dir():
+            return exact
+        matches = [p for p in root.iterdir() if p.is_dir() and p.name.lower() == name.lower()]
+        if len(matches) == 1:
+            return matches[0]
+    return None
 
 
 def _files_by_name(folder, prefix, suffixes, layout, problems):
@@ -203,6 +275,17 @@ def _group_function(groups, problems):
     if groups is None:
         return lambda name, image: default_group(name)
     text = str(groups)
+    if text.startswith(BLOCKS_PREFIX):
+        size = block_size(text)
+
+        def from_blocks(name, image):
+            group = block_group(name, size)
+            if group is None:
+                problems.append(f"{image}: name {name!r} does not end in a frame number "
+                                f"({text} groups <sequence><number> names)")
+            return group
+
+        return from_blocks
     if isinstance(groups, Path) or text.lower().endswith(".csv") or Path(text).is_file():
         return _csv_groups(Path(text), problems)
     try:
@@ -218,6 +301,15 @@ def _group_function(groups, problems):
         return group
 
     return from_pattern
+
+
+def block_size(text):
+    """N of ``blocks:N``; ``ConfigError`` unless a positive whole number."""
+    value = text[len(BLOCKS_PREFIX):]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--groups {text}: expected blocks:N with N a positive whole number "
+                          "of frame numbers per group")
+    return int(value)
 
 
 def _csv_groups(path, problems):

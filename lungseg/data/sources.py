@@ -7,7 +7,8 @@ file is read whole or not at all: a page, frame or byte that cannot be decoded r
 
 * Images (``IMAGE_SUFFIXES``): one frame; a TIFF gives one frame per page. 16-bit samples
   are scaled by the range the file states (PNG ``sBIT``, TIFF ``MaxSampleValue``), or by
-  ``top`` when the caller knows it (``--max-value``), else by 65535.
+  ``top`` when the caller knows it (``--max-value``), else by 1023 or 4095 when the values
+  fit 10 or 12 bits, else by 65535 (``Source.depth`` says which).
 * DICOM (``.dcm``, ``.dicom`` or any file with the ``DICM`` marker), through pydicom: single
   and multi-frame, scaled by ``BitsStored``, MONOCHROME1 inverted, colour made gray; the
   spacing from ``PixelSpacing``, else from the first ultrasound region's physical deltas
@@ -31,8 +32,8 @@ from lungseg.data.io import (
     IMAGE_SUFFIXES,
     TIFF_SUFFIXES,
     decode_pages,
-    read_image,
-    stated_maximum,
+    frame_depth,
+    read_frame,
     to_gray_uint8,
 )
 from lungseg.errors import DataError
@@ -53,6 +54,7 @@ class Source:
     frames: list  # 2-D uint8 arrays; a video's VideoFrames, decoded as iterated
     spacing: tuple = None  # (row mm, column mm) of one pixel, when known
     fps: float = None  # frames per second of a video
+    depth: object = None  # how an image's samples were scaled (lungseg.data.io.Depth)
 
     @property
     def multi(self):
@@ -108,13 +110,13 @@ def read_source(path, top=None):
         return read_dicom(path)
     if suffix in TIFF_SUFFIXES:
         pages = decode_pages(path)
-        if pages[0].dtype == np.uint16 and top is None:
-            top = stated_maximum(path)
-        frames = [to_gray_uint8(page, f"{path} page {index}", top)
+        depth = frame_depth(max(pages, key=lambda page: page.max()), path, top)
+        frames = [to_gray_uint8(page, f"{path} page {index}", depth.top if depth.bits == 16 else None)
                   for index, page in enumerate(pages, start=1)]
-        return Source(path, "pages" if len(frames) > 1 else "image", frames)
+        return Source(path, "pages" if len(frames) > 1 else "image", frames, depth=depth)
     if suffix in IMAGE_SUFFIXES:
-        return Source(path, "image", [read_image(path, top)])
+        frame, depth = read_frame(path, top)
+        return Source(path, "image", [frame], depth=depth)
     raise DataError(f"{path}: unsupported file type (expected one of {', '.join(SOURCE_SUFFIXES)} "
                     "or a DICOM file)")
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lungseg.data.io import IMAGE_SUFFIXES, decode_image, read_mask, to_gray_uint8, write_image
+from lungseg.data.io import IMAGE_SUFFIXES, decode_image, to_gray_uint8, write_image
+from lungseg.data.masks import read_mask
 from lungseg.data.pairs import _files_by_name, _subfolder, natural_key
 from lungseg.progress import progress as progress_bar
 from lungseg.data.synthetic import _replace_folder
