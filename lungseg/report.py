@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from lungseg import figures
-from lungseg.console import log
+from lungseg.console import log, warn
 from lungseg.data.frames import FLIP_SUFFIX
 from lungseg.data.io import write_image
 from lungseg.errors import ConfigError, DataError
@@ -53,7 +53,7 @@ from lungseg.evaluation import (
     summarize,
 )
 from lungseg.postprocess import PostProcess
-from lungseg.files import write_json, write_text
+from lungseg.files import check_output_folder, write_json, write_text, written_whole
 from lungseg.predict import input_size, load_model
 from lungseg.runs import RunFolder, display_name
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
@@ -126,8 +126,9 @@ class Experiment:
                           options=options)
 
 
-def open_experiment(path):
-    """An Experiment for a run folder or a ``.keras`` file; DataError when it is neither."""
+def open_experiment(path, allow_partial=False):
+    """An Experiment for a run folder or a ``.keras`` file; DataError when it is neither, or
+    an unfinished run without ``allow_partial`` (then its finished folds)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: does not exist")
@@ -137,9 +138,10 @@ def open_experiment(path):
         return Experiment(label=path.stem if path.stem != "model" else path.parent.name,
                           model="model", models={"model": path})
     run = RunFolder.open(path)
-    models = {fold: run.model_path(fold) for fold in run.finished_folds()}
-    if not models:
-        raise DataError(f"{path}: no finished fold (fold_k/model.keras); finish training first")
+    models = {fold: run.model_path(fold) for fold in run.check_finished(allow_partial)}
+    if run.missing_folds():
+        warn(f"{path}: unfinished run: scoring {len(models)} of {run.config.folds} folds "
+             f"({', '.join(run.missing_folds())} missing; --allow-partial)")
     return Experiment(label=run.label, model=run.config.model, models=models, run=run,
                       training=run.read_summary())
 
@@ -590,18 +592,23 @@ def make_figures(experiments, summaries, n_frames=4):
 
 
 def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, save_masks=False,
-             resolution="native", spacing=None, options=PredictionOptions(), masks=()):
+             resolution="native", spacing=None, options=PredictionOptions(), masks=(),
+             allow_partial=False):
     """Score ``runs`` (run folders or .keras files) and ``masks`` (folders of predicted masks)
     and write the results folder ``out``.
 
     Per-image metrics are at each frame's own size (``resolution="native"``) or the model's
     (``"model"``); ``spacing`` (row mm, column mm) adds HD95 and ASSD in mm. With ``options``
     (:class:`PredictionOptions`) every run is scored as it is and again with them. Everything
-    is scored before anything is written, so bad input leaves ``out`` untouched.
+    is scored before anything is written, so bad input leaves ``out`` untouched, and ``out``
+    is written whole beside itself and renamed into place (``files.written_whole``): an
+    interruption leaves the previous results or none. An unfinished run is refused unless
+    ``allow_partial``.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output path exists and is not a folder")
+    check_output_folder(out, "results", "results.md", [*runs, *masks, test, test_list])
     if resolution not in RESOLUTIONS:
         raise ConfigError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
     if not runs and not masks:
@@ -610,7 +617,7 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
         raise ConfigError("--ensemble needs --test DIR: on held-out folds or a test list the other "
                           "fold models trained on the frames")
     source = FrameSource(test, test_list, native=resolution == "native")
-    experiments = [open_experiment(path) for path in runs]
+    experiments = [open_experiment(path, allow_partial) for path in runs]
     if options.active:
         experiments = [variant for e in experiments for variant in (e, e.with_options(options))]
     experiments += [open_mask_folder(path) for path in masks]
@@ -627,7 +634,17 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
     summaries = [experiment_summary(e) for e in experiments]
     built = make_figures(experiments, summaries, n_frames)
 
-    out.mkdir(parents=True, exist_ok=True)
+    with written_whole(out) as folder:
+        _write_results(folder, experiments, summaries, built, source, resolution, spacing, save_masks)
+    table = results_table(summaries, source.description, resolution, spacing)
+    log(table)
+    log(f"results: {out / 'results.md'}, per-image metrics: {out / 'per_image.csv'}, "
+        f"figures: {', '.join(str(out / f'{n}.png') for n in built)}")
+    return summaries
+
+
+def _write_results(out, experiments, summaries, built, source, resolution, spacing, save_masks):
+    """Every file of the results folder ``out``."""
     write_text(out / "per_image.csv", per_image_csv(experiments))
     write_json(out / "summary.json", nan_to_none({
         "scored_on": source.description,
@@ -637,15 +654,10 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
         "empty_mask_rule": EMPTY_MASK_RULE,
         "experiments": summaries,
     }))
-    table = results_table(summaries, source.description, resolution, spacing)
-    write_text(out / "results.md", table)
+    write_text(out / "results.md", results_table(summaries, source.description, resolution, spacing))
     for name, figure in built.items():
         figures.save_figure(figure, out / f"{name}.png")
     if save_masks:
         for experiment in experiments:
             for (fold, frame), mask in experiment.masks.items():
                 write_image(out / "masks" / experiment.label / fold / f"{frame}.png", mask * 255)
-    log(table)
-    log(f"results: {out / 'results.md'}, per-image metrics: {out / 'per_image.csv'}, "
-        f"figures: {', '.join(str(out / f'{n}.png') for n in built)}")
-    return summaries

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from lungseg import data
-from lungseg.config import RunConfig
+from lungseg.config import PATH_FIELDS, RunConfig
 from lungseg.console import interactive, log, warn
 from lungseg.distribute import (
     check_workers_agree,
@@ -353,20 +353,25 @@ def _history_seconds(path):
         return round(sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle)), 3)
 
 
-def make_splits(run, lus, stage1_frames, selection):
-    """Stage-1 hold-out and k folds, read back from splits.json when the run resumes."""
-    config = run.config
-    if run.has_splits():
-        return run.read_splits()
+def plan_splits(config, stage1_name, lus, stage1_frames, selection):
+    """Stage-1 hold-out and k folds of a new run (computed before the run folder is written,
+    so that too many grouped folds for the groups is refused first)."""
     splits = {"mode": config.split, "seed": config.seed, "selection": selection, "lus_frames": lus.names}
     if stage1_frames is not None:
-        splits[run.stage1] = data.holdout_split(
+        splits[stage1_name] = data.holdout_split(
             stage1_frames.names, stage1_frames.groups, config.validation_fraction,
             mode=config.split, seed=config.seed,
         )
     splits["folds"] = data.kfold_splits(lus.names, lus.groups, config.folds, mode=config.split, seed=config.seed)
-    run.write_splits(splits)
     return splits
+
+
+def make_splits(run, planned):
+    """The run's splits: read back from splits.json when the run resumes, else ``planned``."""
+    if run.has_splits():
+        return run.read_splits()
+    run.write_splits(planned)
+    return planned
 
 
 def build_stage1_model(config):
@@ -431,12 +436,17 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
     config = absolute_paths(config).validate()
     if fold is not None and not 1 <= fold <= config.folds:
         raise ConfigError(f"--fold must be between 1 and --folds ({config.folds}), got {fold}")
+    run = RunFolder.for_config(config)  # checks --name
     cluster = cluster_from_tf_config()
     if cluster is None:
-        return _run_training(config, RunFolder.for_config(config).root, cluster, fold, overwrite)
+        with run.locked(fold):
+            return _run_training(config, run.root, cluster, fold, overwrite)
     with lost_worker_as_error(), contextlib.ExitStack() as stack:
-        root = (RunFolder.for_config(config).root if cluster.is_chief
-                else stack.enter_context(worker_scratch(config, cluster, overwrite)))
+        if cluster.is_chief:  # the chief alone writes the run folder, and so locks it
+            stack.enter_context(run.locked(fold))
+            root = run.root
+        else:
+            root = stack.enter_context(worker_scratch(config, cluster, overwrite))
         return _run_training(config, root, cluster, fold, overwrite)
 
 
@@ -468,39 +478,59 @@ def _run_training(config, root, cluster, fold, overwrite):
         load_model_for_finetuning(pretrained, config)
     elif not is_vunet and (overwrite or not run.is_done(run.stage1)):
         stage1_frames = run.salient_frames(keep_generated=True)
-    run.create(overwrite)
-    with run.logging():
-        log(f"== {display_name(config.model)} run {run.root} ({config.preset} preset) ==")
-        if cluster is not None:
-            log(f"{cluster.workers} workers (MultiWorkerMirroredStrategy), this one {cluster.label}"
-                + (", the chief" if cluster.is_chief else "") + "; batch sizes are global")
-        log(f"LUS frames: {len(lus)}; {selection}")
-        splits = make_splits(run, lus, stage1_frames, selection)
-        if pretrained is None:
+    planned = plan_splits(config, run.stage1, lus, stage1_frames, selection)
+    protected = [getattr(config, name) for name in PATH_FIELDS
+                 if name != "groups" or Path(config.groups or "").is_file()]
+    run.create(overwrite, protected)
+    try:
+        run.check_frames(lus)  # a resumed run: the same frames as when it started
+        run.record_frames(lus)
+        with run.logging():
+            summary = _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretrained)
+    except BaseException:
+        run.abandon()
+        raise
+    run.finish()
+    return summary
+
+
+def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretrained):
+    """The stages of a run folder ``create`` has made or checked, then its summary."""
+    config = run.config
+    is_vunet = config.model == "vunet"
+    log(f"== {display_name(config.model)} run {run.root} ({config.preset} preset) ==")
+    if cluster is not None:
+        log(f"{cluster.workers} workers (MultiWorkerMirroredStrategy), this one {cluster.label}"
+            + (", the chief" if cluster.is_chief else "") + "; batch sizes are global")
+    log(f"LUS frames: {len(lus)}; {selection}")
+    splits = make_splits(run, planned)
+    if pretrained is None:
+        lock = run.stage1_lock(fold) if not run.is_done(run.stage1) and cluster is None else contextlib.nullcontext()
+        with lock:
             _train_stage1(run, splits, stage1_frames)
-        start_model = Path(pretrained) if pretrained else run.model_path(run.stage1)
-        record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
-        for k in [fold] if fold else range(1, config.folds + 1):
-            name = run.fold_names()[k - 1]
-            if run.is_done(name):
-                log(f"{name} already done: {run.model_path(name)}")
-                continue
-            part = splits["folds"][k - 1]
-            train_stage(
-                f"{'V-Unet' if is_vunet else 'X-Unet'} fold {k}/{config.folds}",
-                run, name,
-                lambda: load_model_for_finetuning(start_model, config),
-                lus.subset(part["train"]),
-                lus.subset(part["val"]),
-                config.finetune,
-                config,
-                frozen=config.freeze,
-                augment=config.augment,
-                record=record,
-            )
-        summary = summarize_run(run)
-        run.write_summary(summary)
-        print_summary(summary)
+    start_model = Path(pretrained) if pretrained else run.model_path(run.stage1)
+    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+    for k in [fold] if fold else range(1, config.folds + 1):
+        name = run.fold_names()[k - 1]
+        if run.is_done(name):
+            log(f"{name} already done: {run.model_path(name)}")
+            continue
+        part = splits["folds"][k - 1]
+        train_stage(
+            f"{'V-Unet' if is_vunet else 'X-Unet'} fold {k}/{config.folds}",
+            run, name,
+            lambda: load_model_for_finetuning(start_model, config),
+            lus.subset(part["train"]),
+            lus.subset(part["val"]),
+            config.finetune,
+            config,
+            frozen=config.freeze,
+            augment=config.augment,
+            record=record,
+        )
+    summary = summarize_run(run)
+    run.write_summary(summary)
+    print_summary(summary)
     return summary
 
 
