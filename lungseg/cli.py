@@ -299,6 +299,8 @@ def config_from_args(model, args, parser, extra=()):
                   "seed", "out", "precision", "jit_compile",
                   "deterministic", *extra):
         value = getattr(args, field)
+        if isinstance(value, str) and not value.strip():  # --data "": not "no --data"
+            parser.error(f"--{field.replace('_', '-')} must not be empty")
         if value is not None:
             overrides[field] = value
     stage1, finetune = {}, {}

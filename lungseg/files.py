@@ -97,6 +97,9 @@ def check_output_folder(out, kind, marker, inputs=()):
     """
     out = Path(out)
     target = resolved(out)
+    if is_within(Path.cwd(), target) or target == Path.home():
+        raise LungsegError(f"{out}: is the working folder, holds it or is the home folder; "
+                           "choose an --out of its own")
     for given in inputs:
         if given is None:
             continue
@@ -129,7 +132,7 @@ def written_whole(out):
     (the previous one is removed only once the new one is in place); on an exception or an
     interruption, or when the caller removed the temporary folder (nothing to show), it is
     removed and ``out`` is left as it was."""
-    out = Path(out)
+    out = resolved(out)  # "." or "x/" have a name to put beside
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     old = out.with_name(f".old-{os.getpid()}-{out.name}")

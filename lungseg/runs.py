@@ -543,6 +543,7 @@ def lock_file(path, what):
     (``<path>.takeover``), so that two processes that find it stale cannot both take it.
     """
     path = Path(path)
+    made = not path.parent.exists()  # --out: removed again if nothing else comes into it
     path.parent.mkdir(parents=True, exist_ok=True)
     text = _lock_text()
     for _ in range(5):
@@ -578,6 +579,11 @@ def lock_file(path, what):
     finally:
         if _read_lock(path) == json.loads(text):
             path.unlink(missing_ok=True)
+        if made:
+            try:
+                path.parent.rmdir()
+            except OSError:  # not empty: the run's folders are in it
+                pass
 
 
 def file_sha256(path):

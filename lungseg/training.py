@@ -35,7 +35,7 @@ from lungseg.distribute import (
 )
 from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
-from lungseg.files import atomic_path, read_json, write_json, write_text
+from lungseg.files import atomic_path, is_within, read_json, write_json, write_text
 from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
@@ -437,6 +437,10 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
     if fold is not None and not 1 <= fold <= config.folds:
         raise ConfigError(f"--fold must be between 1 and --folds ({config.folds}), got {fold}")
     run = RunFolder.for_config(config)  # checks --name
+    for option, given in (("--data", config.data), ("--salient", config.salient)):
+        if given and is_within(run.root.parent, given):
+            raise ConfigError(f"{config.out}: --out is {option} {given} or inside it; runs and "
+                              "generated data would be written among the user's frames")
     cluster = cluster_from_tf_config()
     if cluster is None:
         with run.locked(fold):

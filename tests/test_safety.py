@@ -289,6 +289,22 @@ def test_predict_out_inside_an_input_or_run_or_a_foreign_folder_is_refused(parti
     assert snapshot(partial_run) == before
 
 
+def test_an_out_that_is_or_holds_the_working_folder_is_refused(partial_run, frame, tmp_path, capsys,
+                                                                monkeypatch):
+    from lungseg.predict import main as predict
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "results.md").write_text("mine")
+    (work / "predictions.csv").write_text("mine")
+    monkeypatch.chdir(work)
+    for out in (".", "./", str(tmp_path)):
+        check_failure(run_script("evaluate", partial_run, "--out", out, "--allow-partial"), capsys, "working folder")
+        check_failure(predict([str(partial_run), str(frame), "--out", out, "--allow-partial"]), capsys,
+                      "working folder")
+    assert sorted(p.name for p in work.iterdir()) == ["predictions.csv", "results.md"]
+
+
 def test_evaluate_out_onto_or_inside_a_run_folder_is_refused(partial_run, tmp_path, capsys):
     before = snapshot(partial_run)
     for out, words in [(partial_run, ["is the input"]), (partial_run / "results", ["inside the input"]),
@@ -330,6 +346,16 @@ def test_numeric_options_are_finite_and_in_range(argv, words, tiny_lus, tmp_path
     code = run_script("train_xunet", "--data", tiny_lus, "--out", tmp_path / "runs", *TINY, *argv)
     check_failure(code, capsys, *words)
     assert not (tmp_path / "runs").exists()
+
+
+def test_empty_paths_and_an_out_inside_the_data_are_refused(tiny_lus, tmp_path, capsys, copy_of):
+    data = copy_of(tiny_lus, tmp_path / "lus")
+    before = snapshot(data)
+    check_failure(run_script("train_xunet", "--data", "", "--out", tmp_path / "runs", *TINY), capsys,
+                  "--data must not be empty")
+    check_failure(run_script("train_xunet", "--data", data, "--out", data / "runs", *TINY), capsys,
+                  "--out is --data", str(data))
+    assert snapshot(data) == before and not (tmp_path / "runs").exists()
 
 
 def test_vunet_image_size_below_vgg16s_minimum_is_refused_first(tiny_lus, tmp_path, capsys):
