@@ -89,7 +89,7 @@ class RunFolder:
                 f"{path}: not a run folder (no {CONFIG}); train one with train_vunet.py or train_xunet.py"
             )
         try:
-            config = RunConfig.from_dict(read_json(path / CONFIG))
+            config = RunConfig.from_dict(read_json(path / CONFIG)).validate()
         except DataError:
             raise
         except (LungsegError, TypeError, ValueError, AttributeError, KeyError) as error:
@@ -148,6 +148,10 @@ class RunFolder:
         finished, naming them, unless ``allow_partial``; return the finished folds to use."""
         finished = self.finished_folds()
         if folds:
+            unknown = [fold for fold in folds if fold not in self.fold_names()]
+            if unknown:
+                raise DataError(f"{self.root}: no {', '.join(unknown)}: the run has "
+                                f"{self.config.folds} folds (fold_1 ... fold_{self.config.folds})")
             missing = [fold for fold in folds if fold not in finished]
             if missing:
                 raise DataError(f"{self.root}: fold(s) {', '.join(missing)} not finished "

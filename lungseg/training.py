@@ -350,7 +350,7 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
 def _history_seconds(path):
     """Total of the ``seconds`` column of a stage's history.csv (resumed epochs included)."""
     with open(path, newline="") as handle:
-        return round(sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle)), 3)
+        return round(sum(_number(row.get("seconds")) or 0 for row in csv.DictReader(handle)), 3)
 
 
 def plan_splits(config, stage1_name, lus, stage1_frames, selection):

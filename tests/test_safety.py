@@ -209,6 +209,10 @@ def test_evaluate_predict_and_export_refuse_an_unfinished_run_unless_allowed(par
     assert predict([str(partial_run), str(frame), "--out", str(tmp_path / "masks"), "--allow-partial"]) == 0
     assert "using 1 of 2 folds (fold_2 missing" in capsys.readouterr().out
     assert (tmp_path / "masks" / "scan_mask.png").is_file()
+    check_failure(predict([str(partial_run), str(frame), "--fold", "2", "--out", str(tmp_path / "m2")]),
+                  capsys, "fold_2 not finished (finished: fold_1)")
+    check_failure(export([str(partial_run), "--fold", "3", "--format", "keras", "--out", str(tmp_path / "m.keras")]),
+                  capsys, "no fold_3: the run has 2 folds")
 
 
 def test_resuming_on_changed_frames_is_refused_naming_them(tiny_lus, narrow_pretrained, tmp_path, capsys, copy_of):
@@ -388,6 +392,16 @@ def test_damaged_json_is_one_error_naming_the_file(damaged, partial_run, frame, 
         err = check_failure(command(), capsys, str(run / damaged), "damaged")
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
+
+
+def test_a_config_of_wrong_values_is_one_error_naming_it(partial_run, tmp_path, capsys, copy_of):
+    run = copy_of(partial_run, tmp_path / "p", link=True)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").unlink()
+    (run / "config.json").write_text(json.dumps({**config, "folds": "two"}))
+    err = check_failure(run_script("evaluate", run, "--out", tmp_path / "r", "--allow-partial"), capsys,
+                        str(run / "config.json"), "not a valid run configuration")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_resume_on_a_damaged_config_names_it(partial_run, tiny_lus, narrow_pretrained, tmp_path, capsys, copy_of):
