@@ -105,6 +105,32 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_lus, narrow
     assert leftovers(tmp_path) == []
 
 
+def test_a_replacement_stopped_after_an_epoch_keeps_both_and_resumes(tiny_lus, narrow_pretrained, tmp_path,
+                                                                    capsys, monkeypatch):
+    argv = finetune(tiny_lus, narrow_pretrained, tmp_path, "r", "--fold", "1")
+    assert run_script("train_xunet", *argv) == 0
+    before = snapshot(tmp_path / "r")
+    import lungseg.training as training
+
+    original = training.EpochCheckpoint.on_epoch_end
+
+    def stop_after_saving(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochCheckpoint, "on_epoch_end", stop_after_saving)
+    again = [*argv, "--epochs", "2", "--overwrite"]
+    assert run_script("train_xunet", *again) == 130
+    assert snapshot(tmp_path / ".r.replaced") == before  # the old run, whole, aside
+    assert "stays in" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert run_script("train_xunet", *again) == 0
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1 of 2" in out and "removed the replaced run" in out
+    assert leftovers(tmp_path) == []
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["finetune"]["epochs"] == 2
+
+
 def test_options_refused_late_leave_no_run_folder(tiny_lus, narrow_pretrained, tmp_path, capsys):
     """Grouped folds for a single group fail before the run folder is written; the corrected
     command then runs."""
