@@ -21,7 +21,7 @@ from lungseg.config import (
     make_config,
 )
 from lungseg import _startup
-from lungseg.errors import LungsegError
+from lungseg.errors import ConfigError, LungsegError
 
 RESUME_HINT = "Run the same command again to resume from the last finished epoch."
 # Upper bounds of the options: beyond them a run cannot fit a machine (or a seed NumPy).
@@ -55,8 +55,9 @@ def run_main(main, argv=None, resume_hint=None):
     """Call ``main(argv)``; print user errors as one ``error:`` line and return an exit code.
 
     ``main``'s own return value (0 or None on success), 2 on a user error (bad input, file or
-    option), 130 on Ctrl-C. With ``--debug`` in ``argv`` the full traceback is printed too,
-    and TensorFlow's start-up log, if TensorFlow is not imported yet (``lungseg._startup``).
+    option), 130 on Ctrl-C, 143 on SIGTERM (handled as Ctrl-C). With ``--debug`` in ``argv``
+    the full traceback is printed too, and TensorFlow's start-up log, if TensorFlow is not
+    imported yet (``lungseg._startup``).
 
     Without ``argv`` (the command line's own call, after which the process ends), the objects
     left are frozen out of the garbage collector: the collection at interpreter exit would walk
@@ -133,7 +134,6 @@ def positive_float(text):
 def run_name(text):
     """``--name``: one plain folder name (``lungseg.runs.check_name``)."""
     from lungseg.runs import check_name
-    from lungseg.errors import ConfigError
 
     try:
         return check_name(text)
@@ -263,7 +263,8 @@ def training_parser(model, description):
         "(1.25 passes over the 80 %% training part); train = one pass " + d(lambda c: c.stage1_steps))
     add("--seed", type=seed, help="seed for data generation, splits, augmentation and weights "
         + d(lambda c: c.seed))
-    add("--name", type=run_name, help=f"run folder name, a plain name inside --out (default: {model}_<preset>)")
+    add("--name", type=run_name,
+        help=f"run folder name, one plain name inside --out (default: {model}_<preset>)")
     add("--out", metavar="DIR", help="folder holding run folders " + d(lambda c: c.out))
     add("--overwrite", action="store_true", help="replace the run folder of the same name (only "
         "a run folder; the previous run is deleted once the new one has finished)")

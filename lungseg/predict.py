@@ -19,15 +19,17 @@ or a folder searched recursively for them (``lungseg.data.sources``). For each f
 ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` are written to ``--out`` (by default
 ``<INPUT stem>_masks/`` beside INPUT) in the sub-folder mirroring INPUT's; the frames of a
 multi-frame file are named ``<stem>_0001`` ...; a video gets ``<stem>_overlay.<ext>``, a video
-of overlays. ``predictions.csv`` has one row per frame. ``--out`` is written whole: into a temporary
-folder beside it, renamed into place when complete (an earlier predictions folder there is
-then replaced; a folder of other files, an input or a run folder is refused). Frames are resized as the model's training run did (``interpolation`` in the
+of overlays. ``predictions.csv`` has one row per frame. ``--out`` is written whole: into a
+temporary folder beside it, renamed into place when complete (an earlier predictions folder
+there is then replaced; a folder of other files, an input or a run folder is refused).
+Frames are resized as the model's training run did (``interpolation`` in the
 ``config.json`` of its run folder), nearest-neighbour when there is none, unless
 ``--interpolation`` is given. See ``docs/inference.md``.
 Exit status: 0 all files segmented; 1 some files of a folder could not be read or are of
 an unsupported type and were skipped (each named on stderr, the others were written); 2
 nothing was done because the model, the input, the options or the output folder are
-unusable, or no file was readable; 130 interrupted. Other exceptions are bugs and show their traceback.
+unusable, or no file was readable; 130 interrupted (143 SIGTERM). Other exceptions are bugs
+and show their traceback.
 """
 
 from __future__ import annotations
