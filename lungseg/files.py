@@ -126,6 +126,33 @@ def check_output_folder(out, kind, marker, inputs=()):
         raise LungsegError(f"{out}: cannot be replaced (no write permission on {target.parent})")
 
 
+def process_gone(pid):
+    """True when no process ``pid`` runs on this machine (False when unsure: alive)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's process, or not a PID here
+        return False
+    return False
+
+
+def _tidy_leftovers(out):
+    """What a killed ``written_whole`` of ``out`` left beside it: its temporary folder is
+    removed, and a previous folder caught between the two renames is put back."""
+    for kind in ("old", "tmp"):
+        for path in sorted(out.parent.glob(f".{kind}-*-{out.name}")):
+            pid = path.name[len(kind) + 2:-len(out.name) - 1]
+            if not pid.isdigit() or not process_gone(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def written_whole(out):
     """Yield a temporary folder beside ``out`` to write into; on success it replaces ``out``
@@ -134,6 +161,7 @@ def written_whole(out):
     removed and ``out`` is left as it was."""
     out = resolved(out)  # "." or "x/" have a name to put beside
     out.parent.mkdir(parents=True, exist_ok=True)
+    _tidy_leftovers(out)
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     old = out.with_name(f".old-{os.getpid()}-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)

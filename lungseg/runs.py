@@ -25,7 +25,7 @@ from pathlib import Path
 from lungseg.config import PATH_FIELDS, RunConfig
 from lungseg.console import log
 from lungseg.errors import ConfigError, DataError, LungsegError, RunExistsError
-from lungseg.files import is_within, read_json, write_json, write_text
+from lungseg.files import is_within, process_gone, read_json, write_json, write_text
 
 CONFIG = "config.json"
 SPLITS = "splits.json"
@@ -502,16 +502,6 @@ class RunLockedError(LungsegError):
     """Another process is writing the run folder (or fold)."""
 
 
-def _process_gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 def _lock_text():
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                        "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
@@ -557,11 +547,11 @@ def lock_file(path, what):
         if holder is None:  # released meanwhile
             continue
         pid, host = holder.get("pid"), holder.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and _process_gone(pid):
+        if host == socket.gethostname() and isinstance(pid, int) and process_gone(pid):
             takeover = path.with_name(path.name + ".takeover")
             if not _create_exclusive(takeover, text):
                 other = _read_lock(takeover) or {}
-                if isinstance(other.get("pid"), int) and _process_gone(other["pid"]):
+                if isinstance(other.get("pid"), int) and process_gone(other["pid"]):
                     takeover.unlink(missing_ok=True)
                 time.sleep(0.1)
                 continue

@@ -299,6 +299,23 @@ def test_predict_output_is_written_whole_or_not_at_all(partial_run, frame, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "predictions.csv"]
 
 
+def test_what_a_killed_writer_left_beside_an_output_is_tidied(tmp_path):
+    from lungseg.files import written_whole
+
+    dead = _dead_pid()
+    out = tmp_path / "results"
+    (tmp_path / f".tmp-{dead}-results").mkdir()  # killed while writing
+    (tmp_path / f".old-{dead}-results").mkdir()  # killed between its two renames
+    (tmp_path / f".old-{dead}-results" / "results.md").write_text("previous")
+    (tmp_path / f".tmp-{os.getpid() + 1}-other").mkdir()  # another output's: left alone
+    assert not out.exists()
+    with written_whole(out) as folder:
+        assert (out / "results.md").read_text() == "previous"  # put back first
+        (folder / "results.md").write_text("new")
+    assert (out / "results.md").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-{os.getpid() + 1}-other", "results"]
+
+
 def test_predict_out_inside_an_input_or_run_or_a_foreign_folder_is_refused(partial_run, frame, tmp_path, capsys):
     from lungseg.predict import main as predict
 
