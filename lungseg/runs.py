@@ -287,7 +287,7 @@ class RunFolder:
                 if replaced.exists():
                     log(f"--overwrite: removing the unfinished replacement in {self.root}; the run "
                         f"it replaces stays in {replaced} until this one finishes")
-                    shutil.rmtree(self.root)
+                    self.root.unlink() if self.root.is_symlink() else shutil.rmtree(self.root)
                 else:
                     log(f"--overwrite: the previous run in {self.root} is kept in {replaced} "
                         "until this one finishes")
@@ -322,9 +322,14 @@ class RunFolder:
 
     def finish(self):
         """The run ended well: delete the run an ``--overwrite`` replaced."""
-        if self.replaced_path().exists():
-            shutil.rmtree(self.replaced_path())
-            log(f"--overwrite: removed the replaced run {self.replaced_path()}")
+        replaced = self.replaced_path()
+        if replaced.is_symlink():  # --out/--name was a link to a run elsewhere: only the link
+            replaced.unlink()
+        elif replaced.exists():
+            shutil.rmtree(replaced)
+        else:
+            return
+        log(f"--overwrite: removed the replaced run {replaced}")
 
     def abandon(self):
         """The run failed or was stopped: when it saved nothing, remove what ``create`` made and
@@ -337,7 +342,7 @@ class RunFolder:
                 for child in self.root.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             replaced = self.replaced_path()
-            if replaced.exists() and not self.root.exists():
+            if (replaced.exists() or replaced.is_symlink()) and not self.root.exists():
                 os.replace(replaced, self.root)
                 log(f"the previous run is back in {self.root}")
         elif self.replaced_path().exists():
