@@ -39,7 +39,9 @@ from lungseg.files import atomic_path, is_within, read_json, write_json, write_t
 from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
-from lungseg.runs import HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256
+from lungseg.runs import (
+    HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256, lus_pool_size,
+)
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
@@ -52,6 +54,8 @@ COLLAPSE_SHARE = 0.5
 COLLAPSE_EPOCHS = 3
 COLLAPSE_MIN_DELTA = 1e-3
 METRICS = tuple(METRIC_DEFINITIONS)
+# Phantom frames a run may generate when no --data is given (the paper's sets: 300 at most).
+MAX_GENERATED = 20_000
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -437,6 +441,10 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
     if fold is not None and not 1 <= fold <= config.folds:
         raise ConfigError(f"--fold must be between 1 and --folds ({config.folds}), got {fold}")
     run = RunFolder.for_config(config)  # checks --name
+    if not config.data and lus_pool_size(config) > MAX_GENERATED:
+        raise ConfigError(f"--lus-frames {config.lus_frames} without --data would generate "
+                          f"{lus_pool_size(config):,} phantom frames (at most {MAX_GENERATED:,}); "
+                          "give --data or fewer --lus-frames")
     for option, given in (("--data", config.data), ("--salient", config.salient)):
         if given and is_within(run.root.parent, given):
             raise ConfigError(f"{config.out}: --out is {option} {given} or inside it; runs and "

@@ -405,6 +405,12 @@ def test_empty_paths_and_an_out_inside_the_data_are_refused(tiny_lus, tmp_path, 
     assert snapshot(data) == before and not (tmp_path / "runs").exists()
 
 
+def test_a_huge_generated_set_is_refused_first(tmp_path, capsys):
+    code = run_script("train_xunet", "--out", tmp_path / "runs", *TINY, "--lus-frames", "900000")
+    check_failure(code, capsys, "--lus-frames 900000 without --data", "give --data")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_vunet_image_size_below_vgg16s_minimum_is_refused_first(tiny_lus, tmp_path, capsys):
     code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path / "runs", *TINY,
                       "--image-size", "16", "--encoder-weights", "none")
