@@ -352,12 +352,14 @@ def test_an_out_that_is_or_holds_the_working_folder_is_refused(partial_run, fram
     assert sorted(p.name for p in work.iterdir()) == ["predictions.csv", "results.md"]
 
 
-def test_evaluate_out_onto_or_inside_a_run_folder_is_refused(partial_run, tmp_path, capsys):
-    before = snapshot(partial_run)
+def test_evaluate_out_onto_or_inside_a_run_folder_is_refused(partial_run, tmp_path, capsys, copy_of):
+    other = copy_of(partial_run, tmp_path / "other", link=True)
+    before, other_before = snapshot(partial_run), snapshot(other)
     for out, words in [(partial_run, ["is the input"]), (partial_run / "results", ["inside the input"]),
-                       (partial_run.parent, ["holds the input"])]:
+                       (partial_run.parent, ["holds the input"]), (other, ["is a run folder"]),
+                       (other / "fold_1" / "results", ["inside the run folder"])]:
         check_failure(run_script("evaluate", partial_run, "--out", out, "--allow-partial"), capsys, *words)
-    assert snapshot(partial_run) == before
+    assert snapshot(partial_run) == before and snapshot(other) == other_before
 
 
 def test_an_interrupted_evaluate_leaves_the_previous_results(partial_run, tmp_path, monkeypatch, capsys):
