@@ -35,7 +35,7 @@ from lungseg.distribute import (
 )
 from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
-from lungseg.files import atomic_path, is_within, read_json, write_json, write_text
+from lungseg.files import atomic_path, is_run_folder, is_within, read_json, resolved, write_json, write_text
 from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
@@ -449,6 +449,11 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
         if given and is_within(run.root.parent, given):
             raise ConfigError(f"{config.out}: --out is {option} {given} or inside it; runs and "
                               "generated data would be written among the user's frames")
+    out = resolved(run.root.parent)
+    inside = next((folder for folder in (out, *out.parents) if is_run_folder(folder)), None)
+    if inside is not None:
+        raise ConfigError(f"{config.out}: --out is the run folder {inside} or inside it; give the "
+                          "folder that holds run folders")
     cluster = cluster_from_tf_config()
     if cluster is None:
         with run.locked(fold):

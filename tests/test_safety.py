@@ -230,6 +230,7 @@ def test_evaluate_predict_and_export_refuse_an_unfinished_run_unless_allowed(par
         check_failure(command(), capsys, "unfinished run", "fold_2", "--allow-partial")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
+    assert export([str(partial_run), "--format", "keras", "--out", str(tmp_path / "m.keras"), "--allow-partial"]) == 0
     assert run_script("evaluate", partial_run, "--out", tmp_path / "results", "--allow-partial") == 0
     assert "scoring 1 of 2 folds (fold_2 missing" in capsys.readouterr().out
     assert predict([str(partial_run), str(frame), "--out", str(tmp_path / "masks"), "--allow-partial"]) == 0
@@ -237,7 +238,7 @@ def test_evaluate_predict_and_export_refuse_an_unfinished_run_unless_allowed(par
     assert (tmp_path / "masks" / "scan_mask.png").is_file()
     check_failure(predict([str(partial_run), str(frame), "--fold", "2", "--out", str(tmp_path / "m2")]),
                   capsys, "fold_2 not finished (finished: fold_1)")
-    check_failure(export([str(partial_run), "--fold", "3", "--format", "keras", "--out", str(tmp_path / "m.keras")]),
+    check_failure(export([str(partial_run), "--fold", "3", "--format", "keras", "--out", str(tmp_path / "m3.keras")]),
                   capsys, "no fold_3: the run has 2 folds")
 
 
@@ -405,6 +406,16 @@ def test_empty_paths_and_an_out_inside_the_data_are_refused(tiny_lus, tmp_path, 
     check_failure(run_script("train_xunet", "--data", data, "--out", data / "runs", *TINY), capsys,
                   "--out is --data", str(data))
     assert snapshot(data) == before and not (tmp_path / "runs").exists()
+
+
+def test_a_training_out_inside_a_run_folder_is_refused(partial_run, tiny_lus, narrow_pretrained, tmp_path, capsys,
+                                                       copy_of):
+    run = copy_of(partial_run, tmp_path / "p", link=True)
+    before = snapshot(run)
+    for out in (run, run / "fold_1"):
+        code = run_script("train_xunet", *finetune(tiny_lus, narrow_pretrained, out, "inner"))
+        check_failure(code, capsys, f"--out is the run folder {run}")
+    assert snapshot(run) == before
 
 
 def test_a_huge_generated_set_is_refused_first(tmp_path, capsys):
