@@ -2,7 +2,10 @@
 
 import argparse
 import gc
+import math
+import signal
 import sys
+import threading
 import traceback
 
 from lungseg.config import (
@@ -19,17 +22,43 @@ from lungseg.config import (
     make_config,
 )
 from lungseg import _startup
-from lungseg.errors import LungsegError
+from lungseg.errors import ConfigError, LungsegError
 
 RESUME_HINT = "Run the same command again to resume from the last finished epoch."
+# Upper bounds of the options: beyond them a run cannot fit a machine (or a seed NumPy).
+MAX_SIDE = 4096
+MAX_COUNT = 1_000_000
+MAX_SEED = 2**31 - 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, ``kill``): handled as Ctrl-C is, so the same clean-up
+    runs (temporary folders removed, the last finished epoch kept)."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _signal_handler():
+    """Install ``_terminate`` for SIGTERM in the main thread; return what to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _terminate)
+    except (ValueError, OSError):
+        return None
 
 
 def run_main(main, argv=None, resume_hint=None):
     """Call ``main(argv)``; print user errors as one ``error:`` line and return an exit code.
 
     ``main``'s own return value (0 or None on success), 2 on a user error (bad input, file or
-    option), 130 on Ctrl-C. With ``--debug`` in ``argv`` the full traceback is printed too,
-    and TensorFlow's start-up log, if TensorFlow is not imported yet (``lungseg._startup``).
+    option), 130 on Ctrl-C, 143 on SIGTERM (handled as Ctrl-C). With ``--debug`` in ``argv``
+    the full traceback is printed too, and TensorFlow's start-up log, if TensorFlow is not
+    imported yet (``lungseg._startup``).
 
     Without ``argv`` (the command line's own call, after which the process ends), the objects
     left are frozen out of the garbage collector: the collection at interpreter exit would walk
@@ -41,6 +70,7 @@ def run_main(main, argv=None, resume_hint=None):
     debug = "--debug" in argv
     if debug:
         _startup.set_debug(True)
+    previous = _signal_handler()
     try:
         return main(argv) or 0
     except LungsegError as error:
@@ -51,17 +81,22 @@ def run_main(main, argv=None, resume_hint=None):
         for line in lines[1:]:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         if debug:
             traceback.print_exc()
-        print("\ninterrupted." + (f" {resume_hint}" if resume_hint else ""), file=sys.stderr)
-        return 130
+        terminated = isinstance(interruption, Terminated)
+        print(("\nterminated (SIGTERM)." if terminated else "\ninterrupted.")
+              + (f" {resume_hint}" if resume_hint else ""), file=sys.stderr)
+        return 128 + Terminated.signum if terminated else 130
     except OSError as error:  # unwritable folder, full disk, ...
         if debug:
             traceback.print_exc()
-        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if whole_process:
             gc.freeze()
 
@@ -70,14 +105,41 @@ def positive_int(text):
     value = _number(int, text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = _number(int, text)
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_COUNT:,}, got {text}")
+    return value
+
+
+def seed(text):
+    """A seed NumPy and TensorFlow take: 0 to 2**31 - 1."""
+    value = _number(int, text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text}")
     return value
 
 
 def positive_float(text):
     value = _number(float, text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
+
+
+def run_name(text):
+    """``--name``: one plain folder name (``lungseg.runs.check_name``)."""
+    from lungseg.runs import check_name
+
+    try:
+        return check_name(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--name ", "")) from None
 
 
 def _number(kind, text):
@@ -97,6 +159,8 @@ def image_size(text):
         sides = sides * 2
     if len(sides) != 2 or any(side < 16 or side % 16 for side in sides):
         raise argparse.ArgumentTypeError(f"sides must be multiples of 16 (at least 16), got {text!r}")
+    if any(side > MAX_SIDE for side in sides):
+        raise argparse.ArgumentTypeError(f"sides must be at most {MAX_SIDE}, got {text!r}")
     return sides
 
 
@@ -254,11 +318,13 @@ def training_parser(model, description):
     add("--stage1-steps", choices=STAGE1_STEPS,
         help="steps per stage-1 epoch: pool = len(whole pool) // batch, as the notebooks ran "
         "(1.25 passes over the 80 %% training part); train = one pass " + d(lambda c: c.stage1_steps))
-    add("--seed", type=int, help="seed for data generation, splits, augmentation and weights "
+    add("--seed", type=seed, help="seed for data generation, splits, augmentation and weights "
         + d(lambda c: c.seed))
-    add("--name", help=f"run folder name (default: {model}_<preset>)")
+    add("--name", type=run_name,
+        help=f"run folder name, one plain name inside --out (default: {model}_<preset>)")
     add("--out", metavar="DIR", help="folder holding run folders " + d(lambda c: c.out))
-    add("--overwrite", action="store_true", help="replace a finished run of the same name")
+    add("--overwrite", action="store_true", help="replace the run folder of the same name (only "
+        "a run folder; the previous run is deleted once the new one has finished)")
     add("--precision", choices=PRECISION_CHOICES,
         help="compute precision; the sigmoid head and Dice sums stay float32, saved models "
         "are float32 whatever trained them; auto: mixed_bfloat16 on a CPU with bfloat16 "
@@ -291,6 +357,8 @@ def config_from_args(model, args, parser, extra=()):
                   "seed", "out", "precision", "jit_compile",
                   "deterministic", *extra):
         value = getattr(args, field)
+        if isinstance(value, str) and not value.strip():  # --data "": not "no --data"
+            parser.error(f"--{field.replace('_', '-')} must not be empty")
         if value is not None:
             overrides[field] = value
     stage1, finetune = {}, {}

@@ -174,13 +174,21 @@ class RunConfig:
             raise ConfigError(
                 f"--image-size sides must be multiples of 16, got {'x'.join(map(str, self.image_size))}"
             )
+        # VGG16 (V-Unet's encoder) takes at least 32 x 32: its fifth block pools to 1 x 1.
+        if self.model == "vunet" and min(self.image_size) < 32:
+            raise ConfigError(
+                f"--image-size sides must be at least 32 for V-Unet (VGG16's five poolings), "
+                f"got {'x'.join(map(str, self.image_size))}"
+            )
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**31):
+            raise ConfigError(f"--seed must be a whole number from 0 to {2**31 - 1}, got {self.seed}")
         for label, stage in (("stage 1", self.stage1), ("fine-tuning", self.finetune)):
             if stage.epochs < 1:
                 raise ConfigError(f"--epochs must be positive, got {stage.epochs} for {label}")
             if stage.batch_size < 1:
                 raise ConfigError(f"--batch-size must be positive, got {stage.batch_size} for {label}")
-            if not stage.learning_rate > 0:
-                raise ConfigError(f"--lr must be positive, got {stage.learning_rate} for {label}")
+            if not 0 < stage.learning_rate < float("inf"):
+                raise ConfigError(f"--lr must be positive and finite, got {stage.learning_rate} for {label}")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
         return self

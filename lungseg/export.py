@@ -59,6 +59,30 @@ def _check(fmt, out):
         )
 
 
+def check_out(out, fmt, overwrite=False, sources=()):
+    """Refuse an ``--out`` that would replace what lungseg did not write, before any work:
+    an existing path without ``overwrite``; with it, anything but a file of the format's kind
+    or a SavedModel folder (its ``saved_model.pb``); and the model or run being exported."""
+    from lungseg.files import is_within
+
+    out = Path(out)
+    for source in sources:
+        if is_within(out, source) or is_within(source, out):
+            raise LungsegError(f"{out}: is, holds or lies inside {source}, which is being exported; "
+                               "choose another --out")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise LungsegError(f"{out}: already exists; use --overwrite to replace it")
+    folder = FORMATS[fmt][1] is None
+    if out.is_dir() != folder:
+        raise LungsegError(f"{out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
+                           "choose another --out")
+    if folder and not (out / "saved_model.pb").is_file():
+        raise LungsegError(f"{out}: exists and is not a SavedModel folder (no saved_model.pb); "
+                           "--overwrite replaces only a SavedModel: choose another --out")
+
+
 def export_model(model, out, fmt, overwrite=False):
     """Write ``model`` as ``fmt`` to ``out``; return the seconds the export took.
 
@@ -67,11 +91,7 @@ def export_model(model, out, fmt, overwrite=False):
     """
     out = Path(out)
     _check(fmt, out)
-    if out.exists() and not overwrite:
-        raise LungsegError(f"{out}: already exists; use --overwrite to replace it")
-    if out.exists() and out.is_dir() != (FORMATS[fmt][1] is None):
-        raise LungsegError(f"{out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
-                           "choose another --out")
+    check_out(out, fmt, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     import os
 
@@ -93,9 +113,13 @@ def export_model(model, out, fmt, overwrite=False):
                 warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
                 model.export(str(tmp), format=FORMATS[fmt][0], verbose=False)
         seconds = time.perf_counter() - start
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.is_dir():  # a SavedModel (check_out): moved aside, removed once the new one is in
+            old = out.with_name(f".old-{os.getpid()}-{out.name}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
     except LungsegError:
         raise
     except Exception as error:  # the converters raise anything
@@ -130,7 +154,10 @@ def build_parser():
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: also average the output on the mirrored frame, inside the graph "
                         "(the keras format then needs lungseg to load; the others do not)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out "
+                        "(a file of the format, or a SavedModel folder; never the model exported)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="export an unfinished run's finished folds (default: refuse)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
@@ -140,12 +167,11 @@ def run(args):
     from lungseg.runs import fold_name
 
     _check(args.fmt, args.out)
-    if args.out.exists() and not args.overwrite:
-        raise LungsegError(f"{args.out}: already exists; use --overwrite to replace it")
+    check_out(args.out, args.fmt, args.overwrite, sources=[args.model])
     if args.fold is not None and not args.model.is_dir():
         raise ConfigError("--fold takes a run folder, not a model file")
     folds = [fold_name(args.fold)] if args.fold is not None else None
-    predictor = load_predictor(args.model, tta=args.tta, folds=folds)
+    predictor = load_predictor(args.model, tta=args.tta, folds=folds, allow_partial=args.allow_partial)
     seconds = export_model(predictor.model, args.out, args.fmt, overwrite=args.overwrite)
     height, width, channels = predictor.model.input_shape[1:]
     print(f"wrote {args.out} ({args.fmt}, {seconds:.1f} s): {predictor.description}; "

@@ -1,16 +1,33 @@
-"""Atomic writes: a file appears complete under its final name or not at all."""
+"""Atomic writes: a file appears complete under its final name or not at all; a results folder
+likewise (``written_whole``); and the rules for which folders lungseg may replace."""
 
+import errno
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+from lungseg.errors import DataError, LungsegError
+
+
+class DamagedFileError(DataError, ValueError):
+    """A JSON file lungseg wrote can no longer be read (truncated, edited, not JSON)."""
+
+
+def _named(error, path):
+    """``error`` (an OSError) naming ``path`` when it names no file (a full disk does not)."""
+    if isinstance(error, OSError) and not error.filename and error.errno is not None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
+    return error
 
 
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was; an OSError
+    that names no file (a full disk) is raised naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -18,6 +35,11 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        named = _named(error, path)
+        if named is error:
+            raise
+        raise named from error
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -33,4 +55,133 @@ def write_json(path, data):
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; ``DamagedFileError`` (a ``DataError`` and a ``ValueError``) naming
+    the file when it is not valid JSON (a missing file stays ``FileNotFoundError``)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedFileError(f"{path}: damaged or not JSON ({error}); restore it or delete "
+                               "the folder it belongs to") from None
+
+
+# --- folders ------------------------------------------------------------------------------
+
+
+def resolved(path):
+    """``path`` absolute, symbolic links and ``..`` resolved, ``~`` expanded: two spellings of
+    one folder (relative and absolute, a trailing slash) compare equal."""
+    return Path(path).expanduser().resolve()
+
+
+def is_within(path, folder):
+    """True when ``path`` is ``folder`` or lies inside it (resolved paths)."""
+    path, folder = resolved(path), resolved(folder)
+    return path == folder or folder in path.parents
+
+
+def is_run_folder(folder):
+    """True for a folder training wrote: its ``config.json`` and its log or splits."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and any(
+        (folder / name).exists() for name in ("train.log", "splits.json", "summary.json"))
+
+
+def check_output_folder(out, kind, marker, inputs=()):
+    """Refuse an output folder ``out`` that lungseg may not replace, before any work.
+
+    ``out`` is written whole and renamed into place (``written_whole``), replacing what is
+    there; so it must be absent, empty, or a folder this command wrote before (it holds
+    ``marker``), must not equal, hold or lie inside any of ``inputs`` (folders or files read),
+    and must not lie inside a run folder (its ``config.json`` would be lost among results).
+    """
+    out = Path(out)
+    target = resolved(out)
+    if is_within(Path.cwd(), target) or target == Path.home():
+        raise LungsegError(f"{out}: is the working folder, holds it or is the home folder; "
+                           "choose an --out of its own")
+    for given in inputs:
+        if given is None:
+            continue
+        if is_within(target, given) or is_within(given, target):
+            where = "is" if resolved(given) == target else (
+                "is inside" if is_within(target, given) else "holds")
+            raise LungsegError(f"{out}: the {kind} folder {where} the input {given}; "
+                               "choose an --out outside the inputs")
+    for folder in (target, *target.parents):
+        if is_run_folder(folder):
+            raise LungsegError(f"{out}: is {'a' if folder == target else 'inside the'} run folder "
+                               f"{folder}; choose an --out outside run folders")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LungsegError(f"{out}: cannot create the output folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LungsegError(f"{out}: output folder is not writable (no write permission on {existing})")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise LungsegError(f"{out}: exists and is not a {kind} folder (no {marker}); lungseg "
+                           "replaces only what it wrote: choose another --out or empty it")
+    if target.is_dir() and not os.access(target.parent, os.W_OK | os.X_OK):
+        raise LungsegError(f"{out}: cannot be replaced (no write permission on {target.parent})")
+
+
+def process_gone(pid):
+    """True when no process ``pid`` runs on this machine (False when unsure: alive)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's process, or not a PID here
+        return False
+    return False
+
+
+def _tidy_leftovers(out):
+    """What a killed ``written_whole`` of ``out`` left beside it: its temporary folder is
+    removed, and a previous folder caught between the two renames is put back."""
+    for kind in ("old", "tmp"):
+        for path in sorted(out.parent.glob(f".{kind}-*-{out.name}")):
+            pid = path.name[len(kind) + 2:-len(out.name) - 1]
+            if not pid.isdigit() or not process_gone(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def written_whole(out):
+    """Yield a temporary folder beside ``out`` to write into; on success it replaces ``out``
+    (the previous one is removed only once the new one is in place); on an exception or an
+    interruption, or when the caller removed the temporary folder (nothing to show), it is
+    removed and ``out`` is left as it was."""
+    out = resolved(out)  # "." or "x/" have a name to put beside
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _tidy_leftovers(out)
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    old = out.with_name(f".old-{os.getpid()}-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        if not tmp.exists():
+            return
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists() and not out.exists():
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        if error.errno == errno.ENOSPC and not error.filename:
+            raise _named(error, out) from error
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

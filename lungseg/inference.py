@@ -141,15 +141,17 @@ class Predictor:
         return what + (" with flip test-time augmentation" if self.tta == "flip" else "")
 
 
-def load_predictor(path: str | Path, tta: str = "none", folds: Iterable[str] | None = None) -> Predictor:
+def load_predictor(path: str | Path, tta: str = "none", folds: Iterable[str] | None = None,
+                   allow_partial: bool = False) -> Predictor:
     """A run folder's fold ensemble, or one ``.keras`` model, ready to predict.
 
-    ``path`` is a run folder (every finished fold model is loaded, or only ``folds``, names
-    such as ``fold_2``) or a model file. Raises ``LungsegError`` naming what is missing.
+    ``path`` is a run folder (every fold model is loaded, or only ``folds``, names such as
+    ``fold_2``; an unfinished run only with ``allow_partial``, its finished folds) or a model
+    file. Raises ``LungsegError`` naming what is missing.
     """
     from lungseg.predict import load_model, model_files, training_config
 
-    run, chosen, paths = model_files(path, folds)
+    run, chosen, paths = model_files(path, folds, allow_partial)
     model = ensemble([load_model(p) for p in paths], tta=tta)
     config = training_config(path)
     placing = {} if config is None else {"interpolation": config.interpolation, "crop": config.crop,

@@ -22,21 +22,24 @@ or a folder searched recursively for them (``lungseg.data.sources``). For each f
 ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` are written to ``--out`` (by default
 ``<INPUT stem>_masks/`` beside INPUT) in the sub-folder mirroring INPUT's; the frames of a
 multi-frame file are named ``<stem>_0001`` ...; a video gets ``<stem>_overlay.<ext>``, a video
-of overlays. ``predictions.csv`` has one row per frame. Existing files of those names are
-replaced. Frames are resized as the model's training run did (``interpolation`` in the
+of overlays. ``predictions.csv`` has one row per frame. ``--out`` is written whole: into a
+temporary folder beside it, renamed into place when complete (an earlier predictions folder
+there is then replaced; a folder of other files, an input or a run folder is refused).
+Frames are resized as the model's training run did (``interpolation`` in the
 ``config.json`` of its run folder), nearest-neighbour when there is none, unless
 ``--interpolation`` is given. See ``docs/inference.md``.
 Exit status: 0 all files segmented; 1 some files of a folder could not be read or are of
 an unsupported type and were skipped (each named on stderr, the others were written); 2
 nothing was done because the model, the input, the options or the output folder are
-unusable, or no file was readable; 130 interrupted. Other exceptions are bugs and show their traceback.
+unusable, or no file was readable; 130 interrupted (143 SIGTERM). Other exceptions are bugs
+and show their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -114,12 +117,13 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
 
 
 def model_files(
-    path: str | Path, folds: Iterable[str] | None = None
+    path: str | Path, folds: Iterable[str] | None = None, allow_partial: bool = False
 ) -> tuple[RunFolder | None, list[str], list[Path]]:
     """The run folder (or None), fold names and model files that ``path`` stands for: a run
-    folder's finished folds (or only ``folds``), or one model file. Raises ``LungsegError``
-    naming what is missing. Needs no Keras: lungseg-predict checks the model path before
-    TensorFlow starts (seconds), as it does its options.
+    folder's folds (or only ``folds``), or one model file. Raises ``LungsegError`` naming what
+    is missing; a run with unfinished folds only with ``allow_partial`` (its finished ones).
+    Needs no Keras: lungseg-predict checks the model path before TensorFlow starts (seconds),
+    as it does its options.
     """
     from lungseg.runs import CONFIG, RunFolder
 
@@ -133,14 +137,12 @@ def model_files(
     if not (path / CONFIG).is_file():
         raise DataError(f"{path}: not a run folder (no {CONFIG}) nor a .keras model file")
     run = RunFolder.open(path)
-    finished = run.finished_folds()
-    chosen = finished if not folds else list(folds)
-    missing = [fold for fold in chosen if fold not in finished]
-    if missing:
-        raise DataError(f"{path}: fold(s) {', '.join(missing)} not finished "
-                        f"(finished: {', '.join(finished) or 'none'})")
-    if not chosen:
-        raise DataError(f"{path}: no finished fold model (fold_k/model.keras); finish training first")
+    chosen = run.check_finished(allow_partial, list(folds or []))
+    if run.missing_folds() and not folds:
+        from lungseg.console import warn
+
+        warn(f"{path}: unfinished run: using {len(chosen)} of {run.config.folds} folds "
+             f"({', '.join(run.missing_folds())} missing; --allow-partial)")
     return run, chosen, [run.model_path(fold) for fold in chosen]
 
 
@@ -351,17 +353,12 @@ def default_output_folder(input_path: str | Path) -> Path:
     return input_path.parent / f"{input_path.stem}_masks"
 
 
-def _check_output_folder(out: Path) -> None:
-    """Fail before any work when ``out`` cannot be created or written; create nothing yet."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise LungsegError(f"{out}: cannot create the output folder: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LungsegError(
-            f"{out}: output folder is not writable (no write permission on {existing})"
-        )
+def _check_output_folder(out: Path, inputs: Sequence[Path] = ()) -> None:
+    """Fail before any work when ``out`` cannot be written whole (``lungseg.files``): a file,
+    not writable, a folder that is not a predictions folder, inside an input or a run folder."""
+    from lungseg.files import check_output_folder
+
+    check_output_folder(out, "predictions", PREDICTIONS_CSV, inputs)
 
 
 def _write(path: Path, image: np.ndarray) -> None:
@@ -433,8 +430,8 @@ def spacing_option(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected MM or ROWxCOL in mm, got {text!r}") from None
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive MM or ROWxCOL in mm, got {text!r}")
+    if len(values) != 2 or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive finite MM or ROWxCOL in mm, got {text!r}")
     return values
 
 
@@ -495,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "16-bit (value / 65535)")
     parser.add_argument("--spacing", type=spacing_option, metavar="MM|ROWxCOL",
                         help="pixel spacing in mm for rib areas in mm² (DICOM files give their own)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="with an unfinished run folder, use its finished folds (default: refuse)")
     parser.add_argument("--max-value", type=int, metavar="N",
                         help="the largest value of 16-bit frames that do not state it, e.g. 4095 "
                         "for 12-bit data (default: the file's sBIT or MaxSampleValue, else 1023 "
@@ -639,8 +638,6 @@ def _csv_text(rows: Iterable[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Do the work of the command line; return its exit status (0, or 1 if files skipped)."""
-    from lungseg.data.sources import read_source
-    from lungseg.files import write_text
     from lungseg.postprocess import PostProcess
     from lungseg.runs import fold_name
 
@@ -658,17 +655,37 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--fold takes a run folder, not a model file")
     files, others = _frame_files(args.input)
     out = args.out if args.out is not None else default_output_folder(args.input)
-    _check_output_folder(out)
+    _check_output_folder(out, [args.input, args.model])
     folds = [fold_name(k) for k in args.fold] if args.fold else None
-    model_files(args.model, folds)  # a missing model or fold: before TensorFlow starts
+    # a missing model or fold, an unfinished run: before TensorFlow starts
+    _, folds, _ = model_files(args.model, folds, args.allow_partial)
+    from lungseg.files import written_whole
     from lungseg.inference import load_predictor
 
-    predictor = load_predictor(args.model, tta=args.tta, folds=folds)
+    predictor = load_predictor(args.model, tta=args.tta, folds=folds or None)
     model = predictor.model
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        with written_whole(out) as folder:  # the old results stay until the new are whole
+            return _predict_files(args, model, post, predictor, files, others, folder, out)
     except OSError as error:
-        raise LungsegError(f"{out}: cannot create the output folder ({error.strerror})") from error
+        if error.filename:
+            raise
+        raise LungsegError(f"{out}: cannot write the output folder ({error.strerror})") from error
+
+
+def _predict_files(
+    args: argparse.Namespace,
+    model: keras.Model,
+    post: Callable[[np.ndarray], np.ndarray],
+    predictor: object,
+    files: list[Path],
+    others: list[Path],
+    out: Path,
+    final: Path,
+) -> int:
+    """``run``'s work, writing into ``out`` (which becomes ``final``); its exit status."""
+    from lungseg.data.sources import read_source
+    from lungseg.files import write_text
 
     skipped = [f"{path}: unsupported file type" for path in others]
     partial = []  # videos that ended early: their decoded frames were written
@@ -703,7 +720,7 @@ def run(args: argparse.Namespace) -> int:
     written = len(files) - (len(skipped) - len(others))
     if written:
         print(
-            f"wrote {len(rows)} mask(s) of {written} file(s) to {out}, and {PREDICTIONS_CSV} "
+            f"wrote {len(rows)} mask(s) of {written} file(s) to {final}, and {PREDICTIONS_CSV} "
             f"({predictor.description}; frames "
             f"{'cropped to the imaging sector, ' if args.crop == 'auto' else ''}"
             f"{'padded and ' if args.keep_aspect else ''}resized with {args.interpolation}, "
@@ -715,6 +732,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     if not written:
         print(f"error: none of the {total} files could be read (listed above)", file=sys.stderr)
+        shutil.rmtree(out)  # nothing to show: the previous results stay (files.written_whole)
         return 2
     if skipped:
         print(

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from lungseg import figures
-from lungseg.console import log
+from lungseg.console import log, warn
 from lungseg.data.crop import to_native
 from lungseg.data.frames import FLIP_SUFFIX
 from lungseg.data.io import write_image
@@ -58,7 +58,7 @@ from lungseg.evaluation import (
     summarize,
 )
 from lungseg.postprocess import PostProcess
-from lungseg.files import write_json, write_text
+from lungseg.files import check_output_folder, write_json, write_text, written_whole
 from lungseg.markdown import markdown_table
 from lungseg.predict import DEFAULT_THRESHOLD, input_size, load_model
 from lungseg.runs import RunFolder, display_name
@@ -132,8 +132,9 @@ class Experiment:
                           options=options)
 
 
-def open_experiment(path):
-    """An Experiment for a run folder or a ``.keras`` file; DataError when it is neither."""
+def open_experiment(path, allow_partial=False):
+    """An Experiment for a run folder or a ``.keras`` file; DataError when it is neither, or
+    an unfinished run without ``allow_partial`` (then its finished folds)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: does not exist")
@@ -143,9 +144,10 @@ def open_experiment(path):
         return Experiment(label=path.stem if path.stem != "model" else path.parent.name,
                           model="model", models={"model": path})
     run = RunFolder.open(path)
-    models = {fold: run.model_path(fold) for fold in run.finished_folds()}
-    if not models:
-        raise DataError(f"{path}: no finished fold (fold_k/model.keras); finish training first")
+    models = {fold: run.model_path(fold) for fold in run.check_finished(allow_partial)}
+    if run.missing_folds():
+        warn(f"{path}: unfinished run: scoring {len(models)} of {run.config.folds} folds "
+             f"({', '.join(run.missing_folds())} missing; --allow-partial)")
     return Experiment(label=run.label, model=run.config.model, models=models, run=run,
                       training=run.read_summary())
 
@@ -676,7 +678,7 @@ def make_figures(experiments, summaries, n_frames=4):
 
 def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, save_masks=False,
              resolution="native", spacing=None, options=PredictionOptions(), masks=(),
-             target=None, mask_threshold=None, max_value=None):
+             target=None, mask_threshold=None, max_value=None, allow_partial=False):
     """Score ``runs`` (run folders or .keras files) and ``masks`` (folders of predicted masks)
     and write the results folder ``out``.
 
@@ -685,11 +687,14 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
     (:class:`PredictionOptions`) every run is scored as it is and again with them.
     ``target``, ``mask_threshold`` and ``max_value`` say how ``test`` is read (default: as each
     run read its data). Everything is scored before anything is written, so bad input leaves
-    ``out`` untouched.
+    ``out`` untouched, and ``out`` is written whole beside itself and renamed into place
+    (``files.written_whole``): an interruption leaves the previous results or none. An
+    unfinished run is refused unless ``allow_partial``.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output path exists and is not a folder")
+    check_output_folder(out, "results", "results.md", [*runs, *masks, test, test_list])
     if resolution not in RESOLUTIONS:
         raise ConfigError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
     if not runs and not masks:
@@ -699,7 +704,7 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
                           "fold models trained on the frames")
     source = FrameSource(test, test_list, native=resolution == "native", target=target,
                          mask_threshold=mask_threshold, max_value=max_value)
-    experiments = [open_experiment(path) for path in runs]
+    experiments = [open_experiment(path, allow_partial) for path in runs]
     if options.active:
         experiments = [variant for e in experiments for variant in (e, e.with_options(options))]
     experiments += [open_mask_folder(path) for path in masks]
@@ -716,7 +721,17 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
     summaries = [experiment_summary(e) for e in experiments]
     built = make_figures(experiments, summaries, n_frames)
 
-    out.mkdir(parents=True, exist_ok=True)
+    with written_whole(out) as folder:
+        _write_results(folder, experiments, summaries, built, source, resolution, spacing, save_masks)
+    table = results_table(summaries, source.description, resolution, spacing)
+    log(table)
+    log(f"results: {out / 'results.md'}, per-image metrics: {out / 'per_image.csv'}, "
+        f"figures: {', '.join(str(out / f'{n}.png') for n in built)}")
+    return summaries
+
+
+def _write_results(out, experiments, summaries, built, source, resolution, spacing, save_masks):
+    """Every file of the results folder ``out``."""
     write_text(out / "per_image.csv", per_image_csv(experiments))
     write_json(out / "summary.json", nan_to_none({
         "scored_on": source.description,
@@ -726,15 +741,10 @@ def evaluate(runs, out, test=None, test_list=None, batch_size=20, n_frames=4, sa
         "empty_mask_rule": EMPTY_MASK_RULE,
         "experiments": summaries,
     }))
-    table = results_table(summaries, source.description, resolution, spacing)
-    write_text(out / "results.md", table)
+    write_text(out / "results.md", results_table(summaries, source.description, resolution, spacing))
     for name, figure in built.items():
         figures.save_figure(figure, out / f"{name}.png")
     if save_masks:
         for experiment in experiments:
             for (fold, frame), mask in experiment.masks.items():
                 write_image(out / "masks" / experiment.label / fold / f"{frame}.png", mask * 255)
-    log(table)
-    log(f"results: {out / 'results.md'}, per-image metrics: {out / 'per_image.csv'}, "
-        f"figures: {', '.join(str(out / f'{n}.png') for n in built)}")
-    return summaries

@@ -16,14 +16,16 @@ import json
 import os
 import platform
 import shutil
+import socket
 import tempfile
-from contextlib import contextmanager
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from lungseg.config import PATH_FIELDS, RunConfig
 from lungseg.console import log
-from lungseg.errors import DataError, LungsegError, RunExistsError
-from lungseg.files import read_json, write_json, write_text
+from lungseg.errors import ConfigError, DataError, LungsegError, RunExistsError
+from lungseg.files import is_within, process_gone, read_json, write_json, write_text
 
 CONFIG = "config.json"
 SPLITS = "splits.json"
@@ -32,6 +34,7 @@ LOG = "train.log"
 MODEL = "model.keras"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
+FRAMES = "frames.json"  # a digest of each LUS frame the run trained on, checked on resume
 SYNTHETIC = "_synthetic"  # generated data sets, beside the run folders that use them
 MODEL_NAMES = {"vunet": "V-Unet", "xunet": "X-Unet"}
 
@@ -43,6 +46,17 @@ def stage1_name(model):
 
 def fold_name(k):
     return f"fold_{k}"
+
+
+def check_name(name):
+    """``--name`` must be one plain folder name: no separators, ``.``, ``..`` or absolute path,
+    so that a run folder is always a new or a run folder directly inside ``--out``."""
+    text = str(name)
+    if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or text != text.strip() or text.startswith(".")):
+        raise ConfigError(f"--name must be a plain folder name (no '/', no leading '.', not "
+                          f"'.' or '..'), got {text!r}")
+    return text
 
 
 def display_name(model, encoder_weights_used=None):
@@ -64,7 +78,7 @@ class RunFolder:
     @classmethod
     def for_config(cls, config):
         """Where training writes the run of ``config``: ``--out/--name``."""
-        return cls(Path(config.out) / config.name, config)
+        return cls(Path(config.out) / check_name(config.name), config)
 
     @classmethod
     def open(cls, path):
@@ -74,7 +88,14 @@ class RunFolder:
             raise DataError(
                 f"{path}: not a run folder (no {CONFIG}); train one with train_vunet.py or train_xunet.py"
             )
-        return cls(path, RunConfig.from_dict(read_json(path / CONFIG)))
+        try:
+            config = RunConfig.from_dict(read_json(path / CONFIG)).validate()
+        except DataError:
+            raise
+        except (LungsegError, TypeError, ValueError, AttributeError, KeyError) as error:
+            raise DataError(f"{path / CONFIG}: not a valid run configuration ({error}); restore "
+                            "it, or train the run again") from None
+        return cls(path, config)
 
     @classmethod
     def containing(cls, model_path):
@@ -117,8 +138,36 @@ class RunFolder:
         """Names of the folds whose model and metrics are written."""
         return [f for f in self.fold_names() if self.is_done(f) and self.model_path(f).is_file()]
 
+    def missing_folds(self):
+        """Names of the folds not finished yet."""
+        finished = self.finished_folds()
+        return [f for f in self.fold_names() if f not in finished]
+
+    def check_finished(self, allow_partial=False, folds=None):
+        """Refuse (``DataError``) a run whose folds (or the ``folds`` asked) are not all
+        finished, naming them, unless ``allow_partial``; return the finished folds to use."""
+        finished = self.finished_folds()
+        if folds:
+            unknown = [fold for fold in folds if fold not in self.fold_names()]
+            if unknown:
+                raise DataError(f"{self.root}: no {', '.join(unknown)}: the run has "
+                                f"{self.config.folds} folds (fold_1 ... fold_{self.config.folds})")
+            missing = [fold for fold in folds if fold not in finished]
+            if missing:
+                raise DataError(f"{self.root}: fold(s) {', '.join(missing)} not finished "
+                                f"(finished: {', '.join(finished) or 'none'})")
+            return list(folds)
+        if not finished:
+            raise DataError(f"{self.root}: no finished fold (fold_k/model.keras); finish training first")
+        missing = self.missing_folds()
+        if missing and not allow_partial:
+            raise DataError(f"{self.root}: unfinished run: {', '.join(missing)} of {self.config.folds} "
+                            f"folds not trained (finished: {', '.join(finished)}); finish training, "
+                            "or give --allow-partial to use the finished folds only")
+        return finished
+
     def is_finished(self):
-        return (self.root / SUMMARY).is_file() and self.read_summary().get("complete", False)
+        return (self.root / SUMMARY).is_file() and (self.read_summary() or {}).get("complete", False)
 
     # --- files ---------------------------------------------------------------------------
 
@@ -146,7 +195,10 @@ class RunFolder:
         return read_json(self.root / CONFIG).get("precision")
 
     def read_summary(self):
-        return read_json(self.root / SUMMARY) if (self.root / SUMMARY).is_file() else None
+        summary = read_json(self.root / SUMMARY) if (self.root / SUMMARY).is_file() else None
+        if summary is not None and not isinstance(summary, dict):
+            raise DataError(f"{self.root / SUMMARY}: damaged (a JSON object expected)")
+        return summary
 
     def write_summary(self, summary):
         write_json(self.root / SUMMARY, summary)
@@ -171,7 +223,7 @@ class RunFolder:
         if self.root.is_dir():
             for source in sorted(self.root.rglob("*")):
                 relative = source.relative_to(self.root)
-                if relative == Path(LOG) or any(part.startswith(".tmp-") for part in relative.parts):
+                if relative == Path(LOG) or any(part.startswith((".tmp-", ".old-")) for part in relative.parts):
                     continue
                 target = root / relative
                 try:
@@ -184,40 +236,169 @@ class RunFolder:
                     continue
         return RunFolder(root, self.config)
 
-    def create(self, overwrite=False):
+    def replaced_path(self):
+        """Where ``--overwrite`` keeps the run it replaces until the new one has finished."""
+        return self.root.parent / f".{self.root.name}.replaced"
+
+    def has_progress(self):
+        """True when a stage of this run has saved an epoch or finished (work worth keeping)."""
+        return self.root.is_dir() and any(
+            any(self.root.glob(pattern)) for pattern in ("*/state/state.json", f"*/{METRICS}", f"*/{MODEL}"))
+
+    def _differences(self):
+        """Options whose saved value differs from this configuration's (``--out`` compared by
+        the folder it names, which is this one: a relative or absolute spelling, or a trailing
+        slash, changes nothing)."""
+        saved = read_json(self.root / CONFIG)
+        if not isinstance(saved, dict):
+            raise DataError(f"{self.root / CONFIG}: damaged (a JSON object expected)")
+        current = json.loads(self.config.to_json())
+        # Options added since the run was written take their defaults, which are what
+        # such runs did: an unfinished run still resumes after an upgrade.
+        saved = {key: current[key] for key in set(current) - set(saved)
+                 if current[key] == getattr(RunConfig, key, None)} | saved
+        return sorted(k for k in set(saved) | set(current) if k != "out" and saved.get(k) != current.get(k))
+
+    def create(self, overwrite=False, protected=()):
         """Create the run folder, or check that an existing one holds the same configuration.
 
-        A finished run is only replaced with ``overwrite``; an unfinished one with the same
-        configuration is resumed.
+        An unfinished run with the same configuration is resumed. A finished one, or one with
+        another configuration, is replaced only with ``overwrite``, and only when it is a run
+        folder (its ``config.json``) that holds none of the ``protected`` paths (the user's
+        data): it is moved aside (``replaced_path``) and deleted when the new run finishes
+        (``finish``), or put back when the new run fails before saving anything (``abandon``).
+        An unfinished replacement (stopped after saving epochs) resumes with the same command.
         """
+        self._made = None
+        replaced = self.replaced_path()
+        if self.root.exists() and not self.root.is_dir():
+            raise RunExistsError(f"{self.root} exists and is a file; choose another --name or --out")
         if self.root.exists() and any(self.root.iterdir()):
-            if overwrite:
-                log(f"--overwrite: removing the previous run in {self.root}")
-                shutil.rmtree(self.root)
-            elif not (self.root / CONFIG).exists():
+            if not (self.root / CONFIG).is_file():
                 raise RunExistsError(
-                    f"{self.root} exists and is not a lungseg run folder; choose another --name or --out"
+                    f"{self.root} exists and is not a lungseg run folder (no {CONFIG}); "
+                    "choose another --name or --out (--overwrite replaces only run folders)"
+                )
+            differences = self._differences()
+            finished = self.is_finished()
+            resumable = not differences and not finished
+            if overwrite and not (resumable and replaced.exists()):
+                self._check_protected(protected)
+                if replaced.exists():
+                    log(f"--overwrite: removing the unfinished replacement in {self.root}; the run "
+                        f"it replaces stays in {replaced} until this one finishes")
+                    self.root.unlink() if self.root.is_symlink() else shutil.rmtree(self.root)
+                else:
+                    log(f"--overwrite: the previous run in {self.root} is kept in {replaced} "
+                        "until this one finishes")
+                    os.replace(self.root, replaced)
+                self._made = "folder"
+            elif differences:
+                raise RunExistsError(
+                    f"{self.root} holds a run with a different configuration "
+                    f"({', '.join(differences)}); use another --name, or --overwrite to replace it"
+                )
+            elif finished:
+                raise RunExistsError(
+                    f"{self.root} holds a finished run; use --overwrite to replace it or another --name"
                 )
             else:
-                saved = read_json(self.root / CONFIG)
-                current = json.loads(self.config.to_json())
-                # Options added since the run was written take their defaults, which are what
-                # such runs did: an unfinished run still resumes after an upgrade.
-                saved = {key: current[key] for key in set(current) - set(saved)
-                         if current[key] == getattr(RunConfig, key, None)} | saved
-                differences = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-                if differences:
-                    raise RunExistsError(
-                        f"{self.root} holds a run with a different configuration "
-                        f"({', '.join(differences)}); use another --name, or --overwrite to replace it"
-                    )
-                if self.is_finished():
-                    raise RunExistsError(
-                        f"{self.root} holds a finished run; use --overwrite to replace it or another --name"
-                    )
-                log(f"resuming the unfinished run in {self.root}")
+                log(f"resuming the unfinished run in {self.root}"
+                    + (f" (it replaces the run kept in {replaced})" if replaced.exists() else ""))
+        else:
+            self._made = "contents" if self.root.is_dir() else "folder"
         self.root.mkdir(parents=True, exist_ok=True)
-        write_text(self.root / CONFIG, self.config.to_json())
+        text = self.config.to_json()
+        if not (self.root / CONFIG).is_file() or (self.root / CONFIG).read_text() != text:
+            write_text(self.root / CONFIG, text)
+
+    def _check_protected(self, protected):
+        for path in protected:
+            if path not in (None, "none", "imagenet") and is_within(path, self.root):
+                raise RunExistsError(
+                    f"{self.root}: --overwrite would delete it, and it holds the input {path}; "
+                    "choose another --name or --out"
+                )
+
+    def finish(self):
+        """The run ended well: delete the run an ``--overwrite`` replaced."""
+        replaced = self.replaced_path()
+        if replaced.is_symlink():  # --out/--name was a link to a run elsewhere: only the link
+            replaced.unlink()
+        elif replaced.exists():
+            shutil.rmtree(replaced)
+        else:
+            return
+        log(f"--overwrite: removed the replaced run {replaced}")
+
+    def abandon(self):
+        """The run failed or was stopped: when it saved nothing, remove what ``create`` made and
+        put back the run it was replacing, so that nothing blocks the corrected command."""
+        made = getattr(self, "_made", None)
+        if made and not self.has_progress():
+            if made == "folder":
+                shutil.rmtree(self.root, ignore_errors=True)
+            else:
+                for child in self.root.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            replaced = self.replaced_path()
+            if (replaced.exists() or replaced.is_symlink()) and not self.root.exists():
+                os.replace(replaced, self.root)
+                log(f"the previous run is back in {self.root}")
+        elif self.replaced_path().exists():
+            log(f"the run being replaced stays in {self.replaced_path()} until this one finishes "
+                "(the same command resumes it)")
+
+    # --- frames ----------------------------------------------------------------------------
+
+    def check_frames(self, frames):
+        """Refuse to resume on changed data: compare ``frames`` (the run's LUS frames as loaded)
+        with the digest the run recorded (``frames.json``), naming the frames that changed."""
+        path = self.root / FRAMES
+        if not path.is_file():
+            return
+        record = read_json(path)
+        saved = record.get("frames") if isinstance(record, dict) else None
+        if not isinstance(saved, dict):
+            raise DataError(f"{path}: damaged (no frames)")
+        current = frame_digest(frames)
+        changed = sorted(name for name in saved.keys() & current.keys() if saved[name] != current[name])
+        gone, new = sorted(saved.keys() - current.keys()), sorted(current.keys() - saved.keys())
+        parts = [f"{label}: {_names(names)}" for label, names in
+                 (("changed", changed), ("no longer there", gone), ("new", new)) if names]
+        if parts:
+            raise DataError(f"{self.root}: the LUS frames differ from those this run trained on "
+                            f"({'; '.join(parts)}); restore them, or start a new run (another "
+                            "--name, or --overwrite)")
+
+    def record_frames(self, frames):
+        """Write ``frames.json`` (once): each frame's name and a hash of its image and mask."""
+        if not (self.root / FRAMES).is_file():
+            write_json(self.root / FRAMES, {
+                "digest": "sha256 of each frame's image and mask as loaded (uint8, model size)",
+                "frames": frame_digest(frames),
+            })
+
+    # --- locks -----------------------------------------------------------------------------
+
+    def lock_path(self, stage=None):
+        """The lock file of this run (or of one stage), beside the run folder."""
+        return self.root.parent / f".{self.root.name}{'.' + stage if stage else ''}.lock"
+
+    @contextmanager
+    def locked(self, fold=None):
+        """Hold this run's locks: a whole run locks the run and every fold; a ``--fold K`` job
+        only fold K (and the run while it trains stage 1, see ``stage1_lock``)."""
+        with ExitStack() as stack:
+            if fold is None:
+                stack.enter_context(lock_file(self.lock_path(), self.root))
+            for name in [fold_name(fold)] if fold else self.fold_names():
+                stack.enter_context(lock_file(self.lock_path(name), self.root / name))
+            yield
+
+    def stage1_lock(self, fold):
+        """The run's lock while a ``--fold`` job trains stage 1 (a whole run holds it already)."""
+        return lock_file(self.lock_path(), self.root) if fold else _nothing()
 
     # --- data ----------------------------------------------------------------------------
 
@@ -302,6 +483,108 @@ def lus_pool_size(config):
 
     originals = config.lus_frames // 2 if config.flips else config.lus_frames
     return max(config.synthetic_lus, lus_phantoms_needed(originals))
+
+
+def frame_digest(frames):
+    """{name: sha256 of the frame's image and mask} of a FrameSet (first 16 hex digits)."""
+    digest = {}
+    for name, image, mask in zip(frames.names, frames.images, frames.masks):
+        hashed = hashlib.sha256(image.tobytes())
+        hashed.update(mask.tobytes())
+        digest[name] = hashed.hexdigest()[:16]
+    return digest
+
+
+def _names(names, at_most=10):
+    shown = ", ".join(names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+class RunLockedError(LungsegError):
+    """Another process is writing the run folder (or fold)."""
+
+
+def _lock_text():
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
+
+
+def _create_exclusive(path, text):
+    """Create ``path`` holding ``text``; False when it exists already."""
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    return True
+
+
+def _read_lock(path):
+    try:
+        holder = json.loads(Path(path).read_text())
+        return holder if isinstance(holder, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def lock_file(path, what):
+    """Hold the lock file ``path`` (guarding ``what``) while the block runs.
+
+    Another process holding it: ``RunLockedError`` naming its PID and host. A lock left by a
+    process that is gone (same host, PID not running) is taken over: under a second lock
+    (``<path>.takeover``), so that two processes that find it stale cannot both take it.
+    """
+    path = Path(path)
+    made = not path.parent.exists()  # --out: removed again if nothing else comes into it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = _lock_text()
+    for _ in range(5):
+        if _create_exclusive(path, text):
+            break
+        holder = _read_lock(path)
+        if holder is None:  # released meanwhile
+            continue
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and process_gone(pid):
+            takeover = path.with_name(path.name + ".takeover")
+            if not _create_exclusive(takeover, text):
+                other = _read_lock(takeover) or {}
+                if isinstance(other.get("pid"), int) and process_gone(other["pid"]):
+                    takeover.unlink(missing_ok=True)
+                time.sleep(0.1)
+                continue
+            try:
+                if _read_lock(path) == holder:
+                    path.unlink(missing_ok=True)
+                    log(f"{what}: took over the lock of process {pid}, which is gone")
+            finally:
+                takeover.unlink(missing_ok=True)
+            continue
+        raise RunLockedError(
+            f"{what} is in use by process {pid} on {host} (since {holder.get('since', '?')}): "
+            f"wait for it to end (if it is gone, delete {path})"
+        )
+    else:
+        raise RunLockedError(f"{what}: could not take the lock {path}")
+    try:
+        yield
+    finally:
+        if _read_lock(path) == json.loads(text):
+            path.unlink(missing_ok=True)
+        if made:
+            try:
+                path.parent.rmdir()
+            except OSError:  # not empty: the run's folders are in it
+                pass
 
 
 def file_sha256(path):

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from lungseg import data
-from lungseg.config import RunConfig
+from lungseg.config import PATH_FIELDS, RunConfig
 from lungseg.console import interactive, log, warn
 from lungseg.distribute import (
     check_workers_agree,
@@ -35,11 +35,13 @@ from lungseg.distribute import (
 )
 from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
-from lungseg.files import atomic_path, read_json, write_json, write_text
+from lungseg.files import atomic_path, is_run_folder, is_within, read_json, resolved, write_json, write_text
 from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
-from lungseg.runs import HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256
+from lungseg.runs import (
+    HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256, lus_pool_size,
+)
 from lungseg.scoring import METRIC_DEFINITIONS, dice_batch, score_frames
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
@@ -52,6 +54,8 @@ COLLAPSE_SHARE = 0.5
 COLLAPSE_EPOCHS = 3
 COLLAPSE_MIN_DELTA = 1e-3
 METRICS = tuple(METRIC_DEFINITIONS)
+# Phantom frames a run may generate when no --data is given (the paper's sets: 300 at most).
+MAX_GENERATED = 20_000
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -351,23 +355,28 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
 def _history_seconds(path):
     """Total of the ``seconds`` column of a stage's history.csv (resumed epochs included)."""
     with open(path, newline="") as handle:
-        return round(sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle)), 3)
+        return round(sum(_number(row.get("seconds")) or 0 for row in csv.DictReader(handle)), 3)
 
 
-def make_splits(run, lus, stage1_frames, selection):
-    """Stage-1 hold-out and k folds, read back from splits.json when the run resumes."""
-    config = run.config
-    if run.has_splits():
-        return run.read_splits()
+def plan_splits(config, stage1_name, lus, stage1_frames, selection):
+    """Stage-1 hold-out and k folds of a new run (computed before the run folder is written,
+    so that too many grouped folds for the groups is refused first)."""
     splits = {"mode": config.split, "seed": config.seed, "selection": selection, "lus_frames": lus.names}
     if stage1_frames is not None:
-        splits[run.stage1] = data.holdout_split(
+        splits[stage1_name] = data.holdout_split(
             stage1_frames.names, stage1_frames.groups, config.validation_fraction,
             mode=config.split, seed=config.seed,
         )
     splits["folds"] = data.kfold_splits(lus.names, lus.groups, config.folds, mode=config.split, seed=config.seed)
-    run.write_splits(splits)
     return splits
+
+
+def make_splits(run, planned):
+    """The run's splits: read back from splits.json when the run resumes, else ``planned``."""
+    if run.has_splits():
+        return run.read_splits()
+    run.write_splits(planned)
+    return planned
 
 
 def build_stage1_model(config):
@@ -432,12 +441,30 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
     config = absolute_paths(config).validate()
     if fold is not None and not 1 <= fold <= config.folds:
         raise ConfigError(f"--fold must be between 1 and --folds ({config.folds}), got {fold}")
+    run = RunFolder.for_config(config)  # checks --name
+    if not config.data and lus_pool_size(config) > MAX_GENERATED:
+        raise ConfigError(f"--lus-frames {config.lus_frames} without --data would generate "
+                          f"{lus_pool_size(config):,} phantom frames (at most {MAX_GENERATED:,}); "
+                          "give --data or fewer --lus-frames")
+    for option, given in (("--data", config.data), ("--salient", config.salient)):
+        if given and is_within(run.root.parent, given):
+            raise ConfigError(f"{config.out}: --out is {option} {given} or inside it; runs and "
+                              "generated data would be written among the user's frames")
+    out = resolved(run.root.parent)
+    inside = next((folder for folder in (out, *out.parents) if is_run_folder(folder)), None)
+    if inside is not None:
+        raise ConfigError(f"{config.out}: --out is the run folder {inside} or inside it; give the "
+                          "folder that holds run folders")
     cluster = cluster_from_tf_config()
     if cluster is None:
-        return _run_training(config, RunFolder.for_config(config).root, cluster, fold, overwrite)
+        with run.locked(fold):
+            return _run_training(config, run.root, cluster, fold, overwrite)
     with lost_worker_as_error(), contextlib.ExitStack() as stack:
-        root = (RunFolder.for_config(config).root if cluster.is_chief
-                else stack.enter_context(worker_scratch(config, cluster, overwrite)))
+        if cluster.is_chief:  # the chief alone writes the run folder, and so locks it
+            stack.enter_context(run.locked(fold))
+            root = run.root
+        else:
+            root = stack.enter_context(worker_scratch(config, cluster, overwrite))
         return _run_training(config, root, cluster, fold, overwrite)
 
 
@@ -470,39 +497,59 @@ def _run_training(config, root, cluster, fold, overwrite):
         load_model_for_finetuning(pretrained, config)
     elif not is_vunet and (overwrite or not run.is_done(run.stage1)):
         stage1_frames = run.salient_frames(keep_generated=True)
-    run.create(overwrite)
-    with run.logging():
-        log(f"== {display_name(config.model)} run {run.root} ({config.preset} preset) ==")
-        if cluster is not None:
-            log(f"{cluster.workers} workers (MultiWorkerMirroredStrategy), this one {cluster.label}"
-                + (", the chief" if cluster.is_chief else "") + "; batch sizes are global")
-        log(f"LUS frames: {len(lus)}; {selection}")
-        splits = make_splits(run, lus, stage1_frames, selection)
-        if pretrained is None:
+    planned = plan_splits(config, run.stage1, lus, stage1_frames, selection)
+    protected = [getattr(config, name) for name in PATH_FIELDS
+                 if name != "groups" or Path(config.groups or "").is_file()]
+    run.create(overwrite, protected)
+    try:
+        run.check_frames(lus)  # a resumed run: the same frames as when it started
+        run.record_frames(lus)
+        with run.logging():
+            summary = _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretrained)
+    except BaseException:
+        run.abandon()
+        raise
+    run.finish()
+    return summary
+
+
+def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretrained):
+    """The stages of a run folder ``create`` has made or checked, then its summary."""
+    config = run.config
+    is_vunet = config.model == "vunet"
+    log(f"== {display_name(config.model)} run {run.root} ({config.preset} preset) ==")
+    if cluster is not None:
+        log(f"{cluster.workers} workers (MultiWorkerMirroredStrategy), this one {cluster.label}"
+            + (", the chief" if cluster.is_chief else "") + "; batch sizes are global")
+    log(f"LUS frames: {len(lus)}; {selection}")
+    splits = make_splits(run, planned)
+    if pretrained is None:
+        lock = run.stage1_lock(fold) if not run.is_done(run.stage1) and cluster is None else contextlib.nullcontext()
+        with lock:
             _train_stage1(run, splits, stage1_frames)
-        start_model = Path(pretrained) if pretrained else run.model_path(run.stage1)
-        record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
-        for k in [fold] if fold else range(1, config.folds + 1):
-            name = run.fold_names()[k - 1]
-            if run.is_done(name):
-                log(f"{name} already done: {run.model_path(name)}")
-                continue
-            part = splits["folds"][k - 1]
-            train_stage(
-                f"{'V-Unet' if is_vunet else 'X-Unet'} fold {k}/{config.folds}",
-                run, name,
-                lambda: load_model_for_finetuning(start_model, config),
-                lus.subset(part["train"]),
-                lus.subset(part["val"]),
-                config.finetune,
-                config,
-                frozen=config.freeze,
-                augment=config.augment,
-                record=record,
-            )
-        summary = summarize_run(run)
-        run.write_summary(summary)
-        print_summary(summary)
+    start_model = Path(pretrained) if pretrained else run.model_path(run.stage1)
+    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+    for k in [fold] if fold else range(1, config.folds + 1):
+        name = run.fold_names()[k - 1]
+        if run.is_done(name):
+            log(f"{name} already done: {run.model_path(name)}")
+            continue
+        part = splits["folds"][k - 1]
+        train_stage(
+            f"{'V-Unet' if is_vunet else 'X-Unet'} fold {k}/{config.folds}",
+            run, name,
+            lambda: load_model_for_finetuning(start_model, config),
+            lus.subset(part["train"]),
+            lus.subset(part["val"]),
+            config.finetune,
+            config,
+            frozen=config.freeze,
+            augment=config.augment,
+            record=record,
+        )
+    summary = summarize_run(run)
+    run.write_summary(summary)
+    print_summary(summary)
     return summary
 
 

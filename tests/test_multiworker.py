@@ -206,7 +206,7 @@ def test_two_workers_train_one_run_folder_written_by_the_chief_and_resume_togeth
         keras.models.load_model(run / fold / "model.keras")
     # Only the chief wrote here: its files and nothing else, its log alone.
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert files == {"m/config.json", "m/splits.json", "m/summary.json", "m/train.log",
+    assert files == {"m/config.json", "m/splits.json", "m/frames.json", "m/summary.json", "m/train.log",
                      *(f"m/{fold}/{name}" for fold in ("fold_1", "fold_2")
                        for name in ("model.keras", "history.csv", "metrics.json"))}
     log = (run / "train.log").read_text()

@@ -6,7 +6,7 @@
     lungseg-predict       lungseg.predict
 
 Each module's ``main(argv=None)`` parses the options, runs, and returns the exit status
-(0 done, 2 a user error printed as ``error:`` lines, 130 interrupted). Parsing imports no
+(0 done, 2 a user error printed as ``error:`` lines, 130 interrupted, 143 SIGTERM). Parsing imports no
 Keras or TensorFlow, so ``--help`` and option errors answer at once; the work is imported
 after the options are checked.
 """

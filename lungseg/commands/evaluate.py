@@ -13,7 +13,7 @@ every run a second time as lungseg-predict would predict with them (docs/inferen
 import argparse
 import sys
 
-from lungseg.cli import positive_int, run_main, sample_value, share
+from lungseg.cli import non_negative_int, positive_int, run_main, sample_value, share
 
 
 def run(argv):
@@ -26,7 +26,9 @@ def run(argv):
                         "run's pool, flipped copies included (<name>_flipped), as the paper's "
                         "Default_testset.csv, which is read as it is; reports how many of them each "
                         "model trained on")
-    parser.add_argument("--out", metavar="DIR", default="results", help="results folder")
+    parser.add_argument("--out", metavar="DIR", default="results", help="results folder, written "
+                        "whole and renamed into place (an earlier results folder is replaced; "
+                        "never a run folder or one inside the inputs)")
     parser.add_argument("--batch-size", type=positive_int, default=20, help="frames per forward pass")
     parser.add_argument("--figure-frames", type=positive_int, default=4, help="frames in the overlay figure")
     parser.add_argument("--save-masks", action="store_true", help="also write every predicted mask as PNG")
@@ -48,10 +50,13 @@ def run(argv):
                         "(the mean of its fold models) as one model; needs --test")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="also score with flip test-time augmentation")
-    parser.add_argument("--min-size", type=int, default=0, metavar="PX",
+    parser.add_argument("--min-size", type=non_negative_int, default=0, metavar="PX",
                         help="also score with predicted components under PX pixels removed")
     parser.add_argument("--keep-largest", type=positive_int, metavar="N",
                         help="also score keeping only the N largest predicted components")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score an unfinished run's finished folds (default: refuse, naming "
+                        "the missing folds)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     if not args.runs and not args.masks:
@@ -73,7 +78,8 @@ def run(argv):
     evaluate(args.runs, args.out, test=args.test, test_list=args.test_list, batch_size=args.batch_size,
              n_frames=args.figure_frames, save_masks=args.save_masks, resolution=args.resolution,
              spacing=spacing, options=options, masks=args.masks, target=args.target,
-             mask_threshold=args.mask_threshold, max_value=args.max_value)
+             mask_threshold=args.mask_threshold, max_value=args.max_value,
+             allow_partial=args.allow_partial)
 
 
 def main(argv=None):
