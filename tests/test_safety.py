@@ -284,11 +284,11 @@ def test_predict_output_is_written_whole_or_not_at_all(partial_run, frame, tmp_p
     calls = []
     original = predict._predict_source
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(predict, "_predict_source", interrupted)
     assert predict.main(argv) == 130
