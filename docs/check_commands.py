@@ -8,7 +8,8 @@ Each fenced code block of a doc is one of:
 * a synopsis (``lungseg-predict MODEL_OR_RUN INPUT [--out DIR] ...``): every ``--option`` it
   names must be in the command's ``--help``;
 * commands: each line is run in a scratch folder where the paths the docs use exist (a tiny
-  LUS set at ``LUS`` and ``/path/to/LUS``, a tiny XPIE download at ``/path/to/XPIE``, a run
+  LUS set at ``LUS`` and ``/path/to/LUS``, a tiny XPIE download at ``/path/to/XPIE``, a
+  multi-target sweep at ``/path/to/phantom``, a run
   folder of small models at ``weights/demo_xunet``, a folder of frames at ``scans/``).
   ``python``, ``lungseg-predict`` and ``lungseg-export`` are this interpreter and its
   modules; the training commands get the tiny sizes appended (``TINY``), the only change;
@@ -139,10 +140,22 @@ def scratch(folder):
         (run / f"fold_{fold}" / "metrics.json").write_text("{}")  # the fold is finished
     (folder / "runs" / "xunet_paper").mkdir(parents=True)
     os.symlink(run / "fold_1", folder / "runs" / "xunet_paper" / "fold_1")
+    phantom = folder / "phantom"  # a multi-target sweep: image/FrameN.png, masks/<target>/FrameN.png
+    rng = np.random.default_rng(3)
+    for number in range(1, 97, 8):
+        frame = np.zeros((48, 64), np.uint8)
+        cv2.circle(frame, (32, 0), 40, 1, -1)
+        frame *= rng.integers(20, 200, frame.shape, dtype=np.uint8)
+        write_image(phantom / "image" / f"Frame{number}.png", frame)
+        for target, rows in (("rib_shadow", slice(10, 30)), ("pleural_line", slice(8, 10))):
+            mask = np.zeros((48, 64), np.uint8)
+            mask[rows, 20:44] = 255
+            write_image(phantom / "masks" / target / f"Frame{number}.png", mask)
     scans = folder / "scans"
     scans.mkdir()
     cv2.imwrite(str(scans / "a.png"), cv2.imread(str(next((lus / "IMG").iterdir())), cv2.IMREAD_UNCHANGED))
-    return {"/path/to/LUS": lus, "LUS": lus, "/path/to/XPIE": xpie, "XPIE": salient, "scans/": scans}
+    return {"/path/to/LUS": lus, "LUS": lus, "/path/to/XPIE": xpie, "XPIE": salient, "scans/": scans,
+            "/path/to/phantom": phantom}
 
 
 def run_block(language, text, folder, where, fast):
