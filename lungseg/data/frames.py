@@ -248,9 +248,9 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False, nati
     notes += [depth_note] if depth_note else []
     if any(cropped):
         lost = sum(cropped) / max(1, sum(s.foreground for s in stats))
-        notes.append(f"{pairs[0].mask.parent}: {sum(1 for c in cropped if c)} masks have "
-                     f"foreground outside the crop box ({lost:.2%} of all foreground pixels), "
-                     "left out")
+        count = sum(1 for c in cropped if c)
+        notes.append(f"{pairs[0].mask.parent}: {count} of {len(pairs)} masks have foreground "
+                     f"outside the crop box ({lost:.2%} of all foreground pixels), left out")
     for note in notes:
         logger.warning("warning: %s", note)
     return FrameSet(
