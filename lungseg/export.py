@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 from lungseg.cli import positive_int, run_main
+from lungseg.config import TTA_CHOICES
 from lungseg.errors import ConfigError, LungsegError
 
 FORMATS = {  # name -> (Keras' format name, file suffix or None for a folder)
@@ -151,7 +152,7 @@ def build_parser():
     parser.add_argument("--out", required=True, type=Path, help="file or folder to write")
     parser.add_argument("--fold", type=positive_int, metavar="K",
                         help="export only fold K of a run folder (default: the mean of all finished folds)")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="flip: also average the output on the mirrored frame, inside the graph "
                         "(the keras format then needs lungseg to load; the others do not)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out "

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from lungseg.cli import non_negative_int, positive_int, run_main, sample_value, share
+from lungseg.config import TTA_CHOICES
 
 
 def run(argv):
@@ -48,7 +49,7 @@ def run(argv):
                         "their own size: HD95 and ASSD in mm too")
     parser.add_argument("--ensemble", action="store_true", help="also score each run's fold ensemble "
                         "(the mean of its fold models) as one model; needs --test")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="also score with flip test-time augmentation")
     parser.add_argument("--min-size", type=non_negative_int, default=0, metavar="PX",
                         help="also score with predicted components under PX pixels removed")
@@ -63,7 +64,7 @@ def run(argv):
         parser.error("give at least one RUN or --masks DIR")
     spacing = None
     if args.spacing:
-        from lungseg.predict import spacing_option
+        from lungseg.commands.predict import spacing_option
 
         try:
             spacing = spacing_option(args.spacing)
