@@ -3,6 +3,8 @@
 Both models take frames as stored on disk (values 0-255, 1 or 3 channels) and do the paper's
 preprocessing inside the graph: ``Rescaling(1/255)`` and, for gray input, a channel copy to
 three channels. Training, evaluation and inference therefore cannot disagree about it.
+:class:`FlipLeftRight`, the mirror layer of flip test-time augmentation, is registered here
+beside them, so every layer of a saved lungseg model loads by importing this module.
 
 Written with ``keras`` only (no TensorFlow import), so the models build on any Keras backend.
 """
@@ -12,9 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from lungseg.config import INITIALIZERS
 from lungseg.errors import ConfigError, WeightsUnavailableError
@@ -24,6 +27,20 @@ VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # Layers of VGG16 used as skip connections, deepest first, and the bridge.
 VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 VUNET_BRIDGE = "block5_conv3"
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class FlipLeftRight(keras.layers.Layer):
+    """Mirror (batch, height, width, channels) images left-right (exactly; no resampling).
+
+    Registered as ``lungseg>FlipLeftRight``, the name ensembles saved with flip TTA hold.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        return ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
 
 
 def _check_input_shape(input_shape: tuple) -> None:

@@ -60,7 +60,8 @@ from lungseg.evaluation import (
 from lungseg.postprocess import PostProcess
 from lungseg.files import check_output_folder, write_json, write_text, written_whole
 from lungseg.markdown import markdown_table
-from lungseg.predict import DEFAULT_THRESHOLD, input_size, load_model
+from lungseg.model_files import input_size, load_model
+from lungseg.predict import DEFAULT_THRESHOLD
 from lungseg.runs import RunFolder, display_name
 from lungseg.scoring import METRIC_DEFINITIONS, score_frames
 

@@ -102,7 +102,7 @@ def test_what_predict_writes_is_scored_by_evaluate_masks(layout, tmp_path):
     found (IMG/img_<name>.tif gives img_<name>_mask.png) and scores as the model itself does."""
     from lungseg.data import write_lus_dataset
     from lungseg.inference import save_inference_model
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
     from test_predict_cli import brightness_model
 
     data = write_lus_dataset(tmp_path / "data", n=4, seed=5, shape=(96, 32))
