@@ -96,7 +96,9 @@ def export_model(model, out, fmt, overwrite=False):
     out.parent.mkdir(parents=True, exist_ok=True)
     import os
 
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    from lungseg.files import temporary_path
+
+    tmp = temporary_path(out)
     start = time.perf_counter()
     try:
         if fmt == "keras":
@@ -115,7 +117,7 @@ def export_model(model, out, fmt, overwrite=False):
                 model.export(str(tmp), format=FORMATS[fmt][0], verbose=False)
         seconds = time.perf_counter() - start
         if out.is_dir():  # a SavedModel (check_out): moved aside, removed once the new one is in
-            old = out.with_name(f".old-{os.getpid()}-{out.name}")
+            old = temporary_path(out, "old")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old)
