@@ -20,7 +20,7 @@ import keras
 from keras import layers, ops
 
 from lungseg.config import INITIALIZERS
-from lungseg.errors import ConfigError, WeightsUnavailableError
+from lungseg.errors import ConfigError, WeightsUnavailableError, first_line
 
 DECODER_FILTERS = (512, 256, 128, 64)
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -139,7 +139,7 @@ def _vgg16(x: keras.KerasTensor, encoder_weights: str | Path | None) -> keras.Mo
             ) from error
         raise WeightsUnavailableError(
             "could not download the ImageNet VGG16 weights "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"({first_line(error)}). "
             "To work offline, copy "
             f"{VGG16_NOTOP_FILE} into ~/.keras/models/, pass its path as the encoder weights "
             "(--encoder-weights PATH), or pass None (--encoder-weights none) to start from "
