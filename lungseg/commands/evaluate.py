@@ -17,8 +17,8 @@ from lungseg.cli import non_negative_int, positive_int, run_main, sample_value, 
 from lungseg.config import TTA_CHOICES
 
 
-def run(argv):
-    """Parse ``argv`` and score; raises ``LungsegError`` on bad input (``main`` prints it)."""
+def build_parser():
+    """The options of ``evaluate.py`` / ``lungseg-evaluate``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders or .keras files")
     parser.add_argument("--test", metavar="DIR", help="score every model on this fixed test set "
@@ -59,6 +59,12 @@ def run(argv):
                         help="score an unfinished run's finished folds (default: refuse, naming "
                         "the missing folds)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def run(argv):
+    """Parse ``argv`` and score; raises ``LungsegError`` on bad input (``main`` prints it)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.runs and not args.masks:
         parser.error("give at least one RUN or --masks DIR")
