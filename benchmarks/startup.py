@@ -21,7 +21,7 @@ COMMANDS = (  # (label, arguments of the Python interpreter); the first is held 
     ("train_vunet.py --help", ["train_vunet.py", "--help"]),
     ("train_xunet.py --help", ["train_xunet.py", "--help"]),
     ("evaluate.py --help", ["evaluate.py", "--help"]),
-    ("lungseg-predict --help", ["-m", "lungseg.predict", "--help"]),
+    ("lungseg-predict --help", ["-m", "lungseg.commands.predict", "--help"]),
     ("python (bare)", ["-c", "pass"]),
 )
 

@@ -37,7 +37,7 @@ TINY = ["--preset", "quick", "--image-size", "32", "--lus-frames", "16", "--fold
         "--epochs", "1", "1", "--batch-size", "4"]
 COMMANDS = {  # how a doc's command word runs here
     "python": [sys.executable],
-    "lungseg-predict": [sys.executable, "-m", "lungseg.predict"],
+    "lungseg-predict": [sys.executable, "-m", "lungseg.commands.predict"],
     "lungseg-export": [sys.executable, "-m", "lungseg.export"],
 }
 SYNOPSIS = re.compile(r"\[|\b(?:RUN|MODEL_OR_RUN|INPUT|PATH)\b")

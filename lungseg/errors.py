@@ -29,3 +29,10 @@ class WeightsUnavailableError(LungsegError):
 
 class RunExistsError(LungsegError):
     """A finished run folder would be overwritten."""
+
+
+def first_line(error):
+    """``Type: first line of the message`` of an exception (quotes around it dropped), for
+    one-line ``error:`` messages about a library's exception."""
+    text = str(error).strip().strip("\"'")
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -2,7 +2,7 @@
 
 The paper reports one Dice over a whole batch of frames, which hides how often a model fails
 on single frames and says nothing about the stray blobs that separate V-Unet from X-Unet
-(finding 2 in ``PAPER.md``). This module therefore measures every frame on its own (overlap,
+(docs/paper.md). This module therefore measures every frame on its own (overlap,
 boundary distance, connected components) and aggregates with the empty-mask rule below,
 and keeps the paper's batch-global Dice beside it so results still compare with the paper.
 
@@ -177,38 +177,6 @@ def evaluate_masks(
     return [image_metrics(ref, pred, spacing) for ref, pred in zip(references, predictions)]
 
 
-def binary_set_metrics(
-    references: Iterable[np.ndarray], predictions: Iterable[np.ndarray], batch_size: int = 20
-) -> dict:
-    """The set-level numbers of ``lungseg.scoring`` for binary masks of any sizes.
-
-    Masks of one frame share a shape; frames may differ. ``dice`` and ``iou`` are averaged
-    over consecutive batches of ``batch_size`` frames (each batch's pixels pooled), as the
-    paper's; ``dice_global`` pools every pixel.
-    """
-    references = [np.asarray(r, np.float64).ravel() for r in references]
-    predictions = [np.asarray(p, np.float64).ravel() for p in predictions]
-    if not references:
-        return {"dice": math.nan, "dice_global": math.nan, "iou": math.nan,
-                "binary_accuracy": math.nan}
-    batches = range(0, len(references), batch_size)
-
-    def pooled(items: list, start: int, stop: Optional[int]) -> np.ndarray:
-        return np.concatenate(items[start:stop])[None]
-
-    dice = [_dice(pooled(references, b, b + batch_size), pooled(predictions, b, b + batch_size), 1.0)
-            for b in batches]
-    iou_values = [_iou(pooled(references, b, b + batch_size), pooled(predictions, b, b + batch_size), 1.0)
-                  for b in batches]
-    everything = pooled(references, 0, None), pooled(predictions, 0, None)
-    return {
-        "dice": float(np.mean(dice)),
-        "dice_global": float(_dice(*everything, 1.0)),
-        "iou": float(np.mean(iou_values)),
-        "binary_accuracy": float(np.mean(everything[0] == everything[1])),
-    }
-
-
 # The notebooks scored a test list with flow_from_dataframe (shuffle on, seed 1): Keras seeded
 # NumPy with 1 and drew np.random.permutation of the rows before the first batch, so every model
 # was scored on the same batches, in this order.
@@ -229,7 +197,8 @@ def batch_dice(
     NumPy twin of ``lungseg.losses.dice_coef``. Arrays are used as given: pass thresholded
     masks for the Dice of the binary masks, or sigmoid probabilities for the soft Dice that
     Keras logs as ``dice_coef`` during training (what the paper's tables report). The first
-    axis indexes images; (N, H, W) and (N, H, W, 1) arrays mix freely.
+    axis indexes images; (N, H, W) and (N, H, W, 1) arrays mix freely, and a list of frames of
+    different sizes (each reference the size of its prediction) pools each batch's pixels.
 
     With ``batch_size=None`` the whole set is one batch (the global Dice). With a batch size,
     the Dice of each consecutive batch is averaged with equal weight per batch, which is how
@@ -253,6 +222,8 @@ def _batch_mean(
     smooth: float,
     batch_size: Optional[int],
 ) -> float:
+    if _ragged(references) or _ragged(predictions):
+        return _pooled_batch_mean(overlap, references, predictions, smooth, batch_size)
     references = np.asarray(references, dtype=np.float64)
     predictions = np.asarray(predictions, dtype=np.float64)
     if len(references) != len(predictions) or references.size != predictions.size:
@@ -272,6 +243,34 @@ def _batch_mean(
         for batch_references, batch_predictions in zip(
             np.split(references, splits), np.split(predictions, splits)
         )
+    ]
+    return float(np.mean(values))
+
+
+def _ragged(frames: Any) -> bool:
+    """True for a list of frames that differ in shape (not one array)."""
+    return not isinstance(frames, np.ndarray) and len({np.shape(frame) for frame in frames}) > 1
+
+
+def _pooled_batch_mean(
+    overlap: Callable[[np.ndarray, np.ndarray, float], float],
+    references: Iterable[np.ndarray],
+    predictions: Iterable[np.ndarray],
+    smooth: float,
+    batch_size: Optional[int],
+) -> float:
+    """:func:`_batch_mean` of frames of different sizes: each batch's pixels pooled."""
+    references = [np.asarray(r, np.float64).ravel() for r in references]
+    predictions = [np.asarray(p, np.float64).ravel() for p in predictions]
+    if len(references) != len(predictions) or any(r.size != p.size for r, p in zip(references, predictions)):
+        raise ValueError("references and predictions differ in number or in the size of a frame")
+    if not references:
+        return math.nan
+    batch_size = batch_size or len(references)
+    values = [
+        overlap(np.concatenate(references[start : start + batch_size])[None],
+                np.concatenate(predictions[start : start + batch_size])[None], smooth)
+        for start in range(0, len(references), batch_size)
     ]
     return float(np.mean(values))
 

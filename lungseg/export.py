@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 from lungseg.cli import positive_int, run_main
+from lungseg.config import TTA_CHOICES
 from lungseg.errors import ConfigError, LungsegError
 
 FORMATS = {  # name -> (Keras' format name, file suffix or None for a folder)
@@ -95,7 +96,9 @@ def export_model(model, out, fmt, overwrite=False):
     out.parent.mkdir(parents=True, exist_ok=True)
     import os
 
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    from lungseg.files import temporary_path
+
+    tmp = temporary_path(out)
     start = time.perf_counter()
     try:
         if fmt == "keras":
@@ -114,7 +117,7 @@ def export_model(model, out, fmt, overwrite=False):
                 model.export(str(tmp), format=FORMATS[fmt][0], verbose=False)
         seconds = time.perf_counter() - start
         if out.is_dir():  # a SavedModel (check_out): moved aside, removed once the new one is in
-            old = out.with_name(f".old-{os.getpid()}-{out.name}")
+            old = temporary_path(out, "old")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old)
@@ -151,7 +154,7 @@ def build_parser():
     parser.add_argument("--out", required=True, type=Path, help="file or folder to write")
     parser.add_argument("--fold", type=positive_int, metavar="K",
                         help="export only fold K of a run folder (default: the mean of all finished folds)")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="flip: also average the output on the mirrored frame, inside the graph "
                         "(the keras format then needs lungseg to load; the others do not)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out "

@@ -89,7 +89,7 @@ def blend_mask(image, mask, colour=PREDICTION_COLOUR, alpha=OVERLAY_ALPHA):
     """The frame as uint8 RGB with ``mask`` tinted in ``colour`` (RGB, 0-1).
 
     The mask is resized to the frame with nearest-neighbour when the sizes differ. Used by
-    the figures here and by ``lungseg.predict`` for its ``*_overlay.png`` files.
+    the figures here and by ``lungseg-predict`` for its ``*_overlay.png`` files.
     """
     rgb = _to_unit_rgb(image)
     mask = _mask_at(mask, rgb.shape)

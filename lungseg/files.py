@@ -22,6 +22,15 @@ def _named(error, path):
     return error
 
 
+def temporary_path(path, kind="tmp"):
+    """Where lungseg writes ``path`` before renaming it into place (``kind`` "tmp"), or moves
+    the ``path`` it replaces until the new one is in (``kind`` "old"): a hidden name beside it
+    holding this process's id, so that a leftover of a killed process is recognised
+    (``_tidy_leftovers``)."""
+    path = Path(path)
+    return path.with_name(f".{kind}-{os.getpid()}-{path.name}")
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` on success.
@@ -31,7 +40,7 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -162,8 +171,7 @@ def written_whole(out):
     out = resolved(out)  # "." or "x/" have a name to put beside
     out.parent.mkdir(parents=True, exist_ok=True)
     _tidy_leftovers(out)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    old = out.with_name(f".old-{os.getpid()}-{out.name}")
+    tmp, old = temporary_path(out), temporary_path(out, "old")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

@@ -12,7 +12,8 @@
   their own size and gives masks at their own size).
 
 Post-processing of masks and the numbers of a predicted frame live in ``lungseg.postprocess``
-(NumPy only).
+(NumPy and SciPy). The mirror layer of flip TTA, ``FlipLeftRight``, is registered in
+``lungseg.models`` with the other layers.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
-from keras import ops
 
 from lungseg.config import TTA_CHOICES
-from lungseg.models import inference_copy
 from lungseg.errors import ConfigError
 from lungseg.files import atomic_path
+from lungseg.model_files import input_size, load_model, model_files, training_config
+from lungseg.models import FlipLeftRight, inference_copy
+from lungseg.predict import DEFAULT_BATCH_SIZE, DEFAULT_THRESHOLD, native_probabilities, segment_batch
 
 
 # --- slim model files --------------------------------------------------------------------
@@ -47,23 +49,6 @@ def save_inference_model(model: keras.Model, path: str | Path) -> Path:
 # --- ensembles and test-time augmentation ------------------------------------------------
 
 
-@keras.saving.register_keras_serializable(package="lungseg")
-class FlipLeftRight(keras.layers.Layer):
-    """Mirror (batch, height, width, channels) images left-right (exactly; no resampling)."""
-
-    def call(self, inputs: Any) -> Any:
-        return ops.flip(inputs, axis=2)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
-
-
-def _size_of(model: keras.Model) -> tuple[int, int, int]:
-    from lungseg.predict import input_size
-
-    return input_size(model)
-
-
 def ensemble(models: Iterable[keras.Model], tta: str = "none", name: str = "ensemble") -> keras.Model:
     """One model giving the mean probability of ``models`` (and of their mirrored outputs).
 
@@ -80,7 +65,7 @@ def ensemble(models: Iterable[keras.Model], tta: str = "none", name: str = "ense
         raise ConfigError("an ensemble needs at least one model")
     if len(models) == 1 and tta == "none":
         return models[0]
-    shapes = [_size_of(model) for model in models]
+    shapes = [input_size(model) for model in models]
     if len({shape[:2] for shape in shapes}) > 1:
         sizes = ", ".join(f"{h}x{w}" for h, w, _ in shapes)
         raise ConfigError(f"the models of an ensemble must take frames of one size, got {sizes}")
@@ -120,17 +105,14 @@ class Predictor:
     crop: str = "none"
     keep_aspect: bool = False
 
-    def probabilities(self, frames: Iterable[Any], batch_size: int = 20) -> list:
+    def probabilities(self, frames: Iterable[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> list:
         """Probability maps at each frame's own size (``lungseg.predict.native_probabilities``)."""
-        from lungseg.predict import native_probabilities
-
         return native_probabilities(self.model, frames, batch_size, self.interpolation,
                                     self.crop, self.keep_aspect)
 
-    def segment(self, frames: Iterable[Any], threshold: float = 0.5, batch_size: int = 20) -> list:
+    def segment(self, frames: Iterable[Any], threshold: float = DEFAULT_THRESHOLD,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> list:
         """0/1 masks at each frame's own size, thresholded there (``lungseg.predict.segment_batch``)."""
-        from lungseg.predict import segment_batch
-
         return segment_batch(self.model, frames, batch_size, threshold, self.interpolation,
                              self.crop, self.keep_aspect)
 
@@ -149,8 +131,6 @@ def load_predictor(path: str | Path, tta: str = "none", folds: Iterable[str] | N
     ``fold_2``; an unfinished run only with ``allow_partial``, its finished folds) or a model
     file. Raises ``LungsegError`` naming what is missing.
     """
-    from lungseg.predict import load_model, model_files, training_config
-
     run, chosen, paths = model_files(path, folds, allow_partial)
     model = ensemble([load_model(p) for p in paths], tta=tta)
     config = training_config(path)

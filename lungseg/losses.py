@@ -5,7 +5,7 @@ collapsed training stage.
 Written with ``keras.ops`` only and registered, so a compiled model saved to ``.keras``
 loads in a fresh process (safe mode on) once ``lungseg`` is imported: importing Keras after
 lungseg, or lungseg after Keras, imports this module too (``lungseg._startup``), and
-``lungseg.predict.load_model`` imports it itself.
+``lungseg.model_files.load_model`` imports it itself.
 ``LOSS_FUNCTIONS``
 maps the names of ``config.LOSSES`` (``--loss``) to the functions.
 """

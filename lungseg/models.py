@@ -3,6 +3,8 @@
 Both models take frames as stored on disk (values 0-255, 1 or 3 channels) and do the paper's
 preprocessing inside the graph: ``Rescaling(1/255)`` and, for gray input, a channel copy to
 three channels. Training, evaluation and inference therefore cannot disagree about it.
+:class:`FlipLeftRight`, the mirror layer of flip test-time augmentation, is registered here
+beside them, so every layer of a saved lungseg model loads by importing this module.
 
 Written with ``keras`` only (no TensorFlow import), so the models build on any Keras backend.
 """
@@ -12,18 +14,33 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from lungseg.config import INITIALIZERS
-from lungseg.errors import ConfigError, WeightsUnavailableError
+from lungseg.errors import ConfigError, WeightsUnavailableError, first_line
 
 DECODER_FILTERS = (512, 256, 128, 64)
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # Layers of VGG16 used as skip connections, deepest first, and the bridge.
 VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 VUNET_BRIDGE = "block5_conv3"
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class FlipLeftRight(keras.layers.Layer):
+    """Mirror (batch, height, width, channels) images left-right (exactly; no resampling).
+
+    Registered as ``lungseg>FlipLeftRight``, the name ensembles saved with flip TTA hold.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        return ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
 
 
 def _check_input_shape(input_shape: tuple) -> None:
@@ -122,7 +139,7 @@ def _vgg16(x: keras.KerasTensor, encoder_weights: str | Path | None) -> keras.Mo
             ) from error
         raise WeightsUnavailableError(
             "could not download the ImageNet VGG16 weights "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"({first_line(error)}). "
             "To work offline, copy "
             f"{VGG16_NOTOP_FILE} into ~/.keras/models/, pass its path as the encoder weights "
             "(--encoder-weights PATH), or pass None (--encoder-weights none) to start from "

@@ -1,4 +1,4 @@
-"""Clean-up of predicted masks and the numbers of one predicted frame (NumPy only).
+"""Clean-up of predicted masks and the numbers of one predicted frame (NumPy and scikit-image).
 
 Prediction (``lungseg-predict``) and evaluation (``evaluate.py --min-size/--keep-largest``)
 use the same :class:`PostProcess`, so the effect measured is the effect delivered.

@@ -289,15 +289,22 @@ def test_hd95_and_assd_at_native_size_in_pixels_and_mm(k):
         assert hd95(*small) == pytest.approx(4.0)
 
 
-def test_binary_set_metrics_pools_frames_of_different_sizes():
-    from lungseg.evaluation import binary_set_metrics
+def test_masks_of_different_sizes_are_scored_on_the_models_path():
+    from lungseg.scoring import score_masks
 
-    references = [np.ones((2, 2)), np.zeros((3, 1))]
-    predictions = [np.ones((2, 2)), np.ones((3, 1))]
-    metrics = binary_set_metrics(references, predictions, batch_size=1)
+    references = [np.ones((2, 2), np.uint8), np.zeros((3, 1), np.uint8)]
+    predictions = [np.ones((2, 2), np.uint8), np.ones((3, 1), np.uint8)]
+    scores = score_masks(["a", "b"], references, predictions, dice_batch=1)
+    metrics = scores.metrics
     assert metrics["dice"] == pytest.approx((1.0 + 1 / 4) / 2)  # (2*4+1)/(4+4+1), then 1/(0+3+1)
+    assert metrics["iou"] == pytest.approx((1.0 + 1 / 4) / 2)  # (4+1)/(4+1), then 1/(3+1)
     assert metrics["dice_global"] == pytest.approx((2 * 4 + 1) / (4 + 7 + 1))
     assert metrics["binary_accuracy"] == pytest.approx(4 / 7)
+    assert metrics["dice_per_image"] == pytest.approx(0.5)  # 1, and 0 for ribs on an empty frame
+    assert (metrics["frames"], metrics["empty_references"], metrics["full_predictions"]) == (2, 0.5, 1.0)
+    assert [row["frame"] for row in scores.rows] == ["a", "b"]
+    # One batch of both frames pools their seven pixels: the global Dice.
+    assert batch_dice(references, predictions, batch_size=2) == pytest.approx(9 / 12)
 
 
 def test_notebook_order_is_the_permutation_keras_drew_with_seed_1():

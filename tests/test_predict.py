@@ -10,10 +10,9 @@ import pytest
 
 from conftest import narrow_xunet
 from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.commands.predict import default_output_folder, main
 from lungseg.predict import (
-    default_output_folder,
     load_model,
-    main,
     model_batch,
     predict_probabilities,
     segment,
@@ -290,7 +289,7 @@ def test_cli_option_errors_come_before_any_work(tmp_path, capsys):
 def test_python_dash_m_reports_one_line(tmp_path):
     frame = write_frames(tmp_path, FRAME_SHAPES[:1])[0]
     result = subprocess.run(
-        [sys.executable, "-m", "lungseg.predict", str(tmp_path / "m.keras"), str(frame)],
+        [sys.executable, "-m", "lungseg.commands.predict", str(tmp_path / "m.keras"), str(frame)],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

@@ -10,7 +10,8 @@ import pytest
 from lungseg.config import make_config
 from lungseg.inference import save_inference_model
 from lungseg.postprocess import PostProcess, frame_record, postprocess
-from lungseg.predict import main, predict_probabilities
+from lungseg.commands.predict import main
+from lungseg.predict import predict_probabilities
 from test_data_sources import write_12_bit_png, write_dicom, write_tiff_pages, write_video
 
 
@@ -169,6 +170,7 @@ def test_cli_post_processing(model_path, tmp_path):
 
 
 def test_video_is_streamed_in_chunks_with_progress_and_times(model_path, tmp_path, monkeypatch, capsys):
+    import lungseg.commands.predict
     import lungseg.predict
 
     write_video(tmp_path / "cine.avi", 5)
@@ -180,7 +182,7 @@ def test_video_is_streamed_in_chunks_with_progress_and_times(model_path, tmp_pat
         return real(model, frames, *args)
 
     monkeypatch.setattr(lungseg.predict, "predict_probabilities", recording)
-    monkeypatch.setattr(lungseg.predict, "VIDEO_CHUNK_FRAMES", 2)
+    monkeypatch.setattr(lungseg.commands.predict, "VIDEO_CHUNK_FRAMES", 2)
     out = tmp_path / "out"
     assert main([str(model_path), str(tmp_path / "cine.avi"), "--out", str(out), "--threshold", "0.4"]) == 0
     assert seen == [2, 2, 1]  # never more than a chunk of frames decoded at once

@@ -97,7 +97,7 @@ def test_loading_frames_writes_plain_lines_to_a_captured_stderr(tmp_path, capsys
 def test_predict_reports_progress_on_stderr_without_control_codes(tmp_path, capsys):
     import keras
 
-    from lungseg.predict import main
+    from lungseg.commands.predict import main
 
     inputs = keras.Input((16, 16, 1))
     path = tmp_path / "model.keras"

@@ -170,7 +170,7 @@ def test_not_a_model_and_lambda_models_are_refused_by_evaluate_and_predict(tmp_p
     lambda_model.save(tmp_path / "lambda.keras")
     err = check_failure(run_script("evaluate", tmp_path / "lambda.keras", "--test", tiny_lus, "--out", results), capsys, "lambda.keras")
     assert "Lambda" in err or "safe" in err
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
 
     frame = tmp_path / "frame.png"
     write_image(frame, np.zeros((20, 10), np.uint8))
@@ -190,7 +190,7 @@ def test_model_of_another_input_size_in_a_run_folder(vunet_run, tmp_path, capsys
 
 
 def test_small_frames_are_resized_up_and_masks_come_back_at_their_size(vunet_run, tmp_path):
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
 
     frame = tmp_path / "small.png"
     write_image(frame, np.full((20, 12), 80, np.uint8))

@@ -11,7 +11,7 @@ from markdown_tables import gfm_tables
 from lungseg.config import make_config
 from lungseg.files import read_json
 from lungseg.evaluation import aggregate_folds
-from lungseg.report import Experiment, make_figures, read_test_list, trained_on
+from lungseg.report import Experiment, Scored, make_figures, read_test_list, trained_on
 from lungseg.runs import RunFolder
 
 FIGURES = ("overlays.png", "training_curves.png", "boxplots.png")
@@ -97,9 +97,8 @@ def test_dice_against_frames_figure_when_runs_differ_in_size(tmp_path):
         experiment = Experiment(label=f"{model}{n}", model=model, models={"fold_1": None, "fold_2": None}, run=run)
         mask = np.zeros((8, 8), np.uint8)
         mask[2:5, 2:6] = 1
-        experiment.predictions = {"f": (rng.integers(0, 255, (8, 8)), mask, mask)}
-        experiment.rows = [{"dice": 1.0, "spurious": 0}]
-        experiments.append(experiment)
+        experiments.append(Scored(experiment, predictions={"f": (rng.integers(0, 255, (8, 8)), mask, mask)},
+                                  rows=[{"dice": 1.0, "spurious": 0}]))
         summaries.append({"model": model, "across_folds": {"dice": aggregate_folds({"fold_1": 0.8, "fold_2": 0.82})}})
     built = make_figures(experiments, summaries)
     assert set(built) == {"overlays", "boxplots", "dice_vs_frames"}

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_script
 from markdown_tables import gfm_tables
 from lungseg.files import read_json
-from lungseg.report import Experiment, spread_frames
+from lungseg.report import Experiment, Scored, spread_frames
 
 
 def rows_of(path):
@@ -83,7 +83,7 @@ def test_ensemble_without_a_test_set_is_refused(xunet_run, tmp_path, capsys):
 
 
 def test_overlay_frames_spread_from_worst_to_best_across_groups():
-    experiment = Experiment(label="x", model="xunet", models={})
+    experiment = Scored(Experiment(label="x", model="xunet", models={}))
     reference = np.ones((4, 4), np.uint8)
     for index in range(12):
         name = f"f{index:02d}"
@@ -102,7 +102,7 @@ def test_what_predict_writes_is_scored_by_evaluate_masks(layout, tmp_path):
     found (IMG/img_<name>.tif gives img_<name>_mask.png) and scores as the model itself does."""
     from lungseg.data import write_lus_dataset
     from lungseg.inference import save_inference_model
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
     from test_predict_cli import brightness_model
 
     data = write_lus_dataset(tmp_path / "data", n=4, seed=5, shape=(96, 32))

@@ -222,7 +222,7 @@ def test_lock_file_refuses_a_second_holder_and_releases(tmp_path):
 
 def test_evaluate_predict_and_export_refuse_an_unfinished_run_unless_allowed(partial_run, frame, tmp_path, capsys):
     from lungseg.export import main as export
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
 
     for command in (lambda: run_script("evaluate", partial_run, "--out", tmp_path / "results"),
                     lambda: predict([str(partial_run), str(frame), "--out", str(tmp_path / "masks")]),
@@ -271,7 +271,7 @@ def test_out_spelled_another_way_resumes_the_same_run(tiny_lus, narrow_pretraine
 
 
 def test_predict_output_is_written_whole_or_not_at_all(partial_run, frame, tmp_path, capsys, monkeypatch):
-    import lungseg.predict as predict
+    import lungseg.commands.predict as predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -318,7 +318,7 @@ def test_what_a_killed_writer_left_beside_an_output_is_tidied(tmp_path):
 
 
 def test_predict_out_inside_an_input_or_run_or_a_foreign_folder_is_refused(partial_run, frame, tmp_path, capsys):
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -339,7 +339,7 @@ def test_predict_out_inside_an_input_or_run_or_a_foreign_folder_is_refused(parti
 
 def test_an_out_that_is_or_holds_the_working_folder_is_refused(partial_run, frame, tmp_path, capsys,
                                                                 monkeypatch):
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
 
     work = tmp_path / "work"
     work.mkdir()
@@ -442,7 +442,7 @@ def test_evaluate_numeric_options(argv, words, partial_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("damaged", ["config.json", "summary.json", "splits.json"])
 def test_damaged_json_is_one_error_naming_the_file(damaged, partial_run, frame, tmp_path, capsys, copy_of):
-    from lungseg.predict import main as predict
+    from lungseg.commands.predict import main as predict
 
     run = copy_of(partial_run, tmp_path / "p", link=True)
     (run / damaged).unlink()

@@ -48,7 +48,7 @@ def test_light_modules_import_neither_keras_nor_tensorflow():
         import lungseg, lungseg.cli, lungseg.config, lungseg.evaluation, lungseg.progress
         import lungseg.data, lungseg.data.pairs, lungseg.data.frames, lungseg.data.synthetic
         import lungseg.commands.train_vunet, lungseg.commands.train_xunet, lungseg.commands.evaluate
-        import lungseg.predict, lungseg.report
+        import lungseg.predict, lungseg.commands.predict, lungseg.model_files, lungseg.report
         print(json.dumps(heavy()))
     """)
     assert result.returncode == 0, result.stderr
@@ -61,7 +61,7 @@ def test_light_modules_import_neither_keras_nor_tensorflow():
     (["evaluate.py", "--help"], 0),
     (["train_vunet.py", "--epochs", "0"], 2),  # an option error: before any work
     (["train_xunet.py", "--folds", "1"], 2),  # an invalid configuration: the same
-    (["-m", "lungseg.predict", "--help"], 0),
+    (["-m", "lungseg.commands.predict", "--help"], 0),
     (["-m", "lungseg.commands.evaluate", "--help"], 0),
     (["-m", "lungseg.data", "--help"], 0),
 ])
@@ -104,7 +104,7 @@ def test_a_missing_model_or_fold_is_named_before_tensorflow_loads(tmp_path):
 
     (tmp_path / "run" / "config.json").write_text(make_config("xunet", "run", image_size=(32, 32)).to_json())
     result = python(LOADED, f"""
-from lungseg.predict import main
+from lungseg.commands.predict import main
 frame = {str(tmp_path / 'frame.png')!r}
 codes = [main([{str(tmp_path / 'missing.keras')!r}, frame]),
          main([{str(tmp_path / 'run')!r}, frame, "--fold", "1"])]
@@ -199,7 +199,7 @@ TF_NOISE = ("oneDNN", "cuInit", "absl", "cudart", "cpu_feature_guard", "I0000", 
 @pytest.fixture(scope="module")
 def fresh(compiled_model, module_tmp):
     """{name: finished process}: the model loaded after each import order (and, Keras first,
-    once without lungseg), and lungseg.predict on one frame, plain and with --debug; all
+    once without lungseg), and lungseg-predict on one frame, plain and with --debug; all
     started together."""
     write_image(module_tmp / "frame.png", np.full((40, 24), 90, np.uint8))
     arrays = [module_tmp / "frames.npy", module_tmp / "expected.npy"]
@@ -207,7 +207,7 @@ def fresh(compiled_model, module_tmp):
                 for order, imports in IMPORT_ORDERS.items()}
     for name, options in (("predict", []), ("predict --debug", ["--debug"])):
         out = module_tmp / name.replace(" --", "_")
-        commands[name] = ["-m", "lungseg.predict", compiled_model["path"], module_tmp / "frame.png", "--out", out, *options]
+        commands[name] = ["-m", "lungseg.commands.predict", compiled_model["path"], module_tmp / "frame.png", "--out", out, *options]
     processes = {
         name: subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT)

@@ -3,7 +3,8 @@
     lungseg-train-vunet   lungseg.commands.train_vunet   (also ./train_vunet.py)
     lungseg-train-xunet   lungseg.commands.train_xunet   (also ./train_xunet.py)
     lungseg-evaluate      lungseg.commands.evaluate      (also ./evaluate.py)
-    lungseg-predict       lungseg.predict
+    lungseg-predict       lungseg.commands.predict
+    lungseg-export        lungseg.export
 
 Each module's ``main(argv=None)`` parses the options, runs, and returns the exit status
 (0 done, 2 a user error printed as ``error:`` lines, 130 interrupted, 143 SIGTERM). Parsing imports no

@@ -14,10 +14,11 @@ import argparse
 import sys
 
 from lungseg.cli import non_negative_int, positive_int, run_main, sample_value, share
+from lungseg.config import TTA_CHOICES
 
 
-def run(argv):
-    """Parse ``argv`` and score; raises ``LungsegError`` on bad input (``main`` prints it)."""
+def build_parser():
+    """The options of ``evaluate.py`` / ``lungseg-evaluate``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders or .keras files")
     parser.add_argument("--test", metavar="DIR", help="score every model on this fixed test set "
@@ -48,7 +49,7 @@ def run(argv):
                         "their own size: HD95 and ASSD in mm too")
     parser.add_argument("--ensemble", action="store_true", help="also score each run's fold ensemble "
                         "(the mean of its fold models) as one model; needs --test")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="also score with flip test-time augmentation")
     parser.add_argument("--min-size", type=non_negative_int, default=0, metavar="PX",
                         help="also score with predicted components under PX pixels removed")
@@ -58,12 +59,18 @@ def run(argv):
                         help="score an unfinished run's finished folds (default: refuse, naming "
                         "the missing folds)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def run(argv):
+    """Parse ``argv`` and score; raises ``LungsegError`` on bad input (``main`` prints it)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.runs and not args.masks:
         parser.error("give at least one RUN or --masks DIR")
     spacing = None
     if args.spacing:
-        from lungseg.predict import spacing_option
+        from lungseg.commands.predict import spacing_option
 
         try:
             spacing = spacing_option(args.spacing)

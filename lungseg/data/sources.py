@@ -36,7 +36,7 @@ from lungseg.data.io import (
     read_frame,
     to_gray_uint8,
 )
-from lungseg.errors import DataError
+from lungseg.errors import DataError, first_line
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -200,7 +200,7 @@ def read_dicom(path):
     try:
         dataset = pydicom.dcmread(path)
     except Exception as error:  # pydicom raises InvalidDicomError, EOFError, ValueError...
-        raise DataError(f"{path}: not a readable DICOM file ({_first_line(error)})") from None
+        raise DataError(f"{path}: not a readable DICOM file ({first_line(error)})") from None
     if "PixelData" not in dataset:
         raise DataError(f"{path}: DICOM file holds no image (no PixelData)")
     try:
@@ -208,7 +208,7 @@ def read_dicom(path):
     except Exception as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-        raise DataError(f"{path}: cannot decode its pixel data ({name}: {_first_line(error)})") from None
+        raise DataError(f"{path}: cannot decode its pixel data ({name}: {first_line(error)})") from None
     count = int(dataset.get("NumberOfFrames", 1) or 1)
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     if count == 1:
@@ -247,8 +247,3 @@ def dicom_spacing(dataset):
         if units == (DICOM_CM, DICOM_CM) and all(d is not None and float(d) > 0 for d in deltas):
             return float(deltas[0]) * 10.0, float(deltas[1]) * 10.0
     return None
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -52,7 +52,7 @@ from lungseg.data.io import write_image
 from lungseg.data.pairs import SUBJECT_PREFIX
 from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
-from lungseg.files import read_json, write_json
+from lungseg.files import read_json, temporary_path, write_json
 
 LUS_SHAPE = (960, 128)  # depth samples x scan lines, as the paper's frames
 PROBES = ("linear", "convex")
@@ -684,7 +684,7 @@ def ensure_dataset(kind, out_dir, n, seed=0, progress=False, **options):
             f"{out_dir}: folder already holds files that the generator did not write; "
             "choose another output folder or empty this one"
         )
-    temporary = out_dir.with_name(f".tmp-{os.getpid()}-{out_dir.name}")
+    temporary = temporary_path(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(temporary, ignore_errors=True)
@@ -730,7 +730,7 @@ def _replace_folder(new, target):
     if not target.exists():
         os.replace(new, target)
         return
-    old = target.with_name(f".old-{os.getpid()}-{target.name}")
+    old = temporary_path(target, "old")
     os.replace(target, old)
     try:
         os.replace(new, target)

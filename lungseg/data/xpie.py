@@ -34,7 +34,7 @@ from lungseg.data.pairs import _files_by_name, _subfolder, natural_key
 from lungseg.progress import progress as progress_bar
 from lungseg.data.synthetic import _replace_folder
 from lungseg.errors import ConfigError, DataError
-from lungseg.files import write_json
+from lungseg.files import temporary_path, write_json
 
 XPIE_FOLDERS = ("Images", "Grounds")  # photographs, masks
 CHANNEL_ORDERS = ("paper", "rgb")
@@ -65,7 +65,7 @@ def convert_xpie(src, out, channel_order=DEFAULT_CHANNEL_ORDER, size=None, progr
 
     problems = []
     pairs = _xpie_pairs(src, problems)
-    temporary = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    temporary = temporary_path(out)
 
     def convert(pair):
         name, image_path, mask_path = pair
