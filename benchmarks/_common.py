@@ -130,7 +130,7 @@ def square_side(text):
 
 def header(title):
     """Say the title and the machine; return lungseg's record of it, with date and load."""
-    from lungseg.runs import environment
+    from lungseg.machine import environment
 
     info = environment() | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "load_average_1_5_15": list(os.getloadavg())}

@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from lungseg import figures
+from lungseg.data import run_frames
 from lungseg.console import log, warn
 from lungseg.data.crop import to_native
 from lungseg.data.frames import FLIP_SUFFIX
@@ -258,8 +259,8 @@ class FrameSource:
 
     def _run_frames(self, run):
         if not self.test_names:
-            return run.lus_frames(native=self.native)[0]
-        everything = run.all_lus_frames(native=self.native)
+            return run_frames.lus_frames(run, native=self.native)[0]
+        everything = run_frames.all_lus_frames(run, native=self.native)
         missing = [name for name in self.test_names if name not in set(everything.names)]
         if missing:
             raise DataError([f"{self.test_list}: frame {name} is not in the data of {run.root}" for name in missing])
