@@ -58,7 +58,7 @@ PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups")
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run. Defaults are the paper's (see PAPER.md).
+    """Everything that defines a run. Defaults are the paper's (see docs/paper.md).
 
     ``stage1`` is V-Unet's decoder-only stage or X-Unet's salient-object pre-training;
     ``finetune`` is the 5-fold stage 2 on LUS frames.
