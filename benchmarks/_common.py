@@ -27,7 +27,9 @@ def setup(backend=None):
             print(f"note: KERAS_BACKEND overridden, this runs on {backend}", file=sys.stderr)
         os.environ["KERAS_BACKEND"] = backend
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import lungseg  # noqa: F401  (its import hook keeps TensorFlow's start-up log quiet)
+        from lungseg._startup import quiet_tensorflow
+
+        quiet_tensorflow()  # as the commands: TensorFlow's start-up log kept quiet
 
 
 def say(*parts):

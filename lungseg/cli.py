@@ -57,8 +57,8 @@ def run_main(main, argv=None, resume_hint=None):
 
     ``main``'s own return value (0 or None on success), 2 on a user error (bad input, file or
     option), 130 on Ctrl-C, 143 on SIGTERM (handled as Ctrl-C). With ``--debug`` in ``argv``
-    the full traceback is printed too, and TensorFlow's start-up log, if TensorFlow is not
-    imported yet (``lungseg._startup``).
+    the full traceback is printed too, and TensorFlow's start-up log; without it, TensorFlow
+    (if not imported yet) starts quietly (``lungseg._startup.quiet_tensorflow``).
 
     Without ``argv`` (the command line's own call, after which the process ends), the objects
     left are frozen out of the garbage collector: the collection at interpreter exit would walk
@@ -68,8 +68,7 @@ def run_main(main, argv=None, resume_hint=None):
     whole_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
-    if debug:
-        _startup.set_debug(True)
+    _startup.quiet_tensorflow(debug)
     previous = _signal_handler()
     try:
         return main(argv) or 0
