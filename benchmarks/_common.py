@@ -27,7 +27,9 @@ def setup(backend=None):
             print(f"note: KERAS_BACKEND overridden, this runs on {backend}", file=sys.stderr)
         os.environ["KERAS_BACKEND"] = backend
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import lungseg  # noqa: F401  (its import hook keeps TensorFlow's start-up log quiet)
+        from lungseg._startup import quiet_tensorflow
+
+        quiet_tensorflow()  # as the commands: TensorFlow's start-up log kept quiet
 
 
 def say(*parts):
@@ -130,7 +132,7 @@ def square_side(text):
 
 def header(title):
     """Say the title and the machine; return lungseg's record of it, with date and load."""
-    from lungseg.runs import environment
+    from lungseg.machine import environment
 
     info = environment() | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "load_average_1_5_15": list(os.getloadavg())}

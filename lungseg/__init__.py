@@ -5,13 +5,11 @@ Segmentation", with Keras 3.
 
 ``import lungseg`` is light: the models and losses below are imported on first use (PEP 562),
 so ``from lungseg import build_vunet`` works and ``import lungseg`` alone loads neither Keras
-nor TensorFlow. Once lungseg is imported, Keras knows lungseg's Dice loss and metrics as soon
-as it is imported, and TensorFlow starts without its log noise (see ``lungseg._startup``).
+nor TensorFlow, and changes nothing global (no import hook, no environment variable): the
+commands quiet TensorFlow's start-up log themselves (``lungseg._startup``).
 """
 
 from lungseg import _startup
-
-_startup.install()
 
 __version__ = "0.1.0"
 

@@ -1,21 +1,15 @@
-"""What lungseg does when Keras or TensorFlow is imported into its process.
+"""How a lungseg command keeps TensorFlow's start-up log off the terminal; lazy attributes.
 
-Importing ``lungseg`` or any of its light modules (``lungseg.cli``, ``lungseg.config``,
-``lungseg.data``, ``lungseg.evaluation``, the command modules) imports neither Keras nor
-TensorFlow: ``--help`` and option errors answer at once, and the data tools never load them.
-The modules that need Keras import it themselves, when they are imported or first used.
-``install()``, run by ``lungseg/__init__.py``, adds an import hook that acts when Keras and
-TensorFlow arrive later, imported by lungseg or by the user:
+``import lungseg`` changes nothing global: it imports neither Keras nor TensorFlow, sets no
+environment variable and adds no import hook. Importing ``lungseg`` or any of its light
+modules (``lungseg.cli``, ``lungseg.config``, ``lungseg.data``, ``lungseg.evaluation``, the
+command modules) imports neither, so ``--help`` and option errors answer at once, and the data
+tools never load them. A compiled model's Dice loss and metrics are registered with Keras when
+``lungseg.losses`` is imported (``lungseg.model_files.load_model`` imports it).
 
-Keras: lungseg's Dice loss and metrics are registered. Right after ``keras`` is imported,
-    ``lungseg.losses`` is imported, which registers ``lungseg>dice_loss``, ``lungseg>dice_coef``
-    and ``lungseg>iou`` (saved ``.keras`` files name them so, with no module to import).
-    The rule: once ``lungseg`` is imported, ``keras.models.load_model`` loads lungseg's
-    compiled models, whichever of the two was imported first.
-
-TensorFlow: its start-up log is kept off the terminal, unless ``--debug`` is on the command
-    line (``run_main`` also honours ``--debug`` in the ``argv`` it is given, while TensorFlow
-    is not yet imported). What silences each line on a CPU machine (TensorFlow 2.21):
+A command (``lungseg.cli.run_main``) calls ``quiet_tensorflow`` before its work, unless
+``--debug`` is on its command line; TensorFlow then starts without its log noise. What
+silences each line on a CPU machine (TensorFlow 2.21):
 
     * ``cpu_feature_guard`` ("This TensorFlow binary is optimized ...") and other INFO and
       WARNING logs of TensorFlow's C++ code: ``TF_CPP_MIN_LOG_LEVEL=2``, set when the user has
@@ -24,10 +18,11 @@ TensorFlow: its start-up log is kept off the terminal, unless ``--debug`` is on 
       drivers") and absl's banner "WARNING: All log messages before absl::InitializeLog() is
       called are written to STDERR": they are written while the libraries load, before
       TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL`` (each of its two libraries writes them once).
-      File descriptor 2 is therefore redirected to a temporary file while ``tensorflow`` is
-      imported, and afterwards everything captured is written to stderr except the banner and
-      the log lines below ``TF_CPP_MIN_LOG_LEVEL``. Python warnings and anything else pass.
-      oneDNN stays on (``TF_ENABLE_ONEDNN_OPTS`` is not touched): only its notice is dropped.
+      An import hook therefore redirects file descriptor 2 to a temporary file while
+      ``tensorflow`` is imported, and afterwards writes everything captured to stderr except
+      the banner and the log lines below ``TF_CPP_MIN_LOG_LEVEL``. Python warnings and anything
+      else pass. oneDNN stays on (``TF_ENABLE_ONEDNN_OPTS`` is not touched): only its notice
+      is dropped.
     * ``cuda_platform.cc`` "failed call to cuInit: ... UNKNOWN ERROR (303)", an ERROR: TensorFlow
       writes it when it first looks for GPUs on a machine without a CUDA driver. The physical
       devices are listed once inside the capture (which TensorFlow does anyway on first use),
@@ -52,20 +47,12 @@ _NO_DRIVER = "Could not find cuda drivers"
 _CUINIT_FAILED = "failed call to cuInit"
 _NO_DEVICE = "CUDA_ERROR_NO_DEVICE"
 
-_state = {"quiet": True, "set_level": False, "depth": 0, "after": []}
+_state = {"quiet": False, "set_level": False}
 
 
-def install():
-    """Run once by ``lungseg/__init__.py``: quiet TensorFlow unless ``--debug``, add the hook."""
-    set_debug("--debug" in sys.argv[1:])
-    if "keras" in sys.modules:  # Keras came first: register now
-        _register_keras_objects()
-    if not any(isinstance(finder, _ImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _ImportHook())
-
-
-def set_debug(debug):
-    """``debug=True``: TensorFlow logs as it would without lungseg. Too late once it is imported."""
+def quiet_tensorflow(debug=False):
+    """Keep TensorFlow's start-up log off the terminal in this process (a command's), or with
+    ``debug`` let it log as it would without lungseg. Too late once TensorFlow is imported."""
     _state["quiet"] = not debug
     if "tensorflow" in sys.modules:
         return
@@ -75,6 +62,8 @@ def set_debug(debug):
     elif debug and _state["set_level"]:
         os.environ.pop(LOG_LEVEL_VARIABLE, None)
         _state["set_level"] = False
+    if not debug and not any(isinstance(finder, _ImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ImportHook())
 
 
 def filter_startup_log(text, min_level=None):
@@ -163,17 +152,7 @@ def _exec_tensorflow(exec_module, module):
             pass
 
 
-def _exec_keras(exec_module, module):
-    exec_module(module)
-    _state["after"].append(_register_keras_objects)
-
-
-def _register_keras_objects():
-    if "lungseg.losses" not in sys.modules:
-        importlib.import_module("lungseg.losses")
-
-
-_WATCHED = {"tensorflow": _exec_tensorflow, "keras": _exec_keras}
+_WATCHED = {"tensorflow": _exec_tensorflow}
 
 
 class _ImportHook(importlib.abc.MetaPathFinder):
@@ -198,14 +177,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             del loader.exec_module  # this loader instance serves this one module
-            _state["depth"] += 1
-            try:
-                action(original, module)
-            finally:
-                _state["depth"] -= 1
-            # Keras and TensorFlow import each other: act once the outermost import is done.
-            while _state["depth"] == 0 and _state["after"]:
-                _state["after"].pop(0)()
+            action(original, module)
 
         loader.exec_module = exec_module
         return spec

@@ -1,6 +1,7 @@
 """What the command-line scripts share: training options, and turning errors into one line."""
 
 import argparse
+import dataclasses
 import gc
 import math
 import signal
@@ -9,17 +10,12 @@ import threading
 import traceback
 
 from lungseg.config import (
-    AUGMENT_INTERPOLATIONS,
-    AUGMENT_POLICIES,
     CROPS,
-    INITIALIZERS,
-    INTERPOLATIONS,
-    LOSSES,
-    PRECISION_CHOICES,
+    MODELS,
     PRESETS,
-    SPLITS,
-    STAGE1_STEPS,
+    RunConfig,
     make_config,
+    option_flag,
 )
 from lungseg import _startup
 from lungseg.errors import ConfigError, LungsegError
@@ -57,8 +53,8 @@ def run_main(main, argv=None, resume_hint=None):
 
     ``main``'s own return value (0 or None on success), 2 on a user error (bad input, file or
     option), 130 on Ctrl-C, 143 on SIGTERM (handled as Ctrl-C). With ``--debug`` in ``argv``
-    the full traceback is printed too, and TensorFlow's start-up log, if TensorFlow is not
-    imported yet (``lungseg._startup``).
+    the full traceback is printed too, and TensorFlow's start-up log; without it, TensorFlow
+    (if not imported yet) starts quietly (``lungseg._startup.quiet_tensorflow``).
 
     Without ``argv`` (the command line's own call, after which the process ends), the objects
     left are frozen out of the garbage collector: the collection at interpreter exit would walk
@@ -68,8 +64,7 @@ def run_main(main, argv=None, resume_hint=None):
     whole_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
-    if debug:
-        _startup.set_debug(True)
+    _startup.quiet_tensorflow(debug)
     previous = _signal_handler()
     try:
         return main(argv) or 0
@@ -260,23 +255,8 @@ def training_parser(model, description):
         help="paper: the paper's protocol exactly; quick: a CPU-sized version for the demo; "
         "sound: quick's sizes with a recipe that holds on new subjects (grouped split, strong "
         "augmentation, Dice + BCE, He initialisation) (default: paper)")
-    add("--data", metavar="DIR", help="LUS frames (IMG/ + MASK/, or images/ + masks/) "
-        "(default: generated phantom frames, cached under --out)")
-    add("--groups", metavar="blocks:N|REGEX|CSV", help="group of each frame for --split grouped: "
-        "blocks:N, contiguous blocks of N frame numbers of each sequence (a sweep's frames "
-        "Frame1, Frame2, ...); a regex whose first group is taken from the file stem; or a CSV "
-        "of stem,group (default: the subject when names carry one, subj<k>; else probe position "
-        "and a window of neighbouring frame numbers)")
-    add_reading_options(parser, d)
-    add("--lus-frames", type=positive_int, metavar="N", help="training frames; with flips N/2 "
-        "frames plus their mirror images (the paper: 200 without flips, 400, 600) "
-        + d(lambda c: c.lus_frames))
-    add("--no-flips", dest="flips", action="store_false", default=None,
-        help="use N original frames without mirror copies (the paper's 200-frame set)")
-    add("--split", choices=SPLITS, help="paper: shuffled k-fold over all frames, flipped copies "
-        "included, as the authors did; grouped: a frame, its flip and its neighbours stay in "
-        "one fold (all frames of a subject, when names carry one) " + d(lambda c: c.split))
-    add("--folds", type=positive_int, metavar="N", help="cross-validation folds " + d(lambda c: c.folds))
+    for name, spec in training_options(model):
+        _add_field_option(parser, name, spec, d)
     add("--fold", type=positive_int, metavar="K", help="run only fold K (1-based); other "
         "folds can run as separate jobs, and each job gathers the finished folds into summary.json")
     add("--epochs", type=positive_int, nargs="+", metavar="N",
@@ -288,55 +268,37 @@ def training_parser(model, description):
     add("--lr", type=positive_float, nargs="+", metavar="X",
         help="Adam learning rate of stage 1 and fine-tuning, one value for both "
         + d(lambda c: f"{c.stage1.learning_rate:g} {c.finetune.learning_rate:g}"))
-    add("--image-size", type=image_size, metavar="N|HxW",
-        help="model input size, sides multiples of 16 " + d(lambda c: c.image_size))
-    add("--interpolation", choices=INTERPOLATIONS,
-        help="how frames are resized " + d(lambda c: c.interpolation))
-    add("--initializer", choices=INITIALIZERS,
-        help="kernel initialiser of the ReLU convolutions trained from scratch (the decoder; "
-        "X-Unet's and a random VGG16's encoder too): glorot_uniform is Keras' default, as the "
-        "authors used; he_normal suits ReLU and keeps a plain U-Net from stalling "
-        + d(lambda c: c.initializer))
-    add("--no-augment", dest="augment", action="store_false", default=None,
-        help="no augmentation of the LUS training frames (the paper's ImageDataGenerator settings)")
-    add("--augment", dest="augment_policy", choices=AUGMENT_POLICIES,
-        help="what augmentation does: paper, the paper's tiny ranges (rotation ±0.15°, shifts, "
-        "shear and zoom ±5 %%, flips); strong, nnU-Net's 2D augmentation (rotation ±15°, scaling "
-        "0.85-1.25, flips, noise, blur, brightness, contrast, gamma, each with a probability) "
-        + d(lambda c: c.augment_policy))
-    add("--loss", choices=LOSSES,
-        help="training loss: dice, the paper's; dice_bce, Dice plus binary cross-entropy, "
-        "which keeps thin targets from collapsing to all background " + d(lambda c: c.loss))
-    add("--stop-on-collapse", action="store_true", default=None,
-        help="end a stage early when its validation predictions have been empty (or full) on "
-        "most frames with ribs, with no progress in validation loss, for a few epochs running; "
-        "the stage is marked collapsed in summary.json (a collapse is logged as it happens "
-        "either way)")
-    add("--augment-interpolation", choices=AUGMENT_INTERPOLATIONS,
-        help="how augmentation resamples: bilinear with the mask re-thresholded at 0.5, as the "
-        "paper's ImageDataGenerator did, or nearest " + d(lambda c: c.augment_interpolation))
-    add("--stage1-steps", choices=STAGE1_STEPS,
-        help="steps per stage-1 epoch: pool = len(whole pool) // batch, as the notebooks ran "
-        "(1.25 passes over the 80 %% training part); train = one pass " + d(lambda c: c.stage1_steps))
-    add("--seed", type=seed, help="seed for data generation, splits, augmentation and weights "
-        + d(lambda c: c.seed))
+    add_reading_options(parser, d)
     add("--name", type=run_name,
         help=f"run folder name, one plain name inside --out (default: {model}_<preset>)")
-    add("--out", metavar="DIR", help="folder holding run folders " + d(lambda c: c.out))
     add("--overwrite", action="store_true", help="replace the run folder of the same name (only "
         "a run folder; the previous run is deleted once the new one has finished)")
-    add("--precision", choices=PRECISION_CHOICES,
-        help="compute precision; the sigmoid head and Dice sums stay float32, saved models "
-        "are float32 whatever trained them; auto: mixed_bfloat16 on a CPU with bfloat16 "
-        "instructions (AVX-512 BF16 or AMX), else float32 "
-        + d(lambda c: c.precision))
     add("--mixed-precision", dest="precision", action="store_const", const="mixed_float16",
         help="same as --precision mixed_float16 (GPU)")
-    add("--jit-compile", action="store_true", default=None, help="compile training steps with XLA")
-    add("--deterministic", action="store_true", default=None,
-        help="TensorFlow op determinism: same seed, same result (slower)")
     add("--debug", action="store_true", help="show full tracebacks")
     return parser
+
+
+def training_options(model):
+    """``(field name, option spec)`` of each ``RunConfig`` field that ``model``'s training
+    command takes as an option (``lungseg.config.option``), in the fields' order."""
+    for spec in dataclasses.fields(RunConfig):
+        option = spec.metadata.get("option")
+        if option and model in (option["models"] or MODELS):
+            yield spec.name, option
+
+
+def _add_field_option(parser, name, spec, show):
+    """The option of a ``RunConfig`` field; its default is None (the preset's value then)."""
+    arguments = {"dest": name, "help": spec["help"]}
+    if spec["action"]:
+        arguments.update(action=spec["action"], default=None)
+    else:
+        arguments.update(type=globals()[spec["kind"]] if spec["kind"] else None,
+                         choices=spec["choices"], metavar=spec["metavar"])
+    if spec["presets"]:
+        arguments["help"] += " " + show(lambda config: getattr(config, name))
+    parser.add_argument(option_flag(name), **arguments)
 
 
 def _stage_values(values, key, parser, option):
@@ -348,17 +310,13 @@ def _stage_values(values, key, parser, option):
     return {key: first}, {key: second}
 
 
-def config_from_args(model, args, parser, extra=()):
-    """RunConfig from the preset and the options given; ``extra`` names model-specific fields."""
+def config_from_args(model, args, parser):
+    """RunConfig from the preset and the options given."""
     overrides = {}
-    for field in ("data", "groups", *READING_FIELDS, "lus_frames", "flips", "split", "folds", "image_size",
-                  "interpolation", "initializer", "augment", "augment_interpolation", "stage1_steps",
-                  "augment_policy", "loss", "stop_on_collapse",
-                  "seed", "out", "precision", "jit_compile",
-                  "deterministic", *extra):
+    for field in (*(name for name, _ in training_options(model)), *READING_FIELDS):
         value = getattr(args, field)
         if isinstance(value, str) and not value.strip():  # --data "": not "no --data"
-            parser.error(f"--{field.replace('_', '-')} must not be empty")
+            parser.error(f"{option_flag(field)} must not be empty")
         if value is not None:
             overrides[field] = value
     stage1, finetune = {}, {}

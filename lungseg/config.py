@@ -43,6 +43,24 @@ CROPS = ("none", "auto")
 INITIALIZERS = ("glorot_uniform", "he_normal")
 
 
+def option(default=dataclasses.MISSING, *, help, flag=None, kind=None, choices=None, metavar=None,
+           action=None, presets=True, models=None, **field_options):
+    """A ``RunConfig`` field that the training commands take as an option (``lungseg.cli``
+    generates it): ``flag`` (default ``--field-name``), ``kind`` (the name of a ``lungseg.cli``
+    argument type), ``choices``, ``metavar``, ``action`` (``store_true`` or ``store_false``),
+    ``help``, to which each preset's value is added unless ``presets`` is False, and ``models``
+    (None: both) that take it."""
+    spec = {"help": help, "flag": flag, "kind": kind, "choices": choices, "metavar": metavar,
+            "action": action, "presets": presets, "models": models}
+    return field(default=default, metadata={"option": spec}, **field_options)
+
+
+def option_flag(field_name):
+    """The command-line flag of a ``RunConfig`` field (``--lus-frames`` for ``lus_frames``)."""
+    spec = RUN_FIELDS[field_name].metadata.get("option") or {}
+    return spec.get("flag") or "--" + field_name.replace("_", "-")
+
+
 @dataclass
 class StageConfig:
     """Optimiser settings of one training stage."""
@@ -58,7 +76,7 @@ PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups")
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run. Defaults are the paper's (see PAPER.md).
+    """Everything that defines a run. Defaults are the paper's (see docs/paper.md).
 
     ``stage1`` is V-Unet's decoder-only stage or X-Unet's salient-object pre-training;
     ``finetune`` is the 5-fold stage 2 on LUS frames.
@@ -67,41 +85,96 @@ class RunConfig:
     model: str
     name: str
     preset: str = "paper"
-    out: str = "weights"
-    data: Optional[str] = None  # LUS folder; None: generated phantom frames
-    salient: Optional[str] = None  # salient-object folder (X-Unet); None: generated composites
-    groups: Optional[str] = None  # blocks:N, a regex or a CSV giving each frame's group
+    out: str = option("weights", metavar="DIR", help="folder holding run folders")
+    data: Optional[str] = option(  # LUS folder; None: generated phantom frames
+        None, metavar="DIR", presets=False, help="LUS frames (IMG/ + MASK/, or images/ + masks/) "
+        "(default: generated phantom frames, cached under --out)")
+    salient: Optional[str] = option(  # salient-object folder (X-Unet); None: generated composites
+        None, metavar="DIR", presets=False, models=("xunet",), help="salient-object images "
+        "(images/ + masks/) (default: generated composites, cached under --out)")
+    groups: Optional[str] = option(  # blocks:N, a regex or a CSV giving each frame's group
+        None, metavar="blocks:N|REGEX|CSV", presets=False, help="group of each frame for --split "
+        "grouped: blocks:N, contiguous blocks of N frame numbers of each sequence (a sweep's frames "
+        "Frame1, Frame2, ...); a regex whose first group is taken from the file stem; or a CSV "
+        "of stem,group (default: the subject when names carry one, subj<k>; else probe position "
+        "and a window of neighbouring frame numbers)")
+    # How frames and masks are read: lungseg.cli.add_reading_options (shared with evaluate).
     target: Optional[str] = None  # masks/<target>/ of a set with several targets per frame
     mask_threshold: Optional[float] = None  # share of a mask's level; None: half, soft refused
     max_value: Optional[int] = None  # 16-bit frames: the value read as white; None: stated/inferred
     crop: str = "none"  # "auto": crop frames and masks to the imaging sector (lungseg.data.crop)
     keep_aspect: bool = False  # pad to the input's shape instead of stretching
-    lus_frames: int = 400
-    flips: bool = True  # 400 = 200 frames + their mirror images, as in the paper
-    split: str = "paper"
-    folds: int = 5
-    image_size: tuple = (256, 256)
-    interpolation: str = "nearest"
-    augment: bool = True
-    augment_interpolation: str = "bilinear"
-    augment_policy: str = "paper"  # what augmentation does when on: paper or strong (nnU-Net's)
-    loss: str = "dice"  # dice (the paper's) or dice_bce
-    stop_on_collapse: bool = False  # end a stage whose predictions collapsed for a few epochs
-    encoder_weights: Optional[str] = "imagenet"  # V-Unet only
-    initializer: str = "glorot_uniform"  # kernels of new ReLU convolutions (Keras' default)
+    lus_frames: int = option(
+        400, kind="positive_int", metavar="N", help="training frames; with flips N/2 frames plus "
+        "their mirror images (the paper: 200 without flips, 400, 600)")
+    flips: bool = option(  # 400 = 200 frames + their mirror images, as in the paper
+        True, flag="--no-flips", action="store_false", presets=False,
+        help="use N original frames without mirror copies (the paper's 200-frame set)")
+    split: str = option(
+        "paper", choices=SPLITS, help="paper: shuffled k-fold over all frames, flipped copies "
+        "included, as the authors did; grouped: a frame, its flip and its neighbours stay in one "
+        "fold (all frames of a subject, when names carry one)")
+    folds: int = option(5, kind="positive_int", metavar="N", help="cross-validation folds")
+    image_size: tuple = option(
+        (256, 256), kind="image_size", metavar="N|HxW", help="model input size, sides multiples of 16")
+    interpolation: str = option("nearest", choices=tuple(INTERPOLATIONS), help="how frames are resized")
+    augment: bool = option(
+        True, flag="--no-augment", action="store_false", presets=False,
+        help="no augmentation of the LUS training frames (the paper's ImageDataGenerator settings)")
+    augment_interpolation: str = option(
+        "bilinear", choices=AUGMENT_INTERPOLATIONS, help="how augmentation resamples: bilinear with "
+        "the mask re-thresholded at 0.5, as the paper's ImageDataGenerator did, or nearest")
+    augment_policy: str = option(  # what augmentation does when on: paper or strong (nnU-Net's)
+        "paper", flag="--augment", choices=AUGMENT_POLICIES,
+        help="what augmentation does: paper, the paper's tiny ranges (rotation ±0.15°, shifts, "
+        "shear and zoom ±5 %%, flips); strong, nnU-Net's 2D augmentation (rotation ±15°, scaling "
+        "0.85-1.25, flips, noise, blur, brightness, contrast, gamma, each with a probability)")
+    loss: str = option(  # dice (the paper's) or dice_bce
+        "dice", choices=LOSSES, help="training loss: dice, the paper's; dice_bce, Dice plus binary "
+        "cross-entropy, which keeps thin targets from collapsing to all background")
+    stop_on_collapse: bool = option(  # end a stage whose predictions collapsed for a few epochs
+        False, action="store_true", presets=False,
+        help="end a stage early when its validation predictions have been empty (or full) on "
+        "most frames with ribs, with no progress in validation loss, for a few epochs running; "
+        "the stage is marked collapsed in summary.json (a collapse is logged as it happens "
+        "either way)")
+    encoder_weights: Optional[str] = option(  # V-Unet only
+        "imagenet", metavar="imagenet|none|PATH", presets=False, models=("vunet",),
+        help="VGG16 encoder weights: imagenet (downloaded once into ~/.keras/models/), none "
+        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (default: "
+        "imagenet; the quick preset falls back to random weights when offline)")
+    initializer: str = option(  # kernels of new ReLU convolutions (Keras' default)
+        "glorot_uniform", choices=INITIALIZERS,
+        help="kernel initialiser of the ReLU convolutions trained from scratch (the decoder; "
+        "X-Unet's and a random VGG16's encoder too): glorot_uniform is Keras' default, as the "
+        "authors used; he_normal suits ReLU and keeps a plain U-Net from stalling")
     fallback_to_random_weights: bool = False  # quick preset: warn instead of failing offline
-    freeze: list = field(default_factory=list)  # stage-2 frozen parts or layer names
-    pretrained: Optional[str] = None  # X-Unet: reuse this pre-trained model, skip pre-training
+    freeze: list = option(  # stage-2 frozen parts or layer names
+        kind="freeze_spec", metavar="none|bottleneck|encoder|LAYERS", presets=False, models=("xunet",),
+        default_factory=list, help="what stays frozen in fine-tuning: none (the paper's best), "
+        "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names "
+        "(default: none)")
+    pretrained: Optional[str] = option(  # X-Unet: reuse this pre-trained model, skip pre-training
+        None, metavar="PATH", presets=False, models=("xunet",),
+        help="reuse this pre-trained .keras model and skip pre-training")
     stage1: StageConfig = None
     finetune: StageConfig = None
     validation_fraction: float = 0.2
-    stage1_steps: str = "pool"
+    stage1_steps: str = option(
+        "pool", choices=STAGE1_STEPS, help="steps per stage-1 epoch: pool = len(whole pool) // "
+        "batch, as the notebooks ran (1.25 passes over the 80 %% training part); train = one pass")
     synthetic_lus: int = 300  # phantom frames generated when no --data is given
     synthetic_salient: int = 10_000  # composites generated when no --salient is given
-    seed: int = 0
-    precision: str = "float32"
-    jit_compile: bool = False
-    deterministic: bool = False
+    seed: int = option(
+        0, kind="seed", help="seed for data generation, splits, augmentation and weights")
+    precision: str = option(
+        "float32", choices=PRECISION_CHOICES, help="compute precision; the sigmoid head and Dice "
+        "sums stay float32, saved models are float32 whatever trained them; auto: mixed_bfloat16 "
+        "on a CPU with bfloat16 instructions (AVX-512 BF16 or AMX), else float32")
+    jit_compile: bool = option(False, action="store_true", presets=False,
+                               help="compile training steps with XLA")
+    deterministic: bool = option(False, action="store_true", presets=False,
+                                 help="TensorFlow op determinism: same seed, same result (slower)")
     # TensorFloat-32 matmuls and convolutions on Ampere and newer GPUs (TensorFlow's default);
     # off, as in the paper, float32 is computed in true float32, as the authors' GPUs did.
     tf32: bool = False
@@ -135,53 +208,40 @@ class RunConfig:
     def validate(self):
         """Raise ConfigError naming the first invalid option."""
         if self.model not in MODELS:
-            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(
-                f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
-        for option, value, choices in (
-            ("--augment-interpolation", self.augment_interpolation, AUGMENT_INTERPOLATIONS),
-            ("--stage1-steps", self.stage1_steps, STAGE1_STEPS),
-            ("--precision", self.precision, PRECISION_CHOICES),
-            ("--augment", self.augment_policy, AUGMENT_POLICIES),
-            ("--loss", self.loss, LOSSES),
-        ):
-            if value not in choices:
-                raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        for name, spec in RUN_FIELDS.items():  # the options with choices
+            choices = (spec.metadata.get("option") or {}).get("choices")
+            if choices and getattr(self, name) not in choices:
+                raise ConfigError(f"{option_flag(name)} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, name)!r}")
         if self.crop not in CROPS:
-            raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+            raise ConfigError(f"{option_flag('crop')} must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
-            raise ConfigError(f"--mask-threshold must be between 0 and 1, got {self.mask_threshold}")
+            raise ConfigError(f"{option_flag('mask_threshold')} must be between 0 and 1, got {self.mask_threshold}")
         if self.max_value is not None and not 0 < self.max_value < 65536:
-            raise ConfigError(f"--max-value must be between 1 and 65535, got {self.max_value}")
-        if self.initializer not in INITIALIZERS:
-            raise ConfigError(
-                f"--initializer must be one of {', '.join(INITIALIZERS)}, got {self.initializer!r}"
-            )
+            raise ConfigError(f"{option_flag('max_value')} must be between 1 and 65535, got {self.max_value}")
         if self.folds < 2:
-            raise ConfigError(f"--folds must be at least 2, got {self.folds}")
+            raise ConfigError(f"{option_flag('folds')} must be at least 2, got {self.folds}")
         if self.lus_frames < self.folds:
-            raise ConfigError(f"--lus-frames ({self.lus_frames}) must be at least --folds ({self.folds})")
+            raise ConfigError(f"{option_flag('lus_frames')} ({self.lus_frames}) must be at least "
+                              f"{option_flag('folds')} ({self.folds})")
         if self.flips and self.lus_frames % 2:
             raise ConfigError(
-                f"--lus-frames must be even with flipped copies (half originals, half mirrors), "
+                f"{option_flag('lus_frames')} must be even with flipped copies (half originals, half mirrors), "
                 f"got {self.lus_frames}"
             )
         if len(self.image_size) != 2 or any(s < 16 or s % 16 for s in self.image_size):
             raise ConfigError(
-                f"--image-size sides must be multiples of 16, got {'x'.join(map(str, self.image_size))}"
+                f"{option_flag('image_size')} sides must be multiples of 16, got {'x'.join(map(str, self.image_size))}"
             )
         # VGG16 (V-Unet's encoder) takes at least 32 x 32: its fifth block pools to 1 x 1.
         if self.model == "vunet" and min(self.image_size) < 32:
             raise ConfigError(
-                f"--image-size sides must be at least 32 for V-Unet (VGG16's five poolings), "
+                f"{option_flag('image_size')} sides must be at least 32 for V-Unet (VGG16's five poolings), "
                 f"got {'x'.join(map(str, self.image_size))}"
             )
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**31):
-            raise ConfigError(f"--seed must be a whole number from 0 to {2**31 - 1}, got {self.seed}")
+            raise ConfigError(f"{option_flag('seed')} must be a whole number from 0 to {2**31 - 1}, got {self.seed}")
         for label, stage in (("stage 1", self.stage1), ("fine-tuning", self.finetune)):
             if stage.epochs < 1:
                 raise ConfigError(f"--epochs must be positive, got {stage.epochs} for {label}")
@@ -192,6 +252,9 @@ class RunConfig:
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
         return self
+
+
+RUN_FIELDS = {spec.name: spec for spec in dataclasses.fields(RunConfig)}
 
 
 def paper_stages(model):

@@ -2,7 +2,7 @@
 
 The paper reports one Dice over a whole batch of frames, which hides how often a model fails
 on single frames and says nothing about the stray blobs that separate V-Unet from X-Unet
-(docs/paper.md). This module therefore measures every frame on its own (overlap,
+(claim 2 in ``docs/paper.md``). This module therefore measures every frame on its own (overlap,
 boundary distance, connected components) and aggregates with the empty-mask rule below,
 and keeps the paper's batch-global Dice beside it so results still compare with the paper.
 

@@ -3,9 +3,8 @@ binary cross-entropy; and the streaming shares of empty and full predictions tha
 collapsed training stage.
 
 Written with ``keras.ops`` only and registered, so a compiled model saved to ``.keras``
-loads in a fresh process (safe mode on) once ``lungseg`` is imported: importing Keras after
-lungseg, or lungseg after Keras, imports this module too (``lungseg._startup``), and
-``lungseg.model_files.load_model`` imports it itself.
+loads in a fresh process (safe mode on) once this module is imported (before or after
+Keras); ``lungseg.model_files.load_model`` imports it itself.
 ``LOSS_FUNCTIONS``
 maps the names of ``config.LOSSES`` (``--loss``) to the functions.
 """

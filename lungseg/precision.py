@@ -14,11 +14,10 @@ The caller says whether a GPU is present, so nothing here asks TensorFlow.
 """
 
 import os
-from pathlib import Path
 
 from lungseg.config import PRECISIONS
+from lungseg.machine import cpu_info
 
-CPUINFO = Path("/proc/cpuinfo")
 # CPU flags (as Linux names them in /proc/cpuinfo) of bfloat16 arithmetic in hardware.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -26,20 +25,12 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 def cpu_bf16_flags(cpuinfo=None):
     """The bfloat16 instruction sets this CPU has, as a tuple of flag names (empty: none).
 
-    Read from ``/proc/cpuinfo`` (Linux) unless ``cpuinfo`` gives its text; on other systems,
-    or when it cannot be read, the answer is ``()``: no bfloat16 is assumed.
+    Read from ``/proc/cpuinfo`` (Linux, ``lungseg.machine.cpu_info``) unless ``cpuinfo`` gives
+    its text; on other systems, or when it cannot be read, the answer is ``()``: no bfloat16
+    is assumed.
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text()
-        except OSError:
-            return ()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            return tuple(flag for flag in BF16_FLAGS if flag in flags)
-    return ()
+    flags = set((cpu_info(cpuinfo) or {}).get("flags", ()))
+    return tuple(flag for flag in BF16_FLAGS if flag in flags)
 
 
 def onednn_disabled(environ=None):

@@ -1,4 +1,4 @@
-"""The run folder: the one place that knows its layout, its files and the frames a run used.
+"""The run folder: the one place that knows its layout and reads and writes its files.
 
 Training writes a run folder, evaluation, prediction and the figures read it; nothing else
 builds a path inside one. A run folder is self-contained: paths in its ``config.json`` are
@@ -6,18 +6,21 @@ absolute (the user's data) and generated data is found beside it or made again f
 recorded size and seed, so a copied or moved run folder opened from any working directory
 evaluates and predicts as it did in place::
 
-    config.json   splits.json   summary.json   train.log
+    config.json   splits.json   summary.json   train.log   frames.json
     stage1/ or pretrain/   model.keras (best by val_loss)  history.csv  metrics.json
+                           state/ (state.json, epoch_N.weights.h5: the resume state)
     fold_1/ ... fold_k/    the same
+
+Beside it, in the folder that holds it: ``.<name>.lock`` and ``.<name>.fold_k.lock`` (the
+locks), ``.<name>.replaced`` (a run ``--overwrite`` replaces) and ``_synthetic/`` (generated
+data sets). The frames a run trains on are loaded by ``lungseg.data.run_frames``.
 """
 
 import hashlib
 import json
 import os
-import platform
 import shutil
 import socket
-import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -34,6 +37,8 @@ LOG = "train.log"
 MODEL = "model.keras"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
+STATE = "state"  # a stage's resume state: state.json pointing to epoch_N.weights.h5
+STATE_FILE = "state.json"
 FRAMES = "frames.json"  # a digest of each LUS frame the run trained on, checked on resume
 SYNTHETIC = "_synthetic"  # generated data sets, beside the run folders that use them
 MODEL_NAMES = {"vunet": "V-Unet", "xunet": "X-Unet"}
@@ -131,8 +136,43 @@ class RunFolder:
     def history_path(self, stage):
         return self.stage_dir(stage) / HISTORY
 
+    def metrics_path(self, stage):
+        return self.stage_dir(stage) / METRICS
+
+    def state_dir(self, stage):
+        """A stage's resume state (``state.json`` and the weights it points to)."""
+        return self.stage_dir(stage) / STATE
+
+    def state_path(self, stage):
+        return self.state_dir(stage) / STATE_FILE
+
+    @property
+    def config_path(self):
+        return self.root / CONFIG
+
+    @property
+    def splits_path(self):
+        return self.root / SPLITS
+
+    @property
+    def summary_path(self):
+        return self.root / SUMMARY
+
+    @property
+    def log_path(self):
+        return self.root / LOG
+
+    @property
+    def frames_path(self):
+        return self.root / FRAMES
+
+    def generated_set(self, kind, n):
+        """Where the generated ``kind`` set of ``n`` frames (this run's seed) lies, beside the
+        run folder so that runs of one ``--out`` share it."""
+        return self.root.parent / SYNTHETIC / f"{kind}_{n}_seed{self.config.seed}"
+
     def is_done(self, stage):
-        return (self.stage_dir(stage) / METRICS).is_file()
+        return self.metrics_path(stage).is_file()
 
     def finished_folds(self):
         """Names of the folds whose model and metrics are written."""
@@ -167,48 +207,48 @@ class RunFolder:
         return finished
 
     def is_finished(self):
-        return (self.root / SUMMARY).is_file() and (self.read_summary() or {}).get("complete", False)
+        return (self.summary_path).is_file() and (self.read_summary() or {}).get("complete", False)
 
     # --- files ---------------------------------------------------------------------------
 
     def read_metrics(self, stage):
-        return read_json(self.stage_dir(stage) / METRICS) if self.is_done(stage) else None
+        return read_json(self.metrics_path(stage)) if self.is_done(stage) else None
 
     def write_metrics(self, stage, metrics):
-        write_json(self.stage_dir(stage) / METRICS, metrics)
+        write_json(self.metrics_path(stage), metrics)
 
     def read_splits(self):
         from lungseg.data.splits import read_splits
 
-        return read_splits(self.root / SPLITS)
+        return read_splits(self.splits_path)
 
     def write_splits(self, splits):
-        write_json(self.root / SPLITS, splits)
+        write_json(self.splits_path, splits)
 
     def has_splits(self):
-        return (self.root / SPLITS).is_file()
+        return (self.splits_path).is_file()
 
     def saved_precision(self, overwrite=False):
         """The precision an unfinished run of this folder chose (``auto`` keeps it on resume)."""
-        if overwrite or not (self.root / CONFIG).is_file():
+        if overwrite or not (self.config_path).is_file():
             return None
-        return read_json(self.root / CONFIG).get("precision")
+        return read_json(self.config_path).get("precision")
 
     def read_summary(self):
-        summary = read_json(self.root / SUMMARY) if (self.root / SUMMARY).is_file() else None
+        summary = read_json(self.summary_path) if (self.summary_path).is_file() else None
         if summary is not None and not isinstance(summary, dict):
-            raise DataError(f"{self.root / SUMMARY}: damaged (a JSON object expected)")
+            raise DataError(f"{self.summary_path}: damaged (a JSON object expected)")
         return summary
 
     def write_summary(self, summary):
-        write_json(self.root / SUMMARY, summary)
+        write_json(self.summary_path, summary)
 
     @contextmanager
     def logging(self):
         """Copy what the run prints into ``train.log`` (appended on resume)."""
         from lungseg.console import log_to
 
-        with log_to(self.root / LOG):
+        with log_to(self.log_path):
             yield
 
     def copy_to(self, root):
@@ -243,15 +283,15 @@ class RunFolder:
     def has_progress(self):
         """True when a stage of this run has saved an epoch or finished (work worth keeping)."""
         return self.root.is_dir() and any(
-            any(self.root.glob(pattern)) for pattern in ("*/state/state.json", f"*/{METRICS}", f"*/{MODEL}"))
+            any(self.root.glob(pattern)) for pattern in (f"*/{STATE}/{STATE_FILE}", f"*/{METRICS}", f"*/{MODEL}"))
 
     def _differences(self):
         """Options whose saved value differs from this configuration's (``--out`` compared by
         the folder it names, which is this one: a relative or absolute spelling, or a trailing
         slash, changes nothing)."""
-        saved = read_json(self.root / CONFIG)
+        saved = read_json(self.config_path)
         if not isinstance(saved, dict):
-            raise DataError(f"{self.root / CONFIG}: damaged (a JSON object expected)")
+            raise DataError(f"{self.config_path}: damaged (a JSON object expected)")
         current = json.loads(self.config.to_json())
         # Options added since the run was written take their defaults, which are what
         # such runs did: an unfinished run still resumes after an upgrade.
@@ -274,7 +314,7 @@ class RunFolder:
         if self.root.exists() and not self.root.is_dir():
             raise RunExistsError(f"{self.root} exists and is a file; choose another --name or --out")
         if self.root.exists() and any(self.root.iterdir()):
-            if not (self.root / CONFIG).is_file():
+            if not (self.config_path).is_file():
                 raise RunExistsError(
                     f"{self.root} exists and is not a lungseg run folder (no {CONFIG}); "
                     "choose another --name or --out (--overwrite replaces only run folders)"
@@ -309,8 +349,8 @@ class RunFolder:
             self._made = "contents" if self.root.is_dir() else "folder"
         self.root.mkdir(parents=True, exist_ok=True)
         text = self.config.to_json()
-        if not (self.root / CONFIG).is_file() or (self.root / CONFIG).read_text() != text:
-            write_text(self.root / CONFIG, text)
+        if not (self.config_path).is_file() or (self.config_path).read_text() != text:
+            write_text(self.config_path, text)
 
     def _check_protected(self, protected):
         for path in protected:
@@ -354,7 +394,7 @@ class RunFolder:
     def check_frames(self, frames):
         """Refuse to resume on changed data: compare ``frames`` (the run's LUS frames as loaded)
         with the digest the run recorded (``frames.json``), naming the frames that changed."""
-        path = self.root / FRAMES
+        path = self.frames_path
         if not path.is_file():
             return
         record = read_json(path)
@@ -373,8 +413,8 @@ class RunFolder:
 
     def record_frames(self, frames):
         """Write ``frames.json`` (once): each frame's name and a hash of its image and mask."""
-        if not (self.root / FRAMES).is_file():
-            write_json(self.root / FRAMES, {
+        if not (self.frames_path).is_file():
+            write_json(self.frames_path, {
                 "digest": "sha256 of each frame's image and mask as loaded (uint8, model size)",
                 "frames": frame_digest(frames),
             })
@@ -393,72 +433,12 @@ class RunFolder:
             if fold is None:
                 stack.enter_context(lock_file(self.lock_path(), self.root))
             for name in [fold_name(fold)] if fold else self.fold_names():
-                stack.enter_context(lock_file(self.lock_path(name), self.root / name))
+                stack.enter_context(lock_file(self.lock_path(name), self.stage_dir(name)))
             yield
 
     def stage1_lock(self, fold):
         """The run's lock while a ``--fold`` job trains stage 1 (a whole run holds it already)."""
         return lock_file(self.lock_path(), self.root) if fold else _nothing()
-
-    # --- data ----------------------------------------------------------------------------
-
-    def lus_frames(self, keep_generated=False, native=False):
-        """The run's LUS frames (its training pool) as its training loaded them, and the
-        sentence saying which rule chose them; ``native`` keeps each mask at its own size too."""
-        from lungseg.data import select_lus_frames
-
-        config = self.config
-        frames = self._load_lus(keep_generated, native)
-        return select_lus_frames(frames, config.lus_frames, flips=config.flips)
-
-    def all_lus_frames(self, native=False):
-        """Every frame of the run's LUS data and its mirror image (a test list may name any)."""
-        return self._load_lus(False, native).with_flips()
-
-    def _load_lus(self, keep_generated, native=False):
-        from lungseg.data import find_pairs, load_frames
-        from lungseg.data.frames import Reading
-
-        config = self.config
-        with self._data_folder("lus", config.data, lus_pool_size(config), keep_generated) as root:
-            pairs = find_pairs(root, groups=config.groups, target=getattr(config, "target", None))
-            return load_frames(pairs, config.image_size, config.interpolation, progress=True,
-                               native=native, reading=Reading.of(config))
-
-    def salient_frames(self, keep_generated=False):
-        """The salient-object frames of X-Unet's pre-training."""
-        from lungseg.data import find_pairs, load_frames
-
-        config = self.config
-        with self._data_folder("salient", config.salient, config.synthetic_salient, keep_generated) as root:
-            pairs = find_pairs(root, groups=config.groups if config.salient else None,
-                               warn_groups=False)
-            return load_frames(pairs, config.image_size, config.interpolation, progress=True)
-
-    @contextmanager
-    def _data_folder(self, kind, given, n, keep_generated):
-        """The user's folder, or the generated set beside the run folder.
-
-        Training (``keep_generated``) makes the set there once for all its runs; a copied run
-        folder evaluated elsewhere, with no set beside it, makes it again in a temporary
-        folder that is removed afterwards, so nothing is written outside its output.
-        """
-        if given:
-            log(f"{kind} frames from {given}")
-            yield Path(given)
-            return
-        from lungseg.data.synthetic import ensure_dataset, is_generated_set
-
-        seed = self.config.seed
-        cache = self.root.parent / SYNTHETIC / f"{kind}_{n}_seed{seed}"
-        if keep_generated or is_generated_set(cache, kind, n, seed):
-            log(f"no {kind} data given: using {n} generated frames (seed {seed}) in {cache}")
-            yield ensure_dataset(kind, cache, n=n, seed=seed)
-            return
-        log(f"no {kind} data given and no generated set beside {self.root}: "
-            f"generating its {n} frames (seed {seed}) again in a temporary folder")
-        with tempfile.TemporaryDirectory(prefix="lungseg-") as scratch:
-            yield ensure_dataset(kind, Path(scratch) / kind, n=n, seed=seed)
 
 
 def absolute_paths(config):
@@ -475,14 +455,6 @@ def absolute_paths(config):
     return dataclasses.replace(
         config, **{name: absolute(getattr(config, name), must_exist=name == "groups") for name in PATH_FIELDS}
     )
-
-
-def lus_pool_size(config):
-    """How many phantom frames to generate: the preset's number, or enough for the set asked."""
-    from lungseg.data.synthetic import lus_phantoms_needed
-
-    originals = config.lus_frames // 2 if config.flips else config.lus_frames
-    return max(config.synthetic_lus, lus_phantoms_needed(originals))
 
 
 def frame_digest(frames):
@@ -593,67 +565,3 @@ def file_sha256(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def environment(strategy=None, precision=None, workers=1):
-    """Versions, devices, threads and CPU features of this process, for the run's record.
-
-    ``workers``: the processes training together (several under ``MultiWorkerMirroredStrategy``;
-    the devices listed are this process's), ``replicas`` the model copies over all of them.
-
-    Results can differ between machines of one kind: oneDNN picks kernels by CPU features
-    (AVX-512, BF16, AMX) and thread count, which changes float rounding and so training.
-    """
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    import lungseg
-
-    devices = tf.config.list_logical_devices()
-    cpu = _cpu_info()
-    return {
-        "versions": {
-            "lungseg": lungseg.__version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-        },
-        "devices": [{"kind": d.device_type, "name": d.name} for d in devices],
-        "device_count": {kind: sum(d.device_type == kind for d in devices) for kind in sorted({d.device_type for d in devices})},
-        "cpu": cpu,
-        "threads": {
-            "cpus": os.cpu_count(),
-            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-        },
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
-        "strategy": _strategy_name(strategy),
-        "workers": workers,
-        "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
-        "precision": precision,
-        "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),  # float32 matmuls in TF32
-        "platform": platform.platform(),
-    }
-
-
-def _strategy_name(strategy):
-    """The strategy's public name (``MultiWorkerMirroredStrategy``'s class is called
-    ``CollectiveAllReduceStrategy``)."""
-    if strategy is None:
-        return None
-    name = type(strategy).__name__
-    return {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}.get(name, name)
-
-
-def _cpu_info():
-    """The CPU's model name and the features that change oneDNN's kernels (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor() or None, "features": []}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    return {"model": model, "features": [flag for flag in wanted if flag in flags]}

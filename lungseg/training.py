@@ -39,9 +39,11 @@ from lungseg.files import atomic_path, is_run_folder, is_within, read_json, reso
 from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
-from lungseg.runs import (
-    HISTORY, MODEL, RunFolder, absolute_paths, display_name, environment, file_sha256, lus_pool_size,
-)
+from lungseg.model_files import load_model  # the one safe loader (safe mode, checked input)
+from lungseg.data import run_frames
+from lungseg.data.run_frames import lus_pool_size
+from lungseg.machine import environment
+from lungseg.runs import RunFolder, absolute_paths, display_name, file_sha256
 from lungseg.scoring import METRIC_DEFINITIONS, dice_batch, score_frames
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
@@ -66,13 +68,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
     new per-epoch file first, then ``state.json`` (renamed into place) points to it.
     """
 
-    def __init__(self, stage_dir):
+    def __init__(self, run, stage):
         super().__init__()
-        self.stage_dir = Path(stage_dir)
-        self.state_dir = self.stage_dir / "state"
-        self.state_path = self.state_dir / "state.json"
-        self.best_path = self.stage_dir / MODEL
-        self.history_path = self.stage_dir / HISTORY
+        self.state_dir = run.state_dir(stage)
+        self.state_path = run.state_path(stage)
+        self.best_path = run.model_path(stage)
+        self.history_path = run.history_path(stage)
         self.best_val_loss = math.inf
         self.best_epoch = None
         self.saved_model = None  # the float32 copy saved as model.keras, reused epoch to epoch
@@ -248,18 +249,39 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     ``record`` is merged into the metrics (what the stage started from). The best model by
     ``val_loss`` is kept as ``model.keras``.
     """
-    stage_dir = run.stage_dir(stage_name)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = EpochCheckpoint(stage_dir)
+    run.stage_dir(stage_name).mkdir(parents=True, exist_ok=True)
+    checkpoint = EpochCheckpoint(run, stage_name)
     strategy = distribution_strategy()
     several_workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if several_workers:  # first, while every worker has made the same collective calls
         check_workers_agree(strategy, label, stage_name,
                             stage_start(stage_name, checkpoint.saved_epoch(), train, val, config))
+    model, counts, initial_epoch = _compiled_model(strategy, make_model, frozen, stage, config, checkpoint)
+    if several_workers:
+        weights = [variable.numpy() for variable in [*model.weights, *model.optimizer.variables]]
+        check_workers_agree(strategy, label, stage_name, {"starting weights": digest(*weights)})
+    _log_stage_start(label, counts, train, val, stage, config, augment, steps_per_epoch, initial_epoch)
+    train_ds, val_ds = _stage_datasets(model, train, val, stage, config, augment, steps_per_epoch,
+                                       initial_epoch, shard=several_workers)
+    watch = CollapseWatch(label, config.stop_on_collapse, _history_rows(checkpoint.history_path))
+    if initial_epoch < stage.epochs and not watch.stopped:
+        _fit(model, train_ds, val_ds, label, stage, initial_epoch, steps_per_epoch, checkpoint, watch)
+    stage_facts = {"epochs": stage.epochs, "steps_per_epoch": steps_per_epoch, "training_frames": len(train),
+                   "trainable_parameters": counts[0], "frozen_parameters": counts[1]}
+    metrics = _score_stage(label, stage_name, checkpoint, watch, val, stage_facts) | (record or {})
+    run.write_metrics(stage_name, metrics)
+    checkpoint.clear()
+    _log_stage_end(label, metrics, watch, stage)
+    return metrics
+
+
+def _compiled_model(strategy, make_model, frozen, stage, config, checkpoint):
+    """The stage's starting model, frozen as asked and compiled, with its resume state loaded:
+    ``(model, (trainable, frozen) parameter counts, the epoch to start from)``."""
     with strategy.scope():
         model = make_model()
         unfreeze(model)
-        trainable, frozen_count = freeze(model, list(frozen))
+        counts = freeze(model, list(frozen))
         model.compile(
             optimizer=keras.optimizers.Adam(stage.learning_rate),
             loss=replica_share(LOSS_FUNCTIONS[config.loss], strategy.num_replicas_in_sync),
@@ -267,12 +289,13 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
             jit_compile=config.jit_compile,
         )
         initial_epoch = checkpoint.restore(model)  # builds the optimizer, so inside the scope
-    if several_workers:
-        weights = [variable.numpy() for variable in [*model.weights, *model.optimizer.variables]]
-        check_workers_agree(strategy, label, stage_name, {"starting weights": digest(*weights)})
+    return model, counts, initial_epoch
+
+
+def _log_stage_start(label, counts, train, val, stage, config, augment, steps_per_epoch, initial_epoch):
     steps = f"{steps_per_epoch} steps per epoch" if steps_per_epoch else "one pass per epoch"
     log(
-        f"[{label}] {trainable:,} trainable and {frozen_count:,} frozen parameters; "
+        f"[{label}] {counts[0]:,} trainable and {counts[1]:,} frozen parameters; "
         f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs "
         f"({steps}), batch {stage.batch_size}, Adam {stage.learning_rate:g}"
         + (f", loss {config.loss}" if config.loss != "dice" else "")
@@ -281,6 +304,11 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     )
     if initial_epoch:
         log(f"[{label}] resuming after epoch {initial_epoch} of {stage.epochs}")
+
+
+def _stage_datasets(model, train, val, stage, config, augment, steps_per_epoch, initial_epoch, shard):
+    """The stage's training and validation batches (the training ones seeded by the epoch it
+    starts from, repeated when ``steps_per_epoch`` is set; sharded by data across workers)."""
     channels = model.input_shape[-1]
     augmentation = (
         data.make_augmentation(config.augment_policy, config.augment_interpolation) if augment else None
@@ -292,52 +320,55 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     if steps_per_epoch:
         train_ds = train_ds.repeat()
     val_ds = data.make_dataset(val, stage.batch_size, channels=channels)
-    if several_workers:
+    if shard:
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
-    watch = CollapseWatch(label, config.stop_on_collapse, _history_rows(checkpoint.history_path))
-    if initial_epoch < stage.epochs and not watch.stopped:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=stage.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=[
-                EpochLog(label, stage.epochs),  # first, so that CSVLogger writes its "seconds"
-                keras.callbacks.TerminateOnNaN(),
-                keras.callbacks.CSVLogger(str(checkpoint.history_path), append=True),
-                checkpoint,
-                watch,  # after the checkpoint: the epoch that stops the stage is saved
-            ],
-            shuffle=False,  # the data set shuffles itself, seeded
-            verbose=1 if interactive() else 0,
-        )
+    return train_ds, val_ds
+
+
+def _fit(model, train_ds, val_ds, label, stage, initial_epoch, steps_per_epoch, checkpoint, watch):
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=stage.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[
+            EpochLog(label, stage.epochs),  # first, so that CSVLogger writes its "seconds"
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.CSVLogger(str(checkpoint.history_path), append=True),
+            checkpoint,
+            watch,  # after the checkpoint: the epoch that stops the stage is saved
+        ],
+        shuffle=False,  # the data set shuffles itself, seeded
+        verbose=1 if interactive() else 0,
+    )
+
+
+def _score_stage(label, stage_name, checkpoint, watch, val, stage_facts):
+    """The metrics of the stage's best model on its validation frames (``lungseg.scoring``, as
+    evaluation scores), then ``stage_facts`` and what its training did."""
     if not checkpoint.best_path.exists():
         raise LungsegError(
             f"[{label}] training produced no finite validation loss (NaN); "
             "try a lower --lr or check the data"
         )
     started = time.perf_counter()
-    metrics = score_frames(keras.models.load_model(checkpoint.best_path, compile=False), val,
-                           dice_batch=dice_batch(stage_name)).metrics
+    metrics = score_frames(load_model(checkpoint.best_path), val, dice_batch=dice_batch(stage_name)).metrics
     metrics.update(
         best_epoch=checkpoint.best_epoch,
         val_loss=checkpoint.best_val_loss,
-        epochs=stage.epochs,
-        steps_per_epoch=steps_per_epoch,
-        training_frames=len(train),
-        trainable_parameters=trainable,
-        frozen_parameters=frozen_count,
+        **stage_facts,
         collapse=collapse_message(metrics),
         collapse_noticed=watch.noticed,
         stopped_on_collapse=watch.stopped,
         epochs_run=len(_history_rows(checkpoint.history_path)),
         train_seconds=_history_seconds(checkpoint.history_path),
         scoring_seconds=round(time.perf_counter() - started, 3),
-        **(record or {}),
     )
-    run.write_metrics(stage_name, metrics)
-    checkpoint.clear()
+    return metrics
+
+
+def _log_stage_end(label, metrics, watch, stage):
     log(
         f"[{label}] best epoch {metrics['best_epoch']}: validation Dice {metrics['dice']:.4f} "
         f"(global {metrics['dice_global']:.4f}, per image {metrics['dice_per_image']:.4f}), "
@@ -349,7 +380,6 @@ def train_stage(label, run, stage_name, make_model, train, val, stage, config, f
     if watch.stopped:
         warn(f"[{label}] stopped after epoch {watch.noticed['epoch']} of {stage.epochs}: "
              f"{watch.noticed['message']}")
-    return metrics
 
 
 def _history_seconds(path):
@@ -418,10 +448,9 @@ def check_freeze(config):
 
 
 def load_model_for_finetuning(path, config):
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:
-        raise LungsegError(f"{path}: cannot load the model ({type(error).__name__}: {error})") from error
+    """The stage-1 (or ``--pretrained``) model to fine-tune, checked against ``--image-size``
+    and set to compute in the run's precision."""
+    model = load_model(path)
     expected = (*config.image_size, 1)
     if tuple(model.input_shape[1:]) != expected:
         raise ConfigError(
@@ -470,33 +499,19 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
 
 def _run_training(config, root, cluster, fold, overwrite):
     """``run_training`` writing the run folder ``root`` (the chief's, or a worker's copy)."""
-    if cluster is not None:
-        distribution_strategy()  # MultiWorkerMirroredStrategy: before any other TensorFlow op
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    tf.config.experimental.enable_tensor_float_32_execution(config.tf32)
-    keras.utils.set_random_seed(config.seed)
-    tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
-    saved = RunFolder(root, config).saved_precision(overwrite)
-    precision, line, _ = choose_precision(
-        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved
-    )
-    log(line)
-    config = dataclasses.replace(config, precision=precision)  # config.json: the one chosen
-    keras.mixed_precision.set_global_policy(config.precision)
-
+    config = _set_up_tensorflow(config, root, cluster, overwrite)
     if config.freeze:
         check_freeze(config)
     run = RunFolder(root, config)
     is_vunet = config.model == "vunet"
     # Everything that can fail on the user's input fails here, before the run folder changes.
-    lus, selection = run.lus_frames(keep_generated=True)
+    lus, selection = run_frames.lus_frames(run, keep_generated=True)
     pretrained = None if is_vunet else config.pretrained
     stage1_frames = lus if is_vunet else None
     if pretrained is not None:
         load_model_for_finetuning(pretrained, config)
     elif not is_vunet and (overwrite or not run.is_done(run.stage1)):
-        stage1_frames = run.salient_frames(keep_generated=True)
+        stage1_frames = run_frames.salient_frames(run, keep_generated=True)
     planned = plan_splits(config, run.stage1, lus, stage1_frames, selection)
     protected = [getattr(config, name) for name in PATH_FIELDS
                  if name != "groups" or Path(config.groups or "").is_file()]
@@ -511,6 +526,26 @@ def _run_training(config, root, cluster, fold, overwrite):
         raise
     run.finish()
     return summary
+
+
+def _set_up_tensorflow(config, root, cluster, overwrite):
+    """Seed, determinism, TF32 and the precision policy for this run; return ``config`` with
+    the precision chosen (``auto`` resolved, or kept from the unfinished run resumed)."""
+    if cluster is not None:
+        distribution_strategy()  # MultiWorkerMirroredStrategy: before any other TensorFlow op
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(config.tf32)
+    keras.utils.set_random_seed(config.seed)
+    tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
+    saved = RunFolder(root, config).saved_precision(overwrite)
+    precision, line, _ = choose_precision(
+        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved
+    )
+    log(line)
+    config = dataclasses.replace(config, precision=precision)  # config.json: the one chosen
+    keras.mixed_precision.set_global_policy(config.precision)
+    return config
 
 
 def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretrained):
@@ -549,7 +584,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
         )
     summary = summarize_run(run)
     run.write_summary(summary)
-    print_summary(summary)
+    print_summary(summary, run)
     return summary
 
 
@@ -622,9 +657,9 @@ def summarize_run(run):
     return summary
 
 
-def print_summary(summary):
+def print_summary(summary, run):
     lines = [f"\n== {summary['name']}: {summary['display_name']} in {summary['run']} =="]
-    stage1_name = "pretrain" if summary["model"] == "xunet" else "stage1"
+    stage1_name = run.stage1
     rows = ([(stage1_name, summary[stage1_name])] if summary.get(stage1_name) else []) + list(summary["folds"].items())
     for name, m in rows:
         lines.append(f"{name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  accuracy {m['binary_accuracy']:.4f}")
@@ -642,5 +677,5 @@ def print_summary(summary):
         lines.append(f"WARNING {name}: {message}")
     if summary["folds_missing"]:
         lines.append(f"folds still to run: {', '.join(map(str, summary['folds_missing']))}")
-    lines.append(f"summary: {Path(summary['run']) / 'summary.json'}")
+    lines.append(f"summary: {run.summary_path}")
     log("\n".join(lines))

@@ -135,6 +135,20 @@ class XdistUnits:
         return Scheduling(config, log)
 
 
+@pytest.fixture
+def no_download(monkeypatch):
+    """Keras cannot download anything (as offline): ``get_file`` raises what it raises on a
+    failed fetch. VGG16 calls it through ``keras.src.utils.file_utils`` (``keras.utils.get_file``
+    is the same function), so it is replaced there."""
+    from keras.src.utils import file_utils
+
+    def get_file(fname=None, origin=None, **options):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure "
+                        "in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+
+
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory, request):
     """A folder for the files a module's tests share, removed when the module is done (a

@@ -214,3 +214,25 @@ def test_reading_options_reach_the_config_round_trip_and_old_configs_load(tmp_pa
     for argv in (["--mask-threshold", "0"], ["--max-value", "0"], ["--crop", "yes"]):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
+
+
+def test_training_options_are_generated_from_runconfig_fields():
+    """Each option field of RunConfig is an option of the training commands that take it, with
+    its help and each preset's value; an option given sets the field, one not given leaves
+    the preset's value."""
+    from lungseg.cli import training_options
+    from lungseg.config import option_flag
+
+    vunet, xunet = dict(training_options("vunet")), dict(training_options("xunet"))
+    assert "encoder_weights" in vunet and "encoder_weights" not in xunet
+    assert {"salient", "freeze", "pretrained"} <= set(xunet) and not {"salient", "freeze", "pretrained"} & set(vunet)
+    assert (option_flag("lus_frames"), option_flag("flips"), option_flag("augment_policy")) == (
+        "--lus-frames", "--no-flips", "--augment")
+    help_text = " ".join(training_parser("xunet", "").format_help().split())
+    assert ("--lus-frames N training frames; with flips N/2 frames plus their mirror images (the "
+            "paper: 200 without flips, 400, 600) (paper: 400; quick: 80; sound: 80)") in help_text
+    parser = training_parser("xunet", "")
+    config = config_from_args("xunet", parser.parse_args(["--preset", "quick", "--no-flips", "--augment",
+                                                          "strong", "--freeze", "bottleneck"]), parser)
+    assert (config.flips, config.augment_policy, config.freeze, config.lus_frames) == (
+        False, "strong", ["bottleneck"], 80)

@@ -168,6 +168,11 @@ def test_ensure_dataset_never_leaves_half_a_set_or_touches_foreign_files(tmp_pat
 # --- subjects, probes and targets (issue 16) ----------------------------------------------
 
 
+def frames_written(root):
+    """The images and masks of a generated set (its manifest left out), by relative path."""
+    return {path: data for path, data in folder_bytes(root).items() if path.name != "synthetic.json"}
+
+
 def folder_sha256(root):
     import hashlib
 
@@ -292,7 +297,14 @@ def test_ensure_dataset_records_options_and_regenerates_when_they_change(tmp_pat
     assert (manifest["subjects"], manifest["target"]) == (1, "line") and "probe" not in manifest
     assert synthetic.is_generated_set(out, "lus", 2, 0, subjects=1, target="line")
     assert not synthetic.is_generated_set(out, "lus", 2, 0, subjects=1)
+    line = frames_written(out)
+    assert line == frames_written(write_lus_dataset(tmp_path / "line", n=2, seed=0, subjects=1, target="line"))
     ensure_dataset("lus", out, n=2, seed=0, subjects=1, target="shadow")
     assert read_json(out / "synthetic.json")["target"] == "shadow"
+    # The files were made again with the new option: those the generator writes for it.
+    shadow = frames_written(out)
+    assert shadow == frames_written(write_lus_dataset(tmp_path / "shadow", n=2, seed=0, subjects=1,
+                                                      target="shadow"))
+    assert shadow != line
     with pytest.raises(ConfigError, match="salient data sets take no option subjects"):
         ensure_dataset("salient", tmp_path / "s", n=1, subjects=2)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lungseg import precision
+from lungseg import machine
 from lungseg.precision import choose_precision, cpu_bf16_flags, onednn_disabled
 
 EPYC = """processor\t: 0
@@ -18,7 +18,7 @@ def test_bf16_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
     assert cpu_bf16_flags(SAPPHIRE_RAPIDS) == ("amx_bf16", "avx512_bf16")
     assert cpu_bf16_flags(OLD_XEON) == ()
     assert cpu_bf16_flags("") == ()
-    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "cpuinfo")
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "cpuinfo")
     assert cpu_bf16_flags() == ()  # unreadable (not Linux): no bfloat16 assumed
     (tmp_path / "cpuinfo").write_text(EPYC)
     assert cpu_bf16_flags() == ("avx512_bf16",)

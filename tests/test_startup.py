@@ -174,14 +174,15 @@ np.testing.assert_allclose(got, np.load(sys.argv[3]), rtol=0, atol=1e-6)
 import warnings
 warnings.warn("still here")
 """
-# Lungseg first, then Keras and TensorFlow (whose tf.keras loads with the same function).
+# Lungseg's losses first, then Keras and TensorFlow (whose tf.keras loads with the same function).
 LUNGSEG_FIRST = """
-import lungseg
+import lungseg.losses
 import keras
 import tensorflow as tf
 assert tf.keras.models.load_model is keras.models.load_model
 """
-# Keras first: before lungseg is imported too, the load fails (the control of the tests below).
+# Keras first: before lungseg's losses are imported too, the load fails (the control of the
+# tests below).
 WITHOUT_LUNGSEG = """
 import keras
 try:
@@ -190,7 +191,7 @@ except Exception as error:
     print("without lungseg:", type(error).__name__, str(error).replace("\\n", " "), file=sys.stderr)
 else:
     sys.exit("loaded without lungseg")
-import lungseg
+import lungseg.losses
 """
 IMPORT_ORDERS = {"lungseg first": LUNGSEG_FIRST, "keras first": WITHOUT_LUNGSEG}
 TF_NOISE = ("oneDNN", "cuInit", "absl", "cudart", "cpu_feature_guard", "I0000", "E0000")
@@ -221,7 +222,7 @@ def fresh(compiled_model, module_tmp):
 
 
 @pytest.mark.parametrize("imports", IMPORT_ORDERS)
-def test_keras_loads_a_compiled_model_once_lungseg_is_imported(fresh, compiled_model, imports):
+def test_keras_loads_a_compiled_model_once_lungseg_losses_is_imported(fresh, compiled_model, imports):
     """... with its loss and weights, and predicts as the model that was saved."""
     result = fresh[imports]
     assert result.returncode == 0, result.stderr[-2000:]
@@ -270,12 +271,11 @@ def test_python_warnings_and_other_output_pass_the_filter():
 
 
 def test_tensorflow_imported_after_lungseg_keeps_real_warnings(fresh):
-    """TensorFlow imported after lungseg: a model loaded and run, a real warning shown, and
-    none of TensorFlow's start-up lines."""
+    """TensorFlow imported after lungseg (not by a command): a model loaded and run, and a
+    real warning shown."""
     result = fresh["lungseg first"]
     assert result.returncode == 0, result.stderr
     assert "UserWarning: still here" in result.stderr
-    assert [line for line in result.stderr.splitlines() if any(w in line for w in TF_NOISE)] == []
 
 
 def test_filter_drops_only_start_up_noise():
@@ -293,18 +293,36 @@ def test_filter_drops_only_start_up_noise():
     assert _startup.filter_startup_log(text, min_level=0) == one_dnn + no_driver + warning + other_error
 
 
-def test_debug_gives_tensorflow_its_own_log_level():
+def test_importing_lungseg_changes_nothing_global():
+    """No import hook, no environment variable, stderr untouched: only a command (run_main)
+    quiets TensorFlow."""
     result = python("""
-        import os
-        import lungseg
+        import os, sys
+        import cv2  # noqa: F401  (OpenCV sets LD_LIBRARY_PATH when imported)
+        hooks, environ, stderr = list(sys.meta_path), dict(os.environ), os.fstat(2)
+        import lungseg, lungseg.cli, lungseg.data, lungseg.predict, lungseg.report, lungseg.runs
+        import lungseg.commands.train_vunet, lungseg.commands.evaluate
+        print(sys.meta_path == hooks, dict(os.environ) == environ, os.fstat(2) == stderr)
+    """)
+    assert result.stdout.split() == ["True", "True", "True"], result.stderr
+
+
+def test_a_command_quiets_tensorflow_unless_debug():
+    result = python("""
+        import os, sys
         from lungseg.cli import run_main
-        print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+        hooks = len(sys.meta_path)
+        run_main(lambda argv: 0, ["--debug"])
+        print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"), len(sys.meta_path) - hooks)
+        run_main(lambda argv: 0, [])
+        print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"), len(sys.meta_path) - hooks)
         run_main(lambda argv: 0, ["--debug"])
         print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
     """)
-    assert result.stdout.split() == ["2", "None"], result.stderr
+    assert result.stdout.split() == ["None", "0", "2", "1", "None"], result.stderr
     env = dict(clean_env(), TF_CPP_MIN_LOG_LEVEL="1")  # the user's choice is kept
-    result = python("import os, lungseg; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])", env=env)
+    result = python("import os; from lungseg.cli import run_main; run_main(lambda argv: 0, []); "
+                    "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])", env=env)
     assert result.stdout.strip() == "1"
 
 

@@ -241,17 +241,17 @@ def test_collapse_is_reported_in_words():
     assert "all foreground: 80%" in collapse_message(dict(healthy, full_predictions=0.8))
 
 
-def test_quick_preset_without_internet_falls_back_to_random_encoder(tmp_path, monkeypatch, capsys):
+def test_quick_preset_without_internet_falls_back_to_random_encoder(no_download, capsys):
     from lungseg.config import make_config
     from lungseg.errors import WeightsUnavailableError
     from lungseg.training import build_stage1_model
 
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     quick = make_config("vunet", "q", "quick", image_size=(32, 32))
     model, used = build_stage1_model(quick)
     assert model.count_params() == 25_854_657
     assert used["weights"] == "random"
-    assert used["reason"].startswith("ImageNet weights unavailable (could not download")
+    assert used["reason"].startswith("ImageNet weights unavailable (could not download the ImageNet "
+                                      "VGG16 weights (Exception: URL fetch failure on https://")
     assert "quick preset falls back" in used["reason"]
     assert "continuing with a randomly initialised VGG16 encoder" in capsys.readouterr().out
     with pytest.raises(WeightsUnavailableError, match="~/.keras/models/"):

@@ -12,14 +12,8 @@ from lungseg.cli import RESUME_HINT, config_from_args, run_main, training_parser
 def run(argv):
     """Parse ``argv`` and train; raises ``LungsegError`` on bad input (``main`` prints it)."""
     parser = training_parser("vunet", __doc__)
-    parser.add_argument(
-        "--encoder-weights", metavar="imagenet|none|PATH",
-        help="VGG16 encoder weights: imagenet (downloaded once into ~/.keras/models/), none "
-        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (default: "
-        "imagenet; the quick preset falls back to random weights when offline)",
-    )
     args = parser.parse_args(argv)
-    config = config_from_args("vunet", args, parser, extra=("encoder_weights",))
+    config = config_from_args("vunet", args, parser)
 
     from lungseg.training import run_training  # imports TensorFlow: after --help and option errors
 

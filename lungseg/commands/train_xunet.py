@@ -7,22 +7,14 @@ frames, with the layers named by --freeze kept frozen.
 
 import sys
 
-from lungseg.cli import RESUME_HINT, config_from_args, freeze_spec, run_main, training_parser
+from lungseg.cli import RESUME_HINT, config_from_args, run_main, training_parser
 
 
 def run(argv):
     """Parse ``argv`` and train; raises ``LungsegError`` on bad input (``main`` prints it)."""
     parser = training_parser("xunet", __doc__)
-    parser.add_argument("--salient", metavar="DIR", help="salient-object images (images/ + "
-                        "masks/) (default: generated composites, cached under --out)")
-    parser.add_argument("--freeze", type=freeze_spec, metavar="none|bottleneck|encoder|LAYERS",
-                        help="what stays frozen in fine-tuning: none (the paper's best), "
-                        "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names "
-                        "(default: none)")
-    parser.add_argument("--pretrained", metavar="PATH",
-                        help="reuse this pre-trained .keras model and skip pre-training")
     args = parser.parse_args(argv)
-    config = config_from_args("xunet", args, parser, extra=("salient", "freeze", "pretrained"))
+    config = config_from_args("xunet", args, parser)
 
     from lungseg.training import run_training  # imports TensorFlow: after --help and option errors
 

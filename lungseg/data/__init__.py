@@ -8,7 +8,8 @@ Data flows one way through this package::
     kfold_splits / holdout_split                frame names per fold, saved as JSON
     make_dataset(frames, ...)  -> tf.data       batches, shuffled and augmented for training
 
-``synthetic`` makes LUS phantoms (one volunteer or many subjects, linear or convex probe)
+``run_frames`` loads the frames a run trains on (its configuration's data, or the generated
+sets beside its run folder). ``synthetic`` makes LUS phantoms (one volunteer or many subjects, linear or convex probe)
 and salient-object composites in the same layouts, ``xpie``
 converts an XPIE download to the salient layout, and ``python -m lungseg.data`` generates,
 converts or checks a data set from the command line.

@@ -28,7 +28,7 @@ INTERPOLATIONS = {name: getattr(cv2, flag) for name, flag in config.INTERPOLATIO
 FLIP_SUFFIX = "_flipped"  # the authors' name for a mirror image: img_lung_pos2_5_flipped.tif
 # The paper's frame numbering, lung_pos<P>_<n> (every 5th frame of a clip), and its sets: per
 # probe position the 200-frame set holds n mod 100 in 5, 10, ..., 50; the 300 frames of the
-# 600-frame experiment add 55..75 (PAPER.md, "Which frames"). Phantoms of several subjects
+# 600-frame experiment add 55..75 (docs/paper.md, "Which frames"). Phantoms of several subjects
 # are numbered alike per subject and position: lung_subj<k>_pos<P>_<n>.
 PAPER_FRAME_NAME = re.compile(
     rf"^lung_(?:(?P<subject>{SUBJECT_PREFIX}\d+)_)?pos(?P<position>\d+)_(?P<frame>\d+)$"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lungseg.console import warn
+from lungseg.data import run_frames
 from lungseg.data.frames import FLIP_SUFFIX
 from lungseg.errors import ConfigError, DataError
 from lungseg.postprocess import PostProcess
@@ -207,8 +208,8 @@ class FrameSource:
 
     def _run_frames(self, run):
         if not self.test_names:
-            return run.lus_frames(native=self.native)[0]
-        everything = run.all_lus_frames(native=self.native)
+            return run_frames.lus_frames(run, native=self.native)[0]
+        everything = run_frames.all_lus_frames(run, native=self.native)
         missing = [name for name in self.test_names if name not in set(everything.names)]
         if missing:
             raise DataError([f"{self.test_list}: frame {name} is not in the data of {run.root}" for name in missing])
