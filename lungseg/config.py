@@ -74,6 +74,12 @@ class StageConfig:
 PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups")
 
 
+# What a config.json written before a field existed ran with, where that is not the field's
+# default: lungseg left TensorFlow's TF32 on until the paper preset turned it off, so an older
+# quick or sound run resumes as it ran, and an older paper run is told apart from a new one.
+WRITTEN_BEFORE = {"tf32": True}
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Defaults are the paper's (see docs/paper.md).
@@ -203,6 +209,8 @@ class RunConfig:
                 data[key] = StageConfig(**data[key])
         if "image_size" in data:
             data["image_size"] = tuple(data["image_size"])
+        for key, value in WRITTEN_BEFORE.items():
+            data.setdefault(key, value)
         return cls(**data)
 
     def validate(self):

@@ -293,10 +293,12 @@ class RunFolder:
         if not isinstance(saved, dict):
             raise DataError(f"{self.config_path}: damaged (a JSON object expected)")
         current = json.loads(self.config.to_json())
-        # Options added since the run was written take their defaults, which are what
-        # such runs did: an unfinished run still resumes after an upgrade.
-        saved = {key: current[key] for key in set(current) - set(saved)
-                 if current[key] == getattr(RunConfig, key, None)} | saved
+        # Options added since the run was written take what such runs did
+        # (RunConfig.from_dict): an unfinished run still resumes after an upgrade.
+        try:
+            saved = json.loads(RunConfig.from_dict(saved).to_json())
+        except (LungsegError, TypeError, ValueError) as error:
+            raise DataError(f"{self.config_path}: not a valid run configuration ({error})") from error
         return sorted(k for k in set(saved) | set(current) if k != "out" and saved.get(k) != current.get(k))
 
     def create(self, overwrite=False, protected=()):

@@ -236,3 +236,23 @@ def test_training_options_are_generated_from_runconfig_fields():
                                                           "strong", "--freeze", "bottleneck"]), parser)
     assert (config.flips, config.augment_policy, config.freeze, config.lus_frames) == (
         False, "strong", ["bottleneck"], 80)
+
+
+def test_a_run_written_before_tf32_resumes_as_it_ran(tmp_path):
+    """A config.json without ``tf32`` ran with TensorFlow's default (TF32 on): a quick run of
+    then resumes under today's quick preset; a paper run of then is told apart from today's."""
+    from lungseg.errors import RunExistsError
+    from lungseg.runs import RunFolder
+
+    for preset, resumes in (("quick", True), ("paper", False)):
+        config = make_config("xunet", preset, preset)
+        old = json.loads(config.to_json())
+        del old["tf32"]
+        (tmp_path / preset).mkdir()
+        (tmp_path / preset / "config.json").write_text(json.dumps(old))
+        assert RunConfig.from_dict(old).tf32 is True
+        if resumes:
+            RunFolder(tmp_path / preset, config).create()
+        else:
+            with pytest.raises(RunExistsError, match=r"different configuration \(tf32\)"):
+                RunFolder(tmp_path / preset, config).create()
