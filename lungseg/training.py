@@ -551,7 +551,6 @@ def _set_up_tensorflow(config, root, cluster, overwrite):
 def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretrained):
     """The stages of a run folder ``create`` has made or checked, then its summary."""
     config = run.config
-    is_vunet = config.model == "vunet"
     log(f"== {display_name(config.model)} run {run.root} ({config.preset} preset) ==")
     if cluster is not None:
         log(f"{cluster.workers} workers (MultiWorkerMirroredStrategy), this one {cluster.label}"
@@ -571,7 +570,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
             continue
         part = splits["folds"][k - 1]
         train_stage(
-            f"{'V-Unet' if is_vunet else 'X-Unet'} fold {k}/{config.folds}",
+            f"{display_name(config.model)} fold {k}/{config.folds}",
             run, name,
             lambda: load_model_for_finetuning(start_model, config),
             lus.subset(part["train"]),
