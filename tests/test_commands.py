@@ -2,6 +2,7 @@
 
 import configparser
 import importlib
+import os
 import subprocess
 import sys
 
@@ -62,8 +63,10 @@ def test_evaluate_command_runs_as_a_module(tmp_path):
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert help_.returncode == 0, help_.stderr
     assert "Score trained V-Unet and X-Unet runs" in help_.stdout and help_.stderr == ""
+    # in an empty folder: the default --out (results/) of a checkout may hold the demo's results
     missing = subprocess.run([sys.executable, "-m", "lungseg.commands.evaluate", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert missing.returncode == 2
     assert missing.stderr == f"error: {tmp_path / 'nope'}: does not exist\n"
 
