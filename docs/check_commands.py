@@ -30,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this script imports TensorFlow itself
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Appended to training commands so that they finish in seconds: the only change made.
