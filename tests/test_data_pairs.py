@@ -66,6 +66,10 @@ def test_every_problem_is_reported_together_with_its_file(tmp_path):
 def test_missing_root_empty_folder_and_unknown_layout(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_pairs(tmp_path / "nowhere")
+    (tmp_path / "frame.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"frame.png: a file, not a data folder$"):
+        find_pairs(tmp_path / "frame.png")
+    (tmp_path / "frame.png").unlink()
     with pytest.raises(DataError, match="no IMG/ \\+ MASK/ folders"):
         find_pairs(tmp_path)
     (tmp_path / "IMG").mkdir()

@@ -135,7 +135,7 @@ def scan_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
-        raise DataError(f"{root}: data folder does not exist")
+        raise DataError(f"{root}: " + ("a file, not a data folder" if root.exists() else "data folder does not exist"))
     if layout == "auto":
         layout = _detect_layout(root)
     image_names, mask_names, image_prefix, mask_prefix, image_suffixes, mask_suffixes = (
