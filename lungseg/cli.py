@@ -11,6 +11,7 @@ import traceback
 
 from lungseg.config import (
     CROPS,
+    MAX_SEED,
     MODELS,
     PRESETS,
     RunConfig,
@@ -24,7 +25,6 @@ RESUME_HINT = "Run the same command again to resume from the last finished epoch
 # Upper bounds of the options: beyond them a run cannot fit a machine (or a seed NumPy).
 MAX_SIDE = 4096
 MAX_COUNT = 1_000_000
-MAX_SEED = 2**31 - 1
 
 
 class Terminated(KeyboardInterrupt):
@@ -144,14 +144,19 @@ def _number(kind, text):
         raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
 
 
+def pair_option(text, kind, expected):
+    """The ``kind`` numbers of ``A`` (taken twice) or ``AxB`` (any count: the caller checks
+    for two); argparse's error names ``expected`` when one is not a number."""
+    try:
+        values = tuple(kind(value) for value in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    return values * 2 if len(values) == 1 else values
+
+
 def image_size(text):
     """``256`` (square) or ``HxW`` such as ``256x64``."""
-    try:
-        sides = tuple(int(side) for side in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
-    if len(sides) == 1:
-        sides = sides * 2
+    sides = pair_option(text, int, "N or HxW")
     if len(sides) != 2 or any(side < 16 or side % 16 for side in sides):
         raise argparse.ArgumentTypeError(f"sides must be multiples of 16 (at least 16), got {text!r}")
     if any(side > MAX_SIDE for side in sides):

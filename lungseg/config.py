@@ -69,6 +69,8 @@ class StageConfig:
     batch_size: int
     learning_rate: float
 
+MAX_SEED = 2**31 - 1  # the largest seed NumPy and TensorFlow take
+
 # RunConfig's fields that name the user's files (or a regex, for groups): stored absolute in
 # config.json (runs.absolute_paths); a machine may mount them elsewhere (lungseg.distribute).
 PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups")
@@ -248,8 +250,8 @@ class RunConfig:
                 f"{option_flag('image_size')} sides must be at least 32 for V-Unet (VGG16's five poolings), "
                 f"got {'x'.join(map(str, self.image_size))}"
             )
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**31):
-            raise ConfigError(f"{option_flag('seed')} must be a whole number from 0 to {2**31 - 1}, got {self.seed}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
+            raise ConfigError(f"{option_flag('seed')} must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for label, stage in (("stage 1", self.stage1), ("fine-tuning", self.finetune)):
             if stage.epochs < 1:
                 raise ConfigError(f"--epochs must be positive, got {stage.epochs} for {label}")

@@ -22,7 +22,7 @@ import os
 import shutil
 import socket
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from lungseg.config import PATH_FIELDS, RunConfig
@@ -440,7 +440,7 @@ class RunFolder:
 
     def stage1_lock(self, fold):
         """The run's lock while a ``--fold`` job trains stage 1 (a whole run holds it already)."""
-        return lock_file(self.lock_path(), self.root) if fold else _nothing()
+        return lock_file(self.lock_path(), self.root) if fold else nullcontext()
 
 
 def absolute_paths(config):
@@ -472,11 +472,6 @@ def frame_digest(frames):
 def _names(names, at_most=10):
     shown = ", ".join(names[:at_most])
     return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 class RunLockedError(LungsegError):

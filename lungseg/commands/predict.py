@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from lungseg.cli import positive_int, run_main
+from lungseg.cli import non_negative_int, pair_option, positive_int, run_main, sample_value
 from lungseg.config import CROPS, TTA_CHOICES
 from lungseg.data.frames import INTERPOLATIONS
 from lungseg.data.io import write_image
 from lungseg.data.sources import SOURCE_SUFFIXES, find_sources, is_source
 from lungseg.errors import ConfigError, DataError, LungsegError
-from lungseg.model_files import model_files, training_interpolation, training_placement
+from lungseg.model_files import model_files, training_config
 from lungseg.predict import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THRESHOLD,
@@ -170,12 +170,7 @@ class OverlayVideo:
 
 def spacing_option(text: str) -> tuple[float, float]:
     """``MM`` (square pixels) or ``ROWxCOL`` in mm, e.g. ``0.2`` or ``0.2x0.3``."""
-    try:
-        values = tuple(float(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MM or ROWxCOL in mm, got {text!r}") from None
-    if len(values) == 1:
-        values = values * 2
+    values = pair_option(text, float, "MM or ROWxCOL in mm")
     if len(values) != 2 or not all(0 < v < float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"expected positive finite MM or ROWxCOL in mm, got {text!r}")
     return values
@@ -189,7 +184,7 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         "of every finished fold model)")
     parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="flip: average with the prediction on the mirrored frame (default: none)")
-    parser.add_argument("--min-size", type=int, default=0, metavar="PX",
+    parser.add_argument("--min-size", type=non_negative_int, default=0, metavar="PX",
                         help="remove predicted components under PX pixels at the frame's own size "
                         "(default: 0, keep all)")
     parser.add_argument("--keep-largest", type=positive_int, metavar="N",
@@ -239,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pixel spacing in mm for rib areas in mm² (DICOM files give their own)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="with an unfinished run folder, use its finished folds (default: refuse)")
-    parser.add_argument("--max-value", type=int, metavar="N",
+    parser.add_argument("--max-value", type=sample_value, metavar="N",
                         help="the largest value of 16-bit frames that do not state it, e.g. 4095 "
                         "for 12-bit data (default: the file's sBIT or MaxSampleValue, else 1023 "
                         "or 4095 when the values fit 10 or 12 bits, said in one line, else 65535)")
@@ -396,16 +391,14 @@ def _check_arguments(
     from lungseg.postprocess import PostProcess
     from lungseg.runs import fold_name
 
+    config = training_config(args.model)  # how the model's run placed its frames, if known
     if args.interpolation is None:
-        args.interpolation = training_interpolation(args.model) or "nearest"
-    crop, keep_aspect = training_placement(args.model)
-    args.crop = crop if args.crop is None else args.crop
-    args.keep_aspect = keep_aspect if args.keep_aspect is None else args.keep_aspect
+        args.interpolation = config.interpolation if config else "nearest"
+    args.crop = (config.crop if config else "none") if args.crop is None else args.crop
+    args.keep_aspect = (config.keep_aspect if config else False) if args.keep_aspect is None else args.keep_aspect
     check_threshold(args.threshold)
     check_batching(args.batch_size, args.interpolation)
     post = PostProcess(args.min_size, args.keep_largest)
-    if args.max_value is not None and not 0 < args.max_value < 65536:
-        raise ConfigError(f"--max-value must be between 1 and 65535, got {args.max_value}")
     if args.fold and not args.model.is_dir():
         raise ConfigError("--fold takes a run folder, not a model file")
     files, others = _frame_files(args.input)

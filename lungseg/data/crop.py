@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from lungseg.config import CROPS  # noqa: F401  (the --crop choices, named where configs load)
 # Pixels brighter than this (of 255) may be imaging; the black of a screen capture is 0-3
 # after JPEG, the darkest speckle of a sector above it.
 BRIGHT = 6

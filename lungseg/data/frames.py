@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from lungseg import config
-from lungseg.data.crop import CROPS, find_sector, place, to_model
+from lungseg.config import CROPS
+from lungseg.data.crop import find_sector, place, to_model
 from lungseg.data.io import describe_depths, read_frame
 from lungseg.data.masks import check_threshold, read_mask_stats, summarize_masks
 from lungseg.data.pairs import SUBJECT_PREFIX
@@ -223,7 +224,8 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False, nati
                 images[index, :, :, 0] = to_model(image, placement, INTERPOLATIONS[interpolation])
                 masks[index, :, :, 0] = to_model(mask, placement, cv2.INTER_NEAREST_EXACT)
                 top, left, bottom, right = placement.box
-                cropped[index] = int(mask.sum()) - int(mask[top:bottom, left:right].sum())
+                if placement.box != (0, 0, *mask.shape):  # mask pixels the crop left out
+                    cropped[index] = int(mask.sum()) - int(mask[top:bottom, left:right].sum())
                 if native:
                     native_masks[index] = mask
         return problems

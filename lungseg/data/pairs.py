@@ -6,7 +6,8 @@ Three folder layouts are understood (``find_pairs(root, layout=...)``):
     The paper's LUS data: ``IMG/img_<name>.tif`` with ``MASK/mask_<name>.tif``; the pair's name
     is what follows the prefix, e.g. ``lung_pos2_5``.
 ``salient``
-    Salient-object data such as gray XPIE: ``images/<name>.jpg`` with ``masks/<name>.png``.
+    Salient-object data such as gray XPIE: ``images/<name>.jpg`` (or ``.png``, as the
+    converter writes) with ``masks/<name>.png``.
 ``generic``
     ``images/`` and ``masks/`` (or ``image/`` and ``mask/``) holding files with the same stem,
     any of the extensions in ``io.IMAGE_SUFFIXES``.
@@ -62,7 +63,7 @@ SWEEP_FRAMES_WARNED = 3
 # the first folder name of each is the one named when missing.
 _LAYOUT_RULES = {
     "lus": (("IMG",), ("MASK",), "img_", "mask_", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
-    "salient": (("images",), ("masks",), "", "", (".jpg", ".jpeg"), (".png",)),
+    "salient": (("images",), ("masks",), "", "", (".jpg", ".jpeg", ".png"), (".png",)),
     "generic": (("images", "image"), ("masks", "mask"), "", "", IMAGE_SUFFIXES, IMAGE_SUFFIXES),
 }
 
