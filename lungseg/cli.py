@@ -34,8 +34,22 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+# Set by the handler as well as raised: C code the signal lands in (a TensorFlow op, NumPy's
+# __array__ protocol) may swallow the exception or turn it into another one; the flag outlives
+# both, for ``stop_if_terminated`` and ``run_main`` to read.
+_terminated = threading.Event()
+
+
 def _terminate(signum, frame):
+    _terminated.set()
     raise Terminated()
+
+
+def stop_if_terminated():
+    """Raise ``Terminated`` again if SIGTERM arrived but its exception got lost on the way
+    (called between training steps)."""
+    if _terminated.is_set():
+        raise Terminated()
 
 
 def _signal_handler():
@@ -68,32 +82,47 @@ def run_main(main, argv=None, resume_hint=None):
     previous = _signal_handler()
     try:
         return main(argv) or 0
-    except LungsegError as error:
-        if debug:
-            traceback.print_exc()
-        lines = str(error).splitlines() or [type(error).__name__]
-        print(f"error: {lines[0]}", file=sys.stderr)
-        for line in lines[1:]:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        if not _terminated.is_set():
+            return _report_error(error, debug)
+        interruption = Terminated()  # SIGTERM's exception, changed on its way through C code
+        interruption.__cause__ = error
+        return _report_interruption(interruption, debug, resume_hint)
     except KeyboardInterrupt as interruption:
-        if debug:
-            traceback.print_exc()
-        terminated = isinstance(interruption, Terminated)
-        print(("\nterminated (SIGTERM)." if terminated else "\ninterrupted.")
-              + (f" {resume_hint}" if resume_hint else ""), file=sys.stderr)
-        return 128 + Terminated.signum if terminated else 130
-    except OSError as error:  # unwritable folder, full disk, ...
-        if debug:
-            traceback.print_exc()
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
-        return 2
+        return _report_interruption(interruption, debug, resume_hint)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _terminated.clear()
         if whole_process:
             gc.freeze()
+
+
+def _report_error(error, debug):
+    """An ``error:`` line (or lines) for a user's error, and exit code 2; anything else is a
+    bug and propagates with its traceback."""
+    if isinstance(error, LungsegError):
+        lines = str(error).splitlines() or [type(error).__name__]
+    elif isinstance(error, OSError):  # unwritable folder, full disk, ...
+        where = f"{error.filename}: " if error.filename else ""
+        lines = [f"{where}{error.strerror or error}"]
+    else:
+        raise error
+    if debug:
+        traceback.print_exception(error)
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
+def _report_interruption(interruption, debug, resume_hint):
+    """What was interrupted and how to go on; exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
+    if debug:
+        traceback.print_exception(interruption)
+    terminated = isinstance(interruption, Terminated)
+    print(("\nterminated (SIGTERM)." if terminated else "\ninterrupted.")
+          + (f" {resume_hint}" if resume_hint else ""), file=sys.stderr)
+    return 128 + Terminated.signum if terminated else 130
 
 
 def positive_int(text):

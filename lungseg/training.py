@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from lungseg import data
+from lungseg.cli import stop_if_terminated
 from lungseg.config import PATH_FIELDS, RunConfig
 from lungseg.console import interactive, log, warn
 from lungseg.distribute import (
@@ -338,6 +339,7 @@ def _fit(model, train_ds, val_ds, label, stage, initial_epoch, steps_per_epoch, 
             keras.callbacks.CSVLogger(str(checkpoint.history_path), append=True),
             checkpoint,
             watch,  # after the checkpoint: the epoch that stops the stage is saved
+            keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stop_if_terminated()),
         ],
         shuffle=False,  # the data set shuffles itself, seeded
         verbose=1 if interactive() else 0,

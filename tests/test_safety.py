@@ -506,6 +506,33 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path, capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # run_main put the handler back
 
 
+def test_sigterm_whose_exception_c_code_lost_or_changed_still_ends_as_sigterm(capsys):
+    """C code a signal lands in may swallow its exception (the run went on to exit 0 on a CI
+    machine) or turn it into another one (NumPy's __array__ protocol gave a TypeError)."""
+    from lungseg.cli import run_main, stop_if_terminated
+
+    def swallowed(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass  # as C code that clears the error would
+        stop_if_terminated()  # the training's next step
+        raise AssertionError("not stopped")
+
+    def changed(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise TypeError("__array__() got an unexpected keyword argument 'copy'")
+
+    for main in (swallowed, changed):
+        assert run_main(main, [], resume_hint="Run it again.") == 143
+        assert capsys.readouterr().err == "\nterminated (SIGTERM). Run it again.\n"
+    with pytest.raises(TypeError):  # without SIGTERM the same error is a bug, shown as one
+        run_main(lambda argv: int([]), [])
+    stop_if_terminated()  # run_main leaves the flag clear for the next command
+
+
 def test_sigterm_stops_a_training_that_the_same_command_resumes(tiny_lus, narrow_pretrained, tmp_path, capsys):
     from conftest import ROOT
     from test_interruptions import epochs_in_history, saved_epoch
