@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(PY) evaluate.py weights/demo_vunet weights/demo_xunet --out results/demo
 
 # Two pytest-xdist workers, each taking whole modules in collection order: the one module that
-# writes full-size model files (tests/test_tiny_runs.py) is collected first, so one worker
-# starts it at once while the other takes the rest (tests/conftest.py).
+# writes full-size model files (tests/test_tiny_runs.py) is collected first, then the long ones,
+# so one worker starts it at once while the other takes the rest (tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder

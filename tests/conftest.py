@@ -3,8 +3,9 @@
 The tiny full-size runs (their model files take 100-125 MB each) are trained and read in one
 module, test_tiny_runs.py, marked ``full_size``: it is collected first, so that ``make test``
 (two pytest-xdist workers, each taking whole modules: ``--dist loadfile``) starts it first,
-and the other worker takes the modules one after another meanwhile. Checks that do not depend
-on the model's size use narrow models (``narrow_xunet``), whose files take kilobytes.
+and the other worker takes the modules marked ``long``, then the rest, meanwhile. Checks that
+do not depend on the model's size use narrow models (``narrow_xunet``), whose files take
+kilobytes.
 """
 
 import importlib.util
@@ -41,10 +42,12 @@ def run_script(name, *argv):
 
 
 def pytest_collection_modifyitems(items):
-    """The full-size module first (test_tiny_runs.py, about half of the suite's time): with
-    ``--dist loadfile --no-loadscope-reorder`` (the Makefile) pytest-xdist hands out modules in
-    collection order, so one worker starts it at once and the other takes the rest."""
-    items.sort(key=lambda item: item.get_closest_marker("full_size") is None)  # stable
+    """The full-size module first, then the modules marked ``long``, then the others: with
+    ``--dist loadfile --no-loadscope-reorder`` (the Makefile) pytest-xdist hands out whole
+    modules in collection order, so the longest start at once and the short ones fill the end,
+    and the two workers finish together."""
+    items.sort(key=lambda item: (item.get_closest_marker("full_size") is None,
+                                 item.get_closest_marker("long") is None))  # stable
 
 
 @pytest.fixture
