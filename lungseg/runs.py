@@ -125,6 +125,9 @@ def check_output_folder(out, kind, marker, inputs=()):
         raise LungsegError(f"{out}: cannot be replaced (no write permission on {target.parent})")
 
 
+_UNREAD = object()  # a RunFolder's config.json before it is first read
+
+
 class RunFolder:
     """A run folder on disk and its configuration."""
 
@@ -132,7 +135,7 @@ class RunFolder:
         self.root = Path(root)
         self.config = config
         self.stage1 = stage1_name(config.model)
-        self._saved_text = None  # config.json as first read (saved_config_text)
+        self._saved_text = _UNREAD  # config.json as first read (saved_config_text)
 
     @classmethod
     def for_config(cls, config):
@@ -291,19 +294,18 @@ class RunFolder:
         return (self.splits_path).is_file()
 
     def saved_config_text(self):
-        """The text of ``config.json`` as this object first read it ("" when there was none):
+        """The text of ``config.json`` as this object first read it (None when there was none):
         a run's start reads it once, for the precision it chose (``saved_precision``) and the
         options it differs in (``create``)."""
-        if self._saved_text is None:
-            self._saved_text = self.config_path.read_text() if self.config_path.is_file() else ""
+        if self._saved_text is _UNREAD:
+            self._saved_text = self.config_path.read_text() if self.config_path.is_file() else None
         return self._saved_text
 
     def saved_precision(self, overwrite=False):
         """The precision an unfinished run of this folder chose (``auto`` keeps it on resume)."""
-        text = self.saved_config_text()
-        if overwrite or not text:
+        if overwrite or self.saved_config_text() is None:
             return None
-        return read_json(self.config_path, text).get("precision")
+        return read_json(self.config_path, self.saved_config_text()).get("precision")
 
     def read_summary(self):
         summary = read_json(self.summary_path) if (self.summary_path).is_file() else None
