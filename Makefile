@@ -21,12 +21,12 @@ demo: $(STAMP)
 	$(PY) train_xunet.py --preset quick --name demo_xunet --overwrite
 	$(PY) evaluate.py weights/demo_vunet weights/demo_xunet --out results/demo
 
-# Two pytest-xdist workers: the tests that write full-size model files run one after another
-# on one of them, each other module goes whole to either (tests/conftest.py); under 3 minutes
-# and 1 GB of temporary files on two cores.
+# Two pytest-xdist workers, each taking whole modules in collection order: the one module that
+# writes full-size model files (tests/test_tiny_runs.py) is collected first, then the long ones,
+# so one worker starts it at once while the other takes the rest (tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

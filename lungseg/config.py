@@ -55,6 +55,18 @@ def option(default=dataclasses.MISSING, *, help, flag=None, kind=None, choices=N
     return field(default=default, metadata={"option": spec}, **field_options)
 
 
+def check_reading(crop="none", mask_threshold=None, max_value=None):
+    """``ConfigError`` naming the first option of how frames and masks are read (``RunConfig``'s
+    fields of these names, ``lungseg.data.frames.Reading``) that is out of its range."""
+    if crop not in CROPS:
+        raise ConfigError(f"{option_flag('crop')} must be one of {', '.join(CROPS)}, got {crop!r}")
+    if mask_threshold is not None and not 0 < mask_threshold < 1:
+        raise ConfigError(f"{option_flag('mask_threshold')} must be between 0 and 1 (a share of the "
+                          f"mask's foreground value), got {mask_threshold}")
+    if max_value is not None and not 0 < max_value < 65536:
+        raise ConfigError(f"{option_flag('max_value')} must be between 1 and 65535, got {max_value}")
+
+
 def option_flag(field_name):
     """The command-line flag of a ``RunConfig`` field (``--lus-frames`` for ``lus_frames``)."""
     spec = RUN_FIELDS[field_name].metadata.get("option") or {}
@@ -224,12 +236,7 @@ class RunConfig:
             if choices and getattr(self, name) not in choices:
                 raise ConfigError(f"{option_flag(name)} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
-        if self.crop not in CROPS:
-            raise ConfigError(f"{option_flag('crop')} must be one of {', '.join(CROPS)}, got {self.crop!r}")
-        if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
-            raise ConfigError(f"{option_flag('mask_threshold')} must be between 0 and 1, got {self.mask_threshold}")
-        if self.max_value is not None and not 0 < self.max_value < 65536:
-            raise ConfigError(f"{option_flag('max_value')} must be between 1 and 65535, got {self.max_value}")
+        check_reading(self.crop, self.mask_threshold, self.max_value)
         if self.folds < 2:
             raise ConfigError(f"{option_flag('folds')} must be at least 2, got {self.folds}")
         if self.lus_frames < self.folds:

@@ -21,7 +21,6 @@ with ``--fold``. Exit status: 0 written; 2 nothing written (the error names the 
 
 import argparse
 import importlib.util
-import shutil
 import sys
 import time
 import warnings
@@ -87,42 +86,17 @@ def check_out(out, fmt, overwrite=False, sources=()):
 def export_model(model, out, fmt, overwrite=False):
     """Write ``model`` as ``fmt`` to ``out``; return the seconds the export took.
 
-    The artifact is written beside ``out`` under a temporary name and renamed into place, so
-    ``out`` is either complete or absent (or, when the export fails, as it was).
+    The artifact is written beside ``out`` under a temporary name and renamed into place
+    (``lungseg.files``), so ``out`` is either complete or absent (or, when the export fails,
+    as it was; a SavedModel folder it replaces is put back if the rename fails).
     """
     out = Path(out)
     _check(fmt, out)
     check_out(out, fmt, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    import os
-
-    from lungseg.files import temporary_path
-
-    tmp = temporary_path(out)
     start = time.perf_counter()
     try:
-        if fmt == "keras":
-            from lungseg.inference import inference_copy
-
-            inference_copy(model).save(tmp)
-        else:
-            import numpy as np
-
-            # Keras' ONNX exporter refuses a model that was never called.
-            model(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
-            with warnings.catch_warnings():
-                # Keras' tf2onnx patch probes np.object (hasattr), which NumPy 2 answers with a
-                # FutureWarning on every ONNX export: not the user's concern.
-                warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
-                model.export(str(tmp), format=FORMATS[fmt][0], verbose=False)
-        seconds = time.perf_counter() - start
-        if out.is_dir():  # a SavedModel (check_out): moved aside, removed once the new one is in
-            old = temporary_path(out, "old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        with _written(out, fmt) as tmp:
+            _write_artifact(model, tmp, fmt)
     except LungsegError:
         raise
     except Exception as error:  # the converters raise anything
@@ -130,12 +104,33 @@ def export_model(model, out, fmt, overwrite=False):
         raise LungsegError(
             f"{out}: {fmt} export failed ({type(error).__name__}: {text[0] if text else ''})"
         ) from error
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
-    return seconds
+    return time.perf_counter() - start
+
+
+def _written(out, fmt):
+    """Where the artifact is written before it replaces ``out``: a temporary folder for a
+    SavedModel (``written_whole``), else a temporary file (``atomic_path``)."""
+    from lungseg.files import atomic_path, written_whole
+
+    return written_whole(out) if FORMATS[fmt][1] is None else atomic_path(out)
+
+
+def _write_artifact(model, path, fmt):
+    """Write ``model`` as ``fmt`` at ``path``: a slim ``.keras`` file, or Keras' ``export``."""
+    if fmt == "keras":
+        from lungseg.inference import inference_copy
+
+        inference_copy(model).save(path)
+        return
+    import numpy as np
+
+    # Keras' ONNX exporter refuses a model that was never called.
+    model(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
+    with warnings.catch_warnings():
+        # Keras' tf2onnx patch probes np.object (hasattr), which NumPy 2 answers with a
+        # FutureWarning on every ONNX export: not the user's concern.
+        warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
+        model.export(str(path), format=FORMATS[fmt][0], verbose=False)
 
 
 def build_parser():

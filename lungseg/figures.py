@@ -182,55 +182,72 @@ def overlay_grid(images, reference_masks, predictions, names=None, cell_inches=2
     images = _items(images)
     reference_masks = _items(reference_masks)
     models = list(predictions or {})
-    columns = 2 + len(models)
     if not images:
-        fig = Figure(figsize=(cell_inches * columns, cell_inches), layout="constrained")
+        fig = Figure(figsize=(cell_inches * (2 + len(models)), cell_inches), layout="constrained")
         _missing(fig.add_subplot(), "no frames to show")
         return fig
     # Frames keep their own aspect ratio (a 960 x 128 frame is tall and narrow); a row is at
     # most 2.5 cells tall, the frame then narrower than its column.
     height, width = np.asarray(images[0]).shape[:2]
     aspect = min(max(height / width, 0.5), 2.5)
+    fig, axes = _grid_figure(len(images), models, cell_inches, aspect)
+    name_width = _characters(cell_inches * aspect * 0.95, LABEL_POINTS)
+    for row, image in enumerate(images):
+        name = names[row] if names is not None and row < len(names) else None
+        _overlay_row(axes[row], image, _nth(reference_masks, row),
+                     [_nth(_items(predictions[model]), row) for model in models],
+                     None if name is None else _wrap(name, name_width))
+    return fig
+
+
+def _nth(values, index):
+    """``values[index]``, or None past the end (a missing mask)."""
+    return values[index] if index < len(values) else None
+
+
+def _grid_figure(rows, models, cell_inches, aspect):
+    """The overlay grid's figure and its ``rows`` x (2 + models) axes: the columns titled (the
+    models' names shortened to fit, with a key of the full names under the figure)."""
+    columns = 2 + len(models)
     titles, key = fit_labels(models, cell_inches * 0.95, TITLE_POINTS)
     key, key_height = _key_text(key, cell_inches * columns)
     fig = Figure(
-        figsize=(cell_inches * columns, cell_inches * aspect * len(images) + key_height),
+        figsize=(cell_inches * columns, cell_inches * aspect * rows + key_height),
         layout="constrained",
     )
-    axes = fig.subplots(len(images), columns, squeeze=False)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for column, title in enumerate(["image", "ground truth", *titles]):
         axes[0, column].set_title(title, fontsize=TITLE_POINTS)
     _add_key(fig, key)
-    name_width = _characters(cell_inches * aspect * 0.95, LABEL_POINTS)
-    for row, image in enumerate(images):
-        rgb = _to_unit_rgb(image)
-        reference = reference_masks[row] if row < len(reference_masks) else None
-        axes[row, 0].imshow(rgb)
-        if names is not None and row < len(names):
-            axes[row, 0].set_ylabel(_wrap(names[row], name_width), fontsize=LABEL_POINTS)
-        if reference is None:
-            axes[row, 1].imshow(rgb)
-            _missing(axes[row, 1], "no mask")
-        else:
-            reference = _mask_at(reference, rgb.shape)
-            axes[row, 1].imshow(blend_mask(rgb, reference, REFERENCE_COLOUR))
-        for column, model in enumerate(models, start=2):
-            masks = _items(predictions[model])
-            mask = masks[row] if row < len(masks) else None
-            ax = axes[row, column]
-            if mask is None:
-                ax.imshow(rgb)
-                _missing(ax, "no prediction")
-                continue
-            mask = _mask_at(mask, rgb.shape)
-            ax.imshow(blend_mask(rgb, mask, PREDICTION_COLOUR))
-            if reference is not None:
-                scores = image_metrics(reference, mask)
-                dice = "n/a" if math.isnan(scores["dice"]) else f"{scores['dice']:.3f}"
-                ax.set_xlabel(f"Dice {dice}, spurious {scores['spurious']}", fontsize=LABEL_POINTS)
-        for ax in axes[row]:
-            _hide_ticks(ax)
-    return fig
+    return fig, axes
+
+
+def _overlay_row(axes, image, reference, masks, name=None):
+    """One frame's row of the overlay grid: the frame (labelled ``name``), its ground truth,
+    then each model's mask with its Dice and spurious components; None leaves a note."""
+    rgb = _to_unit_rgb(image)
+    axes[0].imshow(rgb)
+    if name is not None:
+        axes[0].set_ylabel(name, fontsize=LABEL_POINTS)
+    if reference is None:
+        axes[1].imshow(rgb)
+        _missing(axes[1], "no mask")
+    else:
+        reference = _mask_at(reference, rgb.shape)
+        axes[1].imshow(blend_mask(rgb, reference, REFERENCE_COLOUR))
+    for ax, mask in zip(axes[2:], masks):
+        if mask is None:
+            ax.imshow(rgb)
+            _missing(ax, "no prediction")
+            continue
+        mask = _mask_at(mask, rgb.shape)
+        ax.imshow(blend_mask(rgb, mask, PREDICTION_COLOUR))
+        if reference is not None:
+            scores = image_metrics(reference, mask)
+            dice = "n/a" if math.isnan(scores["dice"]) else f"{scores['dice']:.3f}"
+            ax.set_xlabel(f"Dice {dice}, spurious {scores['spurious']}", fontsize=LABEL_POINTS)
+    for ax in axes:
+        _hide_ticks(ax)
 
 
 # --- training curves ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Atomic writes: a file appears complete under its final name or not at all; a results folder
-likewise (``written_whole``); and the rules for which folders lungseg may replace."""
+likewise (``written_whole``). Which output folders lungseg may replace:
+``lungseg.runs.check_output_folder`` (it must not lie in a run folder, whose layout runs knows)."""
 
 import errno
 import json
@@ -8,7 +9,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from lungseg.errors import DataError, LungsegError
+from lungseg.errors import DataError
 
 
 class DamagedFileError(DataError, ValueError):
@@ -63,12 +64,13 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path):
-    """The JSON in ``path``; ``DamagedFileError`` (a ``DataError`` and a ``ValueError``) naming
-    the file when it is not valid JSON (a missing file stays ``FileNotFoundError``)."""
+def read_json(path, text=None):
+    """The JSON in ``path`` (or in ``text``, read from it already); ``DamagedFileError`` (a
+    ``DataError`` and a ``ValueError``) naming the file when it is not valid JSON (a missing
+    file stays ``FileNotFoundError``)."""
     path = Path(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8") if text is None else text)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DamagedFileError(f"{path}: damaged or not JSON ({error}); restore it or delete "
                                "the folder it belongs to") from None
@@ -87,52 +89,6 @@ def is_within(path, folder):
     """True when ``path`` is ``folder`` or lies inside it (resolved paths)."""
     path, folder = resolved(path), resolved(folder)
     return path == folder or folder in path.parents
-
-
-def is_run_folder(folder):
-    """True for a folder training wrote: its ``config.json`` and its log or splits."""
-    folder = Path(folder)
-    return (folder / "config.json").is_file() and any(
-        (folder / name).exists() for name in ("train.log", "splits.json", "summary.json"))
-
-
-def check_output_folder(out, kind, marker, inputs=()):
-    """Refuse an output folder ``out`` that lungseg may not replace, before any work.
-
-    ``out`` is written whole and renamed into place (``written_whole``), replacing what is
-    there; so it must be absent, empty, or a folder this command wrote before (it holds
-    ``marker``), must not equal, hold or lie inside any of ``inputs`` (folders or files read),
-    and must not lie inside a run folder (its ``config.json`` would be lost among results).
-    """
-    out = Path(out)
-    target = resolved(out)
-    if is_within(Path.cwd(), target) or target == Path.home():
-        raise LungsegError(f"{out}: is the working folder, holds it or is the home folder; "
-                           "choose an --out of its own")
-    for given in inputs:
-        if given is None:
-            continue
-        if is_within(target, given) or is_within(given, target):
-            where = "is" if resolved(given) == target else (
-                "is inside" if is_within(target, given) else "holds")
-            raise LungsegError(f"{out}: the {kind} folder {where} the input {given}; "
-                               "choose an --out outside the inputs")
-    for folder in (target, *target.parents):
-        if is_run_folder(folder):
-            raise LungsegError(f"{out}: is {'a' if folder == target else 'inside the'} run folder "
-                               f"{folder}; choose an --out outside run folders")
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise LungsegError(f"{out}: cannot create the output folder: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LungsegError(f"{out}: output folder is not writable (no write permission on {existing})")
-    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
-        raise LungsegError(f"{out}: exists and is not a {kind} folder (no {marker}); lungseg "
-                           "replaces only what it wrote: choose another --out or empty it")
-    if target.is_dir() and not os.access(target.parent, os.W_OK | os.X_OK):
-        raise LungsegError(f"{out}: cannot be replaced (no write permission on {target.parent})")
 
 
 def process_gone(pid):

@@ -30,7 +30,7 @@ from lungseg.errors import ConfigError
 from lungseg.files import atomic_path
 from lungseg.model_files import input_size, load_model, model_files, training_config
 from lungseg.models import FlipLeftRight, inference_copy
-from lungseg.predict import DEFAULT_BATCH_SIZE, DEFAULT_THRESHOLD, native_probabilities, segment_batch
+from lungseg.predict import DEFAULT_BATCH_SIZE, DEFAULT_THRESHOLD, segment_batch
 
 
 # --- slim model files --------------------------------------------------------------------
@@ -94,7 +94,7 @@ def ensemble(models: Iterable[keras.Model], tta: str = "none", name: str = "ense
 class Predictor:
     """What ``load_predictor`` gives: the model to run, what it is made of, and how its
     training run placed frames (``interpolation``, ``crop``, ``keep_aspect``), so that
-    :meth:`probabilities` and :meth:`segment` take frames at their own size."""
+    :meth:`segment` takes frames at their own size."""
 
     model: object  # a keras.Model: one model or the ensemble
     paths: list  # the model files it was built from
@@ -104,11 +104,6 @@ class Predictor:
     interpolation: str = "nearest"
     crop: str = "none"
     keep_aspect: bool = False
-
-    def probabilities(self, frames: Iterable[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> list:
-        """Probability maps at each frame's own size (``lungseg.predict.native_probabilities``)."""
-        return native_probabilities(self.model, frames, batch_size, self.interpolation,
-                                    self.crop, self.keep_aspect)
 
     def segment(self, frames: Iterable[Any], threshold: float = DEFAULT_THRESHOLD,
                 batch_size: int = DEFAULT_BATCH_SIZE) -> list:

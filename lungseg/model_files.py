@@ -4,7 +4,8 @@
   (height, width, 1 or 3) frames (:func:`input_size`);
 * :func:`model_files`: a run folder's finished fold models, or one model file, checked before
   TensorFlow starts;
-* :func:`training_config` and friends: how the run that trained a model placed its frames.
+* :func:`training_config`: the configuration of the run that trained a model (how it
+  placed its frames).
 
 Prediction (``lungseg.predict``, ``lungseg.inference``), scoring, evaluation and export load
 models through here; it imports neither of them (Keras only when a model is loaded).
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lungseg.errors import DataError, LungsegError, first_line
+from lungseg.errors import LungsegError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -74,7 +75,7 @@ def model_files(
     Needs no Keras: lungseg-predict checks the model path before TensorFlow starts (seconds),
     as it does its options.
     """
-    from lungseg.runs import CONFIG, RunFolder
+    from lungseg.runs import RunFolder
 
     path = Path(path)
     if not path.exists():
@@ -83,16 +84,9 @@ def model_files(
         raise LungsegError(f"{path}: does not exist (give a run folder or a .keras model file)")
     if not path.is_dir():
         return None, [], [path]
-    if not (path / CONFIG).is_file():
-        raise DataError(f"{path}: not a run folder (no {CONFIG}) nor a .keras model file")
     run = RunFolder.open(path)
-    chosen = run.check_finished(allow_partial, list(folds or []))
-    if run.missing_folds() and not folds:
-        from lungseg.console import warn
-
-        warn(f"{path}: unfinished run: using {len(chosen)} of {run.config.folds} folds "
-             f"({', '.join(run.missing_folds())} missing; --allow-partial)")
-    return run, chosen, [run.model_path(fold) for fold in chosen]
+    models = run.fold_models(allow_partial, list(folds or []))
+    return run, list(models), list(models.values())
 
 
 def input_size(model: keras.Model, source: str | Path | None = None) -> tuple[int, int, int]:
@@ -128,17 +122,3 @@ def training_config(model_path: str | Path) -> RunConfig | None:
             return None
     run = RunFolder.containing(model_path)
     return run.config if run is not None else None
-
-
-def training_interpolation(model_path: str | Path) -> str | None:
-    """The ``interpolation`` the run folder holding this model (or this run folder) was
-    trained with, or None."""
-    config = training_config(model_path)
-    return config.interpolation if config is not None else None
-
-
-def training_placement(model_path: str | Path) -> tuple[str, bool]:
-    """``(crop, keep_aspect)`` the model's training run placed its frames with (the paper's
-    ``("none", False)`` for a model outside a run folder or a run written before them)."""
-    config = training_config(model_path)
-    return (getattr(config, "crop", "none"), getattr(config, "keep_aspect", False))

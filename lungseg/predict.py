@@ -155,6 +155,8 @@ def native_probabilities(
     (``lungseg.data.crop.to_native``; zero outside a crop box).
     """
     frames = list(frames)
+    if crop == "auto":  # the sector is found on the gray frame: made once, not again for the batch
+        frames = [to_gray_uint8(np.asarray(frame), f"frame {index}") for index, frame in enumerate(frames)]
     height, width, _ = input_size(model)
     placements = placements_of(frames, (height, width), crop, keep_aspect)
     probabilities = predict_probabilities(model, frames, batch_size, interpolation, placements)

@@ -26,9 +26,9 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from lungseg.config import PATH_FIELDS, RunConfig
-from lungseg.console import log
+from lungseg.console import log, warn
 from lungseg.errors import ConfigError, DataError, LungsegError, RunExistsError
-from lungseg.files import is_within, process_gone, read_json, write_json, write_text
+from lungseg.files import is_within, process_gone, read_json, resolved, write_json, write_text
 
 CONFIG = "config.json"
 SPLITS = "splits.json"
@@ -72,6 +72,62 @@ def display_name(model, encoder_weights_used=None):
     return name
 
 
+def is_run_folder(folder):
+    """True for a folder training wrote: its ``config.json`` and its log, splits or summary."""
+    folder = Path(folder)
+    return (folder / CONFIG).is_file() and any((folder / name).exists() for name in (LOG, SPLITS, SUMMARY))
+
+
+def run_folder_around(path):
+    """The run folder that ``path`` is or lies inside (resolved), or None: where no results or
+    runs may be written, since they would be lost among the run's files."""
+    path = resolved(path)
+    return next((folder for folder in (path, *path.parents) if is_run_folder(folder)), None)
+
+
+def check_output_folder(out, kind, marker, inputs=()):
+    """Refuse an output folder ``out`` that lungseg may not replace, before any work.
+
+    ``out`` is written whole and renamed into place (``lungseg.files.written_whole``),
+    replacing what is there; so it must be absent, empty, or a folder this command wrote before
+    (it holds ``marker``), must not equal, hold or lie inside any of ``inputs`` (folders or
+    files read), and must not lie inside a run folder (its ``config.json`` would be lost among
+    results).
+    """
+    out = Path(out)
+    target = resolved(out)
+    if is_within(Path.cwd(), target) or target == Path.home():
+        raise LungsegError(f"{out}: is the working folder, holds it or is the home folder; "
+                           "choose an --out of its own")
+    for given in inputs:
+        if given is None:
+            continue
+        if is_within(target, given) or is_within(given, target):
+            where = "is" if resolved(given) == target else (
+                "is inside" if is_within(target, given) else "holds")
+            raise LungsegError(f"{out}: the {kind} folder {where} the input {given}; "
+                               "choose an --out outside the inputs")
+    run = run_folder_around(target)
+    if run is not None:
+        raise LungsegError(f"{out}: is {'a' if run == target else 'inside the'} run folder "
+                           f"{run}; choose an --out outside run folders")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LungsegError(f"{out}: cannot create the output folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LungsegError(f"{out}: output folder is not writable (no write permission on {existing})")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise LungsegError(f"{out}: exists and is not a {kind} folder (no {marker}); lungseg "
+                           "replaces only what it wrote: choose another --out or empty it")
+    if target.is_dir() and not os.access(target.parent, os.W_OK | os.X_OK):
+        raise LungsegError(f"{out}: cannot be replaced (no write permission on {target.parent})")
+
+
+_UNREAD = object()  # a RunFolder's config.json before it is first read
+
+
 class RunFolder:
     """A run folder on disk and its configuration."""
 
@@ -79,6 +135,7 @@ class RunFolder:
         self.root = Path(root)
         self.config = config
         self.stage1 = stage1_name(config.model)
+        self._saved_text = _UNREAD  # config.json as first read (saved_config_text)
 
     @classmethod
     def for_config(cls, config):
@@ -90,9 +147,7 @@ class RunFolder:
         """An existing run folder; ``DataError`` when ``path`` is not one."""
         path = Path(path)
         if not (path / CONFIG).is_file():
-            raise DataError(
-                f"{path}: not a run folder (no {CONFIG}); train one with train_vunet.py or train_xunet.py"
-            )
+            raise DataError(f"{path}: not a run folder (no {CONFIG}) nor a .keras model file")
         try:
             config = RunConfig.from_dict(read_json(path / CONFIG)).validate()
         except DataError:
@@ -206,6 +261,16 @@ class RunFolder:
                             "or give --allow-partial to use the finished folds only")
         return finished
 
+    def fold_models(self, allow_partial=False, folds=None, doing="using"):
+        """{fold: model file} of the folds to use (``check_finished``); an unfinished run's
+        finished folds are used with ``allow_partial`` and a warning saying what is ``doing``."""
+        chosen = self.check_finished(allow_partial, folds)
+        missing = self.missing_folds()
+        if missing and not folds:
+            warn(f"{self.root}: unfinished run: {doing} {len(chosen)} of {self.config.folds} folds "
+                 f"({', '.join(missing)} missing; --allow-partial)")
+        return {fold: self.model_path(fold) for fold in chosen}
+
     def is_finished(self):
         return (self.summary_path).is_file() and (self.read_summary() or {}).get("complete", False)
 
@@ -228,11 +293,19 @@ class RunFolder:
     def has_splits(self):
         return (self.splits_path).is_file()
 
+    def saved_config_text(self):
+        """The text of ``config.json`` as this object first read it (None when there was none):
+        a run's start reads it once, for the precision it chose (``saved_precision``) and the
+        options it differs in (``create``)."""
+        if self._saved_text is _UNREAD:
+            self._saved_text = self.config_path.read_text() if self.config_path.is_file() else None
+        return self._saved_text
+
     def saved_precision(self, overwrite=False):
         """The precision an unfinished run of this folder chose (``auto`` keeps it on resume)."""
-        if overwrite or not (self.config_path).is_file():
+        if overwrite or self.saved_config_text() is None:
             return None
-        return read_json(self.config_path).get("precision")
+        return read_json(self.config_path, self.saved_config_text()).get("precision")
 
     def read_summary(self):
         summary = read_json(self.summary_path) if (self.summary_path).is_file() else None
@@ -289,7 +362,7 @@ class RunFolder:
         """Options whose saved value differs from this configuration's (``--out`` compared by
         the folder it names, which is this one: a relative or absolute spelling, or a trailing
         slash, changes nothing)."""
-        saved = read_json(self.config_path)
+        saved = read_json(self.config_path, self.saved_config_text())
         if not isinstance(saved, dict):
             raise DataError(f"{self.config_path}: damaged (a JSON object expected)")
         current = json.loads(self.config.to_json())
@@ -351,8 +424,9 @@ class RunFolder:
             self._made = "contents" if self.root.is_dir() else "folder"
         self.root.mkdir(parents=True, exist_ok=True)
         text = self.config.to_json()
-        if not (self.config_path).is_file() or (self.config_path).read_text() != text:
+        if not self.config_path.is_file() or self.saved_config_text() != text:
             write_text(self.config_path, text)
+            self._saved_text = text
 
     def _check_protected(self, protected):
         for path in protected:

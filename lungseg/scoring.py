@@ -50,7 +50,7 @@ class Scores:
     probabilities: Any  # (n, h, w) float32 probabilities the masks were thresholded from
 
 
-def dice_batch(stage_name: str) -> int:
+def stage_dice_batch(stage_name: str) -> int:
     """How many frames the paper's Dice of a stage pools per batch: 30 for the salient
     pre-training (its batch size in the notebook), else 20."""
     return SALIENT_BATCH if stage_name == "pretrain" else PAPER_BATCH

@@ -36,7 +36,7 @@ from lungseg.distribute import (
 )
 from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
-from lungseg.files import atomic_path, is_run_folder, is_within, read_json, resolved, write_json, write_text
+from lungseg.files import atomic_path, is_within, read_json, write_json, write_text
 from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
@@ -44,8 +44,8 @@ from lungseg.model_files import load_model  # the one safe loader (safe mode, ch
 from lungseg.data import run_frames
 from lungseg.data.run_frames import lus_pool_size
 from lungseg.machine import environment
-from lungseg.runs import RunFolder, absolute_paths, display_name, file_sha256
-from lungseg.scoring import METRIC_DEFINITIONS, dice_batch, score_frames
+from lungseg.runs import RunFolder, absolute_paths, display_name, file_sha256, run_folder_around
+from lungseg.scoring import METRIC_DEFINITIONS, score_frames, stage_dice_batch
 
 # A stage has collapsed when more than this share of validation frames that contain ribs get
 # an empty (or all-foreground) prediction.
@@ -355,7 +355,7 @@ def _score_stage(label, stage_name, checkpoint, watch, val, stage_facts):
             "try a lower --lr or check the data"
         )
     started = time.perf_counter()
-    metrics = score_frames(load_model(checkpoint.best_path), val, dice_batch=dice_batch(stage_name)).metrics
+    metrics = score_frames(load_model(checkpoint.best_path), val, dice_batch=stage_dice_batch(stage_name)).metrics
     metrics.update(
         best_epoch=checkpoint.best_epoch,
         val_loss=checkpoint.best_val_loss,
@@ -481,8 +481,7 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
         if given and is_within(run.root.parent, given):
             raise ConfigError(f"{config.out}: --out is {option} {given} or inside it; runs and "
                               "generated data would be written among the user's frames")
-    out = resolved(run.root.parent)
-    inside = next((folder for folder in (out, *out.parents) if is_run_folder(folder)), None)
+    inside = run_folder_around(run.root.parent)
     if inside is not None:
         raise ConfigError(f"{config.out}: --out is the run folder {inside} or inside it; give the "
                           "folder that holds run folders")
@@ -501,10 +500,10 @@ def run_training(config: RunConfig, fold=None, overwrite=False):
 
 def _run_training(config, root, cluster, fold, overwrite):
     """``run_training`` writing the run folder ``root`` (the chief's, or a worker's copy)."""
-    config = _set_up_tensorflow(config, root, cluster, overwrite)
+    run = RunFolder(root, config)
+    config = run.config = _set_up_tensorflow(config, cluster, run.saved_precision(overwrite))
     if config.freeze:
         check_freeze(config)
-    run = RunFolder(root, config)
     is_vunet = config.model == "vunet"
     # Everything that can fail on the user's input fails here, before the run folder changes.
     lus, selection = run_frames.lus_frames(run, keep_generated=True)
@@ -530,9 +529,9 @@ def _run_training(config, root, cluster, fold, overwrite):
     return summary
 
 
-def _set_up_tensorflow(config, root, cluster, overwrite):
+def _set_up_tensorflow(config, cluster, saved_precision):
     """Seed, determinism, TF32 and the precision policy for this run; return ``config`` with
-    the precision chosen (``auto`` resolved, or kept from the unfinished run resumed)."""
+    the precision chosen (``auto`` resolved, or ``saved_precision``, the unfinished run's)."""
     if cluster is not None:
         distribution_strategy()  # MultiWorkerMirroredStrategy: before any other TensorFlow op
     if config.deterministic:
@@ -540,9 +539,8 @@ def _set_up_tensorflow(config, root, cluster, overwrite):
     tf.config.experimental.enable_tensor_float_32_execution(config.tf32)
     keras.utils.set_random_seed(config.seed)
     tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
-    saved = RunFolder(root, config).saved_precision(overwrite)
     precision, line, _ = choose_precision(
-        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved
+        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved_precision
     )
     log(line)
     config = dataclasses.replace(config, precision=precision)  # config.json: the one chosen

@@ -1,19 +1,17 @@
-"""Shared test set-up: quiet TensorFlow, tiny generated data sets and tiny trained runs.
+"""Shared test set-up: quiet TensorFlow, tiny generated data sets and narrow trained runs.
 
-The tiny runs (32 x 32 frames, 2 folds, 1-2 epochs) are trained once per session and shared
-by the training, evaluation and reliability tests. Their model files are full size (100-125 MB
-each, whatever the frame size), so each shared run is deleted as soon as the last test that
-uses it is done, and module-wide folders when their module is done (``module_tmp``): the
-session's temporary files stay under 1 GB.
+The tiny full-size runs (their model files take 100-125 MB each) are trained and read in one
+module, test_tiny_runs.py, marked ``full_size``: it is collected first, so that ``make test``
+(two pytest-xdist workers, each taking whole modules: ``--dist loadfile``) starts it first,
+and the other worker takes the modules marked ``long``, then the rest, meanwhile. Checks that
+do not depend on the model's size use narrow models (``narrow_xunet``), whose files take
+kilobytes.
 """
 
-import collections
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -43,96 +41,13 @@ def run_script(name, *argv):
         return exit_.code
 
 
-# --- shared folders, removed after their last user ------------------------------------------
-
-SHARED = ("vunet_run", "xunet_run")  # session fixtures that hold full-size model files
-_users = collections.Counter()  # tests still to run that use each of them
-_shared_folders = {}
-
-
-def pytest_collection_finish(session):
-    for item in session.items:
-        _users.update(name for name in SHARED if name in getattr(item, "fixturenames", ()))
-
-
-def _shared_folder(name, folder):
-    _shared_folders[name] = folder
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _release_shared_folders(request):
-    """After a test, delete the shared runs no later test uses (kept if a test failed)."""
-    yield
-    for name in SHARED:
-        if name in request.fixturenames:
-            _users[name] -= 1
-            if _users[name] == 0 and name in _shared_folders and not request.session.testsfailed:
-                shutil.rmtree(_shared_folders.pop(name), ignore_errors=True)
-
-
-# With pytest-xdist (make test runs two workers), the tests of the shared runs and those marked
-# full_size run on one worker, one after another, so that their model files never add up with
-# another worker's (and the shared runs are trained once); every other module runs on one
-# worker (its module fixtures are built once). Each worker writes which of its tests are
-# full-size into a folder that the controller's scheduler reads. (pytest-xdist's own --dist
-# loadgroup would do this from xdist_group marks, but 3.8 tags a test's group by setting
-# item._nodeid, which pytest 9 no longer reads: the groups were ignored when tried.)
-
-
-def full_size(item):
-    return item.get_closest_marker("full_size") is not None or any(name in item.fixturenames for name in SHARED)
-
-
-def pytest_collection_modifyitems(config, items):
-    folder = getattr(config, "workerinput", {}).get("lungseg_full_size")
-    if folder:
-        worker = config.workerinput["workerid"]
-        text = "".join(f"{item.nodeid}\n" for item in items if full_size(item))
-        (Path(folder) / f"{worker}.tmp").write_text(text)
-        (Path(folder) / f"{worker}.tmp").rename(Path(folder) / f"{worker}.txt")
-
-
-def pytest_configure(config):
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistUnits(), "lungseg-xdist-units")
-
-
-class XdistUnits:
-    """pytest-xdist's hooks (registered only with pytest-xdist active)."""
-
-    folder = None
-
-    def pytest_configure_node(self, node):
-        if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="lungseg-xdist-"))
-        node.workerinput["lungseg_full_size"] = str(self.folder)
-
-    def pytest_unconfigure(self, config):
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def pytest_xdist_make_scheduler(self, config, log):
-        if config.getvalue("dist") == "each":  # every test on every worker: nothing to group
-            return None
-        from xdist.scheduler import LoadScopeScheduling
-
-        # Units in collection order, not largest first: the full-size unit (about half of the
-        # suite's time) starts early, and modules are left over for the worker that ends it.
-        config.option.loadscopereorder = False
-        folder = self.folder
-
-        class Scheduling(LoadScopeScheduling):
-            """Units of work: the full-size tests together, else each test module."""
-
-            full_size = None
-
-            def _split_scope(self, nodeid):
-                if self.full_size is None:  # every worker has collected when scheduling starts
-                    self.full_size = {line for path in folder.glob("*.txt") for line in path.read_text().splitlines()}
-                return "full_size" if nodeid in self.full_size else nodeid.split("::")[0]
-
-        return Scheduling(config, log)
+def pytest_collection_modifyitems(items):
+    """The full-size module first, then the modules marked ``long``, then the others: with
+    ``--dist loadfile --no-loadscope-reorder`` (the Makefile) pytest-xdist hands out whole
+    modules in collection order, so the longest start at once and the short ones fill the end,
+    and the two workers finish together."""
+    items.sort(key=lambda item: (item.get_closest_marker("full_size") is None,
+                                 item.get_closest_marker("long") is None))  # stable
 
 
 @pytest.fixture
@@ -177,44 +92,6 @@ def tiny_salient(tmp_path_factory):
     return write_salient_dataset(tmp_path_factory.mktemp("salient") / "salient", n=10, seed=4)
 
 
-@pytest.fixture(scope="session")
-def vgg_weights(tmp_path_factory):
-    """A VGG16 no-top weights file made offline, so stage-1 encoder weights are known: its
-    path, sha256 and weights by layer. The V-Unet run deletes the file (59 MB) once trained."""
-    import hashlib
-
-    import keras
-
-    keras.utils.set_random_seed(7)
-    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = tmp_path_factory.mktemp("vgg") / "vgg16_notop.weights.h5"
-    vgg.save_weights(path)
-    return SimpleNamespace(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                           layers={layer.name: layer.get_weights() for layer in vgg.layers if layer.weights})
-
-
-@pytest.fixture(scope="session")
-def vunet_run(tmp_path_factory, tiny_lus, vgg_weights):
-    """A tiny V-Unet run trained fold 2 first, then fold 1 (so fold gathering is exercised)."""
-    out = _shared_folder("vunet_run", tmp_path_factory.mktemp("runs"))
-    argv = ["--data", tiny_lus, "--out", out, "--name", "v", "--epochs", "2", "1",
-            "--encoder-weights", vgg_weights.path, *TINY]
-    codes = [run_script("train_vunet", *argv, "--fold", "2")]
-    partial = (out / "v" / "summary.json").read_text()
-    codes.append(run_script("train_vunet", *argv, "--fold", "1"))
-    vgg_weights.path.unlink()  # no test reads it again (finished runs build no stage-1 model)
-    return {"dir": out / "v", "argv": argv, "codes": codes, "partial_summary": partial}
-
-
-@pytest.fixture(scope="session")
-def xunet_run(tmp_path_factory, tiny_lus, tiny_salient):
-    out = _shared_folder("xunet_run", tmp_path_factory.mktemp("runs"))
-    argv = ["--data", tiny_lus, "--salient", tiny_salient, "--out", out, "--name", "x",
-            "--epochs", "1", "--freeze", "bottleneck", *TINY]
-    code = run_script("train_xunet", *argv)
-    return {"dir": out / "x", "argv": argv, "code": code}
-
-
 def narrow_xunet(input_shape=(32, 32, 1), divide=32, seed=0):
     """X-Unet with every layer's filters divided by ``divide``: the same layers, names and
     operations (rescaling, gray to RGB, four pooled blocks, bottleneck, four up-convolutions
@@ -240,6 +117,17 @@ def narrow_pretrained(tmp_path_factory):
     from lungseg.inference import save_inference_model
 
     return save_inference_model(narrow_xunet(), tmp_path_factory.mktemp("narrow") / "pretrained.keras")
+
+
+@pytest.fixture(scope="session")
+def narrow_run(tmp_path_factory, tiny_lus, narrow_pretrained):
+    """A finished X-Unet run ``x`` (2 folds of 1 epoch on ``tiny_lus``) fine-tuned from the
+    narrow pre-trained model: a run folder training wrote, whose files take kilobytes."""
+    out = tmp_path_factory.mktemp("narrow_runs")
+    code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", narrow_pretrained, "--out", out,
+                      "--name", "x", "--epochs", "1", *TINY)
+    assert code == 0
+    return out / "x"
 
 
 def snapshot(folder):

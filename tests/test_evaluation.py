@@ -317,7 +317,7 @@ def test_score_frames_batches_the_paper_dice_in_the_order_given():
     import keras
 
     from lungseg.data import FrameSet
-    from lungseg.scoring import dice_batch, score_frames
+    from lungseg.scoring import score_frames, stage_dice_batch
 
     # One pixel each: a hit (t 1, p 1), a miss (1, 0), a false alarm (0, 1), nothing (0, 0).
     truth = np.zeros((4, 2, 2, 1), np.uint8)
@@ -334,4 +334,4 @@ def test_score_frames_batches_the_paper_dice_in_the_order_given():
     assert scores.metrics["dice"] == pytest.approx(2 / 3)
     assert scores.metrics["dice_global"] == pytest.approx(3 / 5)  # one batch: order does not matter
     assert [row["frame"] for row in scores.rows] == list("abcd")  # rows stay in frame order
-    assert (dice_batch("pretrain"), dice_batch("stage1"), dice_batch("fold_1")) == (30, 20, 20)
+    assert (stage_dice_batch("pretrain"), stage_dice_batch("stage1"), stage_dice_batch("fold_1")) == (30, 20, 20)

@@ -139,7 +139,6 @@ def test_fine_tuning_starts_from_a_slim_file(plain_keras):
         assert before.shape == after.shape and not np.array_equal(before, after), name
 
 
-@pytest.mark.full_size
 def test_slim_xunet_file_at_256_is_under_130_mb(tmp_path):
     path = save_inference_model(lungseg.build_xunet((256, 256, 1)), tmp_path / "x.keras")
     size_mb = path.stat().st_size / 1e6

@@ -14,6 +14,8 @@ import pytest
 from conftest import ROOT, TINY, run_script
 from lungseg.files import read_json
 
+pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
+
 
 # Runs that fine-tune a narrow X-Unet (conftest.narrow_xunet: X-Unet's layers with 1/32 of its
 # filters): the resume state of a full-size one is 375 MB per epoch file, and the checks below

@@ -147,7 +147,6 @@ def test_imagenet_weights_offline_gives_one_clear_error(no_download):
     assert "~/.keras/models/" in message and "None" in message
 
 
-@pytest.mark.full_size
 def test_encoder_weights_load_from_a_local_file(tmp_path):
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "vgg16_notop.weights.h5"

@@ -16,6 +16,9 @@ from lungseg.errors import ConfigError
 from lungseg.files import read_json
 from lungseg.distribute import Cluster, cluster_from_tf_config
 
+pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
+
+
 # A worker: the training command; "kill" dies right after the first epoch's state is written;
 # every step's batch on this worker is counted and printed at the end (STEP_FRAMES [...]).
 WORKER = """

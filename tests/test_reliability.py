@@ -78,12 +78,12 @@ def check_failure(code, capsys, *words):
 
 
 @pytest.mark.parametrize("case", sorted(TRAINING_CASES))
-def test_bad_training_data_is_named_and_leaves_runs_alone(case, good_lus, vunet_run, tmp_path, capsys, copy_of):
+def test_bad_training_data_is_named_and_leaves_runs_alone(case, good_lus, narrow_run, tmp_path, capsys, copy_of):
     data = copy_of(good_lus, tmp_path / "lus")
     named = corrupt(data, case)
-    runs = copy_of(vunet_run["dir"].parent, tmp_path / "runs", link=True)
+    runs = copy_of(narrow_run.parent, tmp_path / "runs", link=True)
     before = snapshot(runs)
-    code = run_script("train_xunet", "--data", data, "--out", runs, "--name", "v", "--epochs", "1", *TINY)
+    code = run_script("train_xunet", "--data", data, "--out", runs, "--name", "x", "--epochs", "1", *TINY)
     check_failure(code, capsys, named, TRAINING_CASES[case])
     assert snapshot(runs) == before
 
@@ -179,8 +179,8 @@ def test_not_a_model_and_lambda_models_are_refused_by_evaluate_and_predict(tmp_p
     assert snapshot(results) == before
 
 
-def test_model_of_another_input_size_in_a_run_folder(vunet_run, tmp_path, capsys, copy_of):
-    run = copy_of(vunet_run["dir"], tmp_path / "v", link=True)
+def test_model_of_another_input_size_in_a_run_folder(narrow_run, tmp_path, capsys, copy_of):
+    run = copy_of(narrow_run, tmp_path / "x", link=True)
     (run / "fold_1" / "model.keras").unlink()  # a hard link to the fixture's: replace, not overwrite
     narrow_xunet((48, 48, 1)).save(run / "fold_1" / "model.keras")
     results = tmp_path / "results"
@@ -189,12 +189,12 @@ def test_model_of_another_input_size_in_a_run_folder(vunet_run, tmp_path, capsys
     assert not results.exists()
 
 
-def test_small_frames_are_resized_up_and_masks_come_back_at_their_size(vunet_run, tmp_path):
+def test_small_frames_are_resized_up_and_masks_come_back_at_their_size(narrow_run, tmp_path):
     from lungseg.commands.predict import main as predict
 
     frame = tmp_path / "small.png"
     write_image(frame, np.full((20, 12), 80, np.uint8))
-    assert predict([str(vunet_run["dir"] / "fold_1" / "model.keras"), str(frame), "--out", str(tmp_path / "o")]) == 0
+    assert predict([str(narrow_run / "fold_1" / "model.keras"), str(frame), "--out", str(tmp_path / "o")]) == 0
     assert cv2.imread(str(tmp_path / "o" / "small_mask.png"), 0).shape == (20, 12)
 
 

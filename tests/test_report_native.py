@@ -18,9 +18,9 @@ def rows_of(path):
         return list(csv.DictReader(handle))
 
 
-def test_native_metrics_with_spacing_and_options_on_a_test_set(xunet_run, tiny_lus, tmp_path):
+def test_native_metrics_with_spacing_and_options_on_a_test_set(narrow_run, tiny_lus, tmp_path):
     out = tmp_path / "r"
-    code = run_script("evaluate", xunet_run["dir"], "--test", tiny_lus, "--out", out, "--spacing", "0.2",
+    code = run_script("evaluate", narrow_run, "--test", tiny_lus, "--out", out, "--spacing", "0.2",
                       "--ensemble", "--tta", "flip", "--min-size", "20", "--save-masks")
     assert code == 0
     summary = read_json(out / "summary.json")
@@ -60,9 +60,9 @@ def test_native_metrics_with_spacing_and_options_on_a_test_set(xunet_run, tiny_l
             assert from_masks[name][metric] == row[metric], (name, metric)
 
 
-def test_model_resolution_is_an_option(xunet_run, tiny_lus, tmp_path):
+def test_model_resolution_is_an_option(narrow_run, tiny_lus, tmp_path):
     out = tmp_path / "r"
-    assert run_script("evaluate", xunet_run["dir"], "--test", tiny_lus, "--out", out,
+    assert run_script("evaluate", narrow_run, "--test", tiny_lus, "--out", out,
                       "--resolution", "model") == 0
     assert "at the model's input size." in (out / "results.md").read_text()
     assert not [r for r in rows_of(out / "per_image.csv") if r["hd95_mm"]]
@@ -77,8 +77,8 @@ def test_mask_folder_errors_name_the_missing_frame(tiny_lus, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_ensemble_without_a_test_set_is_refused(xunet_run, tmp_path, capsys):
-    assert run_script("evaluate", xunet_run["dir"], "--ensemble", "--out", tmp_path / "o") == 2
+def test_ensemble_without_a_test_set_is_refused(narrow_run, tmp_path, capsys):
+    assert run_script("evaluate", narrow_run, "--ensemble", "--out", tmp_path / "o") == 2
     assert "--ensemble needs --test" in capsys.readouterr().err
 
 

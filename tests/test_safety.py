@@ -18,6 +18,8 @@ from conftest import TINY, run_script, snapshot
 from lungseg.data.io import write_image
 from test_reliability import check_failure
 
+pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
+
 
 def finetune(data, pretrained, out, name, *options):
     return ["--data", data, "--out", out, "--name", name, "--pretrained", pretrained,
@@ -78,18 +80,17 @@ def test_overwrite_refuses_a_run_folder_that_holds_the_data(tiny_lus, narrow_pre
     assert snapshot(run) == before
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_lus, narrow_pretrained, tmp_path, capsys,
-                                                                  monkeypatch):
-    argv = finetune(tiny_lus, narrow_pretrained, tmp_path, "r", "--fold", "1")
-    assert run_script("train_xunet", *argv) == 0
-    run = tmp_path / "r"
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(partial_run, tiny_lus, narrow_pretrained, tmp_path,
+                                                                  capsys, monkeypatch, copy_of):
+    run = copy_of(partial_run, tmp_path / "p")  # what the same command trained: fold 1
+    argv = finetune(tiny_lus, narrow_pretrained, tmp_path, "p", "--fold", "1")
     before = snapshot(run)
 
     # A replacement that fails after the run folder is made: the old run comes back whole.
     import lungseg.training as training
 
     def failing(*args, **kwargs):
-        assert (tmp_path / ".r.replaced" / "fold_1" / "model.keras").is_file()  # kept aside
+        assert (tmp_path / ".p.replaced" / "fold_1" / "model.keras").is_file()  # kept aside
         raise training.LungsegError("stage failed on purpose")
 
     monkeypatch.setattr(training, "train_stage", failing)
@@ -105,11 +106,11 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_lus, narrow
     assert leftovers(tmp_path) == []
 
 
-def test_a_replacement_stopped_after_an_epoch_keeps_both_and_resumes(tiny_lus, narrow_pretrained, tmp_path,
-                                                                    capsys, monkeypatch):
-    argv = finetune(tiny_lus, narrow_pretrained, tmp_path, "r", "--fold", "1")
-    assert run_script("train_xunet", *argv) == 0
-    before = snapshot(tmp_path / "r")
+def test_a_replacement_stopped_after_an_epoch_keeps_both_and_resumes(partial_run, tiny_lus, narrow_pretrained,
+                                                                    tmp_path, capsys, monkeypatch, copy_of):
+    copy_of(partial_run, tmp_path / "p")  # what the same command trained: fold 1
+    argv = finetune(tiny_lus, narrow_pretrained, tmp_path, "p", "--fold", "1")
+    before = snapshot(tmp_path / "p")
     import lungseg.training as training
 
     original = training.EpochCheckpoint.on_epoch_end
@@ -121,14 +122,14 @@ def test_a_replacement_stopped_after_an_epoch_keeps_both_and_resumes(tiny_lus, n
     monkeypatch.setattr(training.EpochCheckpoint, "on_epoch_end", stop_after_saving)
     again = [*argv, "--epochs", "2", "--overwrite"]
     assert run_script("train_xunet", *again) == 130
-    assert snapshot(tmp_path / ".r.replaced") == before  # the old run, whole, aside
+    assert snapshot(tmp_path / ".p.replaced") == before  # the old run, whole, aside
     assert "stays in" in capsys.readouterr().out
     monkeypatch.undo()
     assert run_script("train_xunet", *again) == 0
     out = capsys.readouterr().out
     assert "resuming after epoch 1 of 2" in out and "removed the replaced run" in out
     assert leftovers(tmp_path) == []
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["finetune"]["epochs"] == 2
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["finetune"]["epochs"] == 2
 
 
 def test_options_refused_late_leave_no_run_folder(tiny_lus, narrow_pretrained, tmp_path, capsys):

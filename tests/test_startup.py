@@ -14,6 +14,9 @@ from conftest import ROOT, narrow_xunet
 from lungseg import _startup
 from lungseg.data.io import write_image
 
+pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
+
+
 HEAVY = ("keras", "tensorflow")
 
 

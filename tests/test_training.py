@@ -1,171 +1,13 @@
-"""train_vunet.py and train_xunet.py end to end on tiny shapes: files, stages, folds, resume."""
-
-import json
+"""Training on small models: a bfloat16 fine-tuning, collapse noticed and stopped, the ImageNet
+fallback (the tiny full-size runs end to end: test_tiny_runs.py)."""
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, narrow_xunet, run_script, snapshot
-from lungseg.config import RunConfig
+from conftest import TINY, narrow_xunet, run_script
 from lungseg.files import read_json
-
-STAGE_FILES = ("model.keras", "history.csv", "metrics.json")
-
-
-def weights_of(path, names):
-    model = keras.models.load_model(path, compile=False)
-    return {name: [np.array(w) for w in model.get_layer(name).get_weights()] for name in names}
-
-
-def same(a, b):
-    """Whether two lists of weight arrays are equal; they must hold as many arrays, not none."""
-    assert len(a) == len(b) > 0, (len(a), len(b))
-    return all(np.array_equal(x, y) for x, y in zip(a, b))
-
-
-# The shared runs are deleted after their last test (conftest); the V-Unet run's tests come
-# first, then the X-Unet run's, so that the two runs' files are seldom on disk together.
-
-
-def test_vunet_run_folder_holds_every_file(vunet_run):
-    run = vunet_run["dir"]
-    assert vunet_run["codes"] == [0, 0]
-    for name in ("config.json", "splits.json", "summary.json"):
-        assert (run / name).is_file()
-    for stage in ("stage1", "fold_1", "fold_2"):
-        for name in STAGE_FILES:
-            assert (run / stage / name).is_file(), f"{stage}/{name}"
-        assert not (run / stage / "state").exists()  # resume state is cleared when a stage ends
-    history = (run / "fold_1" / "history.csv").read_text().splitlines()
-    assert history[0].split(",")[:1] == ["epoch"] and len(history) == 2  # header + 1 epoch
-    assert not list(run.rglob(".tmp-*"))
-
-
-def test_summary_holds_per_fold_metrics_and_mean_sd(vunet_run):
-    summary = read_json(vunet_run["dir"] / "summary.json")
-    assert summary["complete"] is True and summary["folds_missing"] == []
-    folds = summary["folds"]
-    assert sorted(folds) == ["fold_1", "fold_2"]
-    for metric in ("dice", "dice_global", "dice_per_image", "iou", "binary_accuracy"):
-        values = [folds[f][metric] for f in ("fold_1", "fold_2")]
-        across = summary["across_folds"][metric]
-        assert across["n"] == 2
-        assert across["mean"] == pytest.approx(np.mean(values))
-        assert across["sd"] == pytest.approx(np.std(values, ddof=1))
-        assert across["sd_paper"] == pytest.approx(np.std(values))
-        assert all(0.0 <= v <= 1.0 for v in values)
-    assert summary["across_folds"]["dice"]["best"] == max(folds, key=lambda f: folds[f]["dice"])
-    assert summary["stage1"]["trainable_parameters"] + summary["stage1"]["frozen_parameters"] == 25_854_657
-    assert summary["stage1"]["frozen_parameters"] == 14_714_688
-    assert folds["fold_1"]["frozen_parameters"] == 0
-    # Stage 1 runs len(whole pool) // batch = 16 // 4 steps per epoch over its 13 training
-    # frames, as the notebooks did; fine-tuning one pass.
-    assert (summary["stage1"]["steps_per_epoch"], summary["stage1"]["training_frames"]) == (4, 13)
-    assert folds["fold_1"]["steps_per_epoch"] is None
-    for key in ("empty_predictions", "empty_on_ribs", "full_predictions", "collapse", "best_epoch"):
-        assert key in folds["fold_1"]
-
-
-def test_fold_option_runs_one_fold_and_a_later_run_gathers(vunet_run):
-    partial = json.loads(vunet_run["partial_summary"])
-    assert list(partial["folds"]) == ["fold_2"]
-    assert partial["complete"] is False and partial["folds_missing"] == [1]
-    assert read_json(vunet_run["dir"] / "summary.json")["complete"] is True
-
-
-def test_splits_cover_every_frame_once_per_fold_set(vunet_run):
-    splits = read_json(vunet_run["dir"] / "splits.json")
-    validated = [name for fold in splits["folds"] for name in fold["val"]]
-    assert len(validated) == len(set(validated)) == 16
-    assert sum(name.endswith("_flipped") for name in validated) == 8
-    for fold in splits["folds"]:
-        assert not set(fold["train"]) & set(fold["val"])
-    assert len(splits["stage1"]["val"]) == round(0.2 * 16)
-
-
-def test_stage1_keeps_vgg16_weights_and_finetuning_changes_them(vunet_run, vgg_weights):
-    encoder = list(vgg_weights.layers)
-    assert len(encoder) == 13  # VGG16's convolutions
-    stage1 = weights_of(vunet_run["dir"] / "stage1" / "model.keras", encoder + ["decoder1_conv2"])
-    fold = weights_of(vunet_run["dir"] / "fold_1" / "model.keras", encoder)
-    for name in encoder:
-        assert same(stage1[name], vgg_weights.layers[name]), name
-        assert not same(fold[name], stage1[name]), name
-
-
-def test_config_json_reloads_into_the_same_config(vunet_run):
-    config = RunConfig.from_dict(read_json(vunet_run["dir"] / "config.json"))
-    assert config.model == "vunet" and config.image_size == (32, 32) and config.folds == 2
-    assert (config.stage1.epochs, config.finetune.epochs) == (2, 1)
-    assert RunConfig.from_dict(json.loads(config.to_json())) == config
-
-
-def test_finished_run_is_refused_without_overwrite(vunet_run, capsys):
-    before = snapshot(vunet_run["dir"])
-    assert run_script("train_vunet", *vunet_run["argv"]) == 2
-    assert "holds a finished run; use --overwrite" in capsys.readouterr().err
-    assert snapshot(vunet_run["dir"]) == before
-
-
-def test_changed_configuration_is_refused(vunet_run, capsys):
-    before = snapshot(vunet_run["dir"])
-    argv = [a if a != "1e-3" else "2e-3" for a in vunet_run["argv"]]
-    assert run_script("train_vunet", *argv) == 2
-    err = capsys.readouterr().err
-    assert "different configuration (finetune, stage1)" in err
-    assert snapshot(vunet_run["dir"]) == before
-
-
-def test_run_records_what_really_ran(vunet_run, vgg_weights):
-    import hashlib
-
-    summary = read_json(vunet_run["dir"] / "summary.json")
-    assert summary["encoder_weights_used"] == {"weights": "file", "path": str(vgg_weights.path),
-                                               "sha256": vgg_weights.sha256}
-    assert summary["display_name"] == "V-Unet"
-    versions = summary["environment"]["versions"]
-    assert set(versions) == {"lungseg", "tensorflow", "keras", "numpy", "python"}
-    assert versions["keras"] == keras.__version__ and versions["numpy"] == np.__version__
-    assert summary["environment"]["device_count"]["CPU"] >= 1
-    assert summary["environment"]["precision"] == "float32"
-    assert summary["environment"]["tf32"] is False  # the paper preset computes true float32
-    stage1 = (vunet_run["dir"] / "stage1" / "model.keras").read_bytes()
-    assert summary["folds"]["fold_1"]["started_from_sha256"] == hashlib.sha256(stage1).hexdigest()
-    history = (vunet_run["dir"] / "stage1" / "history.csv").read_text().splitlines()
-    seconds = [float(row.split(",")[history[0].split(",").index("seconds")]) for row in history[1:]]
-    assert len(seconds) == 2 and all(s > 0 for s in seconds)
-    assert summary["stage1"]["train_seconds"] == pytest.approx(sum(seconds), abs=1e-3)
-    assert summary["wall_seconds"]["stage1"] >= summary["stage1"]["train_seconds"]
-
-
-def test_train_log_holds_the_epochs_of_every_invocation(vunet_run):
-    log = (vunet_run["dir"] / "train.log").read_text()
-    # fold 2 ran first, then fold 1 in a second invocation appending to the same log
-    assert log.count("== V-Unet run") == 2
-    assert "[V-Unet stage 1] epoch 1/2:" in log and "[V-Unet stage 1] epoch 2/2:" in log
-    assert "[V-Unet fold 2/2] epoch 1/1:" in log and "[V-Unet fold 1/2] epoch 1/1:" in log
-    assert log.index("fold 2/2] epoch 1/1") < log.index("fold 1/2] epoch 1/1")
-    assert "validation Dice" in log and "summary:" in log
-
-
-def test_xunet_pretrains_then_finetunes_with_frozen_bottleneck(xunet_run):
-    run = xunet_run["dir"]
-    assert xunet_run["code"] == 0
-    for stage in ("pretrain", "fold_1", "fold_2"):
-        for name in STAGE_FILES:
-            assert (run / stage / name).is_file()
-    summary = read_json(run / "summary.json")
-    assert summary["pretrain"]["frozen_parameters"] == 0
-    assert summary["folds"]["fold_1"]["frozen_parameters"] == 14_157_824
-    assert summary["freeze"] == ["bottleneck"]
-    names = ["bottleneck_conv1", "bottleneck_conv2", "block1_conv1", "decoder1_conv2"]
-    pretrained = weights_of(run / "pretrain" / "model.keras", names)
-    tuned = weights_of(run / "fold_1" / "model.keras", names)
-    assert same(tuned["bottleneck_conv1"], pretrained["bottleneck_conv1"])
-    assert same(tuned["bottleneck_conv2"], pretrained["bottleneck_conv2"])
-    assert not same(tuned["block1_conv1"], pretrained["block1_conv1"])
-    assert not same(tuned["decoder1_conv2"], pretrained["decoder1_conv2"])
+from test_tiny_runs import same
 
 
 def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_and_saves_float32(
@@ -212,20 +54,6 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
     # Fine-tuning changed the weights it started from.
     start = keras.models.load_model(pretrained, compile=False)
     assert not same(start.get_layer("block1_conv1").get_weights(), saved.get_layer("block1_conv1").get_weights())
-
-
-@pytest.mark.full_size
-def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
-    code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
-                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
-    assert code == 0
-    summary = read_json(tmp_path / "r" / "summary.json")
-    assert summary["encoder_weights_used"] == {"weights": "random", "reason": "asked for (--encoder-weights none)"}
-    assert summary["display_name"] == "V-Unet (random encoder)"
-    out = capsys.readouterr().out
-    assert "V-Unet (random encoder)" in out and "the VGG16 encoder was random" in out
-    assert run_script("evaluate", tmp_path / "r", "--out", tmp_path / "res", "--allow-partial") == 0
-    assert "| r | V-Unet (random encoder) |" in (tmp_path / "res" / "results.md").read_text()
 
 
 def test_collapse_is_reported_in_words():

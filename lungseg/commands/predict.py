@@ -102,7 +102,7 @@ def default_output_folder(input_path: str | Path) -> Path:
 def _check_output_folder(out: Path, inputs: Sequence[Path] = ()) -> None:
     """Fail before any work when ``out`` cannot be written whole (``lungseg.files``): a file,
     not writable, a folder that is not a predictions folder, inside an input or a run folder."""
-    from lungseg.files import check_output_folder
+    from lungseg.runs import check_output_folder
 
     check_output_folder(out, "predictions", PREDICTIONS_CSV, inputs)
 
@@ -203,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
             "(skipped, each named on stderr); 2 error."
         ),
     )
+    _add_inputs_and_output(parser)
+    _add_mask_options(parser)
+    add_prediction_options(parser)
+    _add_file_options(parser)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser
+
+
+def _add_inputs_and_output(parser: argparse.ArgumentParser) -> None:
+    """MODEL_OR_RUN, INPUT and --out."""
     parser.add_argument("model", type=Path, metavar="MODEL_OR_RUN",
                         help="a trained .keras model, or a run folder (its fold models' mean)")
     parser.add_argument(
@@ -213,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output folder, mirroring INPUT's sub-folders "
         "(default: <INPUT stem>_masks beside INPUT)"
     )
+
+
+def _add_mask_options(parser: argparse.ArgumentParser) -> None:
+    """How probabilities become masks (--threshold), how many frames a forward pass takes
+    (--batch-size) and how frames are resized (--interpolation)."""
     parser.add_argument(
         "--threshold", type=float, default=DEFAULT_THRESHOLD,
         help="probability above which a pixel is rib (default: %(default)s)",
@@ -226,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="resizing frames to the model input (default: the training run's, read from "
         "config.json beside the model or one folder up, else nearest as in the paper)",
     )
-    add_prediction_options(parser)
+
+
+def _add_file_options(parser: argparse.ArgumentParser) -> None:
+    """What is written beside the masks, what the files do not say (spacing, bit depth), an
+    unfinished run, and how frames are placed (--crop, --keep-aspect)."""
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <name>_prob.png: the probability at the frame's size, "
                         "16-bit (value / 65535)")
@@ -244,8 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction,
                         help="pad frames to the model's input instead of stretching them "
                         "(default: as the training run did)")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    return parser
 
 
 PREDICTION_COLUMNS = ("file", "frame", "time_s", "height", "width", "row_spacing_mm", "column_spacing_mm",

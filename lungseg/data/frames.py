@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 from lungseg import config
-from lungseg.config import CROPS
+from lungseg.config import check_reading
 from lungseg.data.crop import find_sector, place, to_model
 from lungseg.data.io import describe_depths, read_frame
-from lungseg.data.masks import check_threshold, read_mask_stats, summarize_masks
+from lungseg.data.masks import read_mask_stats, summarize_masks
 from lungseg.data.pairs import SUBJECT_PREFIX
 from lungseg.progress import progress as progress_bar
 from lungseg.errors import ConfigError, DataError
@@ -64,11 +64,7 @@ class Reading:
                        ("keep_aspect", False))})
 
     def check(self):
-        check_threshold(self.mask_threshold)
-        if self.crop not in CROPS:
-            raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
-        if self.max_value is not None and not 0 < self.max_value < 65536:
-            raise ConfigError(f"--max-value must be between 1 and 65535, got {self.max_value}")
+        check_reading(self.crop, self.mask_threshold, self.max_value)
         return self
 
     def placement(self, gray, size):

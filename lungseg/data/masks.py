@@ -26,8 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lungseg.config import check_reading
 from lungseg.data.io import decode_image
-from lungseg.errors import ConfigError, DataError
+from lungseg.errors import DataError
 
 DEFAULT_THRESHOLD = 0.5  # of the mask's level: half, as masks have always been read
 LEVEL_SHARE = 0.01  # share of the nonzero pixels that must reach the level
@@ -50,13 +51,6 @@ class MaskStats:
     soft: int = 0
     stray: int = 0
     labels: tuple = ()
-
-
-def check_threshold(threshold):
-    """``ConfigError`` unless ``threshold`` (a share of the mask's level) is in (0, 1)."""
-    if threshold is not None and not 0 < threshold < 1:
-        raise ConfigError(f"--mask-threshold must be between 0 and 1 (a share of the mask's "
-                          f"foreground value), got {threshold}")
 
 
 def read_mask(path, threshold=None):
@@ -107,7 +101,7 @@ def binarize(raw, path="<array>", threshold=None):
     three quarters of its level (not a mask but a probability map or a photograph) raises
     ``DataError``; a threshold given accepts it.
     """
-    check_threshold(threshold)
+    check_reading(mask_threshold=threshold)
     share = DEFAULT_THRESHOLD if threshold is None else threshold
     raw = np.asarray(raw)
     nonzero = raw[raw > 0]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from lungseg.console import log
 from lungseg.errors import ConfigError, DataError
-from lungseg.files import check_output_folder, written_whole
+from lungseg.files import written_whole
 from lungseg.predict import DEFAULT_BATCH_SIZE
 from lungseg.report.experiments import (
     Experiment,
@@ -56,6 +56,7 @@ from lungseg.report.writing import (
     spread_frames,
     write_results,
 )
+from lungseg.runs import check_output_folder
 
 __all__ = ["Experiment", "FrameSource", "PredictionOptions", "RESOLUTIONS", "Scored", "evaluate",
            "experiment_summary", "make_figures", "open_experiment", "open_mask_folder",

@@ -8,7 +8,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungseg.console import warn
 from lungseg.data import run_frames
 from lungseg.data.frames import FLIP_SUFFIX
 from lungseg.errors import ConfigError, DataError
@@ -85,10 +84,7 @@ def open_experiment(path, allow_partial=False):
         return Experiment(label=path.stem if path.stem != "model" else path.parent.name,
                           model="model", models={"model": path})
     run = RunFolder.open(path)
-    models = {fold: run.model_path(fold) for fold in run.check_finished(allow_partial)}
-    if run.missing_folds():
-        warn(f"{path}: unfinished run: scoring {len(models)} of {run.config.folds} folds "
-             f"({', '.join(run.missing_folds())} missing; --allow-partial)")
+    models = run.fold_models(allow_partial, doing="scoring")
     return Experiment(label=run.label, model=run.config.model, models=models, run=run,
                       training=run.read_summary())
 
