@@ -14,6 +14,7 @@ from lungseg.evaluation import EMPTY_MASK_RULE, METRICS, aggregate_folds, nan_to
 from lungseg.files import write_json, write_text
 from lungseg.markdown import markdown_table
 from lungseg.scoring import METRIC_DEFINITIONS
+from lungseg.transfer import starting_weights
 
 SCORES = ("dice", "dice_global", "dice_per_image")
 
@@ -37,6 +38,7 @@ def experiment_summary(scored):
         "encoder_weights_used": training.get("encoder_weights_used"),
         "training_frames": _training_frames(scored),
         "fine_tuning": _fine_tuning(scored),
+        "starting_weights": starting_weights(training, scored.config) if scored.model != "masks" else "-",
         "stage1_dice": stage1.get("dice"),
         "stage1_scored_on": stage1_scored_on,
         "fold_metrics": scored.fold_metrics,
@@ -99,6 +101,7 @@ def result_columns(millimetres=False):
         ("prediction", lambda s: s.get("prediction", "plain")),
         ("training frames", lambda s: s["training_frames"] or "-"),
         ("fine-tuning", lambda s: s["fine_tuning"]),
+        ("starting weights", lambda s: s.get("starting_weights", "-")),
         ("stage-1 Dice", lambda s: _number(s["stage1_dice"])),
         ("fold Dice (mean ± SD)", lambda s: f"{_number(s['fold_dice_mean'])} ± {_number(s['fold_dice_sd'])}"),
         ("SD as the paper (np.std)", lambda s: _number(s["fold_dice_sd_paper"])),
@@ -144,6 +147,10 @@ def results_table(summaries, scored_on, resolution="native", spacing=None):
         ("HD95, ASSD", "95th-percentile Hausdorff distance and average symmetric surface distance "
          "between the predicted and reference boundaries, in pixels at the resolution stated "
          "above, and in mm when the pixel spacing is known"),
+        ("starting weights", "where a run's models started: V-Unet's VGG16 encoder (ImageNet, a "
+         "weights file, random, or another V-Unet run's model), X-Unet's pre-training set, or the "
+         "model of an earlier run it fine-tuned (--pretrained); a run's model is named run/stage with "
+         "the first 8 hex digits of the SHA-256 of that run's config.json"),
         ("stage-1 Dice", "V-Unet's decoder stage scored on the test frames when there are some, else on its "
          "hold-out; X-Unet's on its salient-object hold-out"),
         ("test frames trained on", "per fold model, how many of the scored frames it trained on as the frame "
