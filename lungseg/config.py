@@ -192,10 +192,10 @@ class RunConfig:
         "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names "
         "(default: none)")
     pretrained: Optional[str] = option(  # X-Unet: start from this model, skip pre-training
-        None, metavar="MODEL", presets=False, models=("xunet",),
+        None, metavar="MODEL|none", presets=False, models=("xunet",),
         help="start fine-tuning from this model and skip pre-training: a .keras file or a stage "
         "folder of an earlier run (RUN/pretrain, RUN/fold_1), which chains that run into this "
-        "one (recorded in summary.json)")
+        "one (recorded in summary.json); none: from random weights, no pre-training at all")
     stage1: StageConfig = None
     finetune: StageConfig = None
     validation_fraction: float = 0.2

@@ -516,7 +516,7 @@ def _run_training(config, root, cluster, fold, overwrite):
     pretrained = None if is_vunet or not config.pretrained else transfer.pretrained_source(config.pretrained)
     stage1_frames = lus if is_vunet else None
     stage1_to_train = overwrite or not run.is_done(run.stage1)
-    if pretrained is not None:
+    if pretrained is not None and pretrained["model"]:
         load_model_for_finetuning(pretrained["model"], config)
     elif not is_vunet and stage1_to_train:
         stage1_frames = run_frames.salient_frames(run, keep_generated=True)
@@ -571,10 +571,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
         lock = run.stage1_lock(fold) if not run.is_done(run.stage1) and cluster is None else contextlib.nullcontext()
         with lock:
             _train_stage1(run, splits, stage1_frames)
-    start_model = Path(pretrained["model"]) if pretrained else run.model_path(run.stage1)
-    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
-    if pretrained:
-        record["pretrained_from"] = pretrained  # the run it came from, and its config's digest
+    make_model, record = _fine_tuning_start(run, pretrained)
     for k in [fold] if fold else range(1, config.folds + 1):
         name = run.fold_names()[k - 1]
         if run.is_done(name):
@@ -584,7 +581,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
         train_stage(
             f"{display_name(config.model)} fold {k}/{config.folds}",
             run, name,
-            lambda: load_model_for_finetuning(start_model, config),
+            make_model,
             lus.subset(part["train"]),
             lus.subset(part["val"]),
             config.finetune,
@@ -597,6 +594,25 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
     run.write_summary(summary)
     print_summary(summary, run)
     return summary
+
+
+def _fine_tuning_start(run, pretrained):
+    """``(make_model, record)`` of every fold's starting model: the stage-1 model, the
+    ``--pretrained`` one (``record`` says which run it came from), or with ``--pretrained
+    none`` one X-Unet drawn at random from the run's seed, the same for every fold."""
+    config = run.config
+    if pretrained and pretrained["model"] is None:
+        def random_start():
+            keras.utils.set_random_seed(config.seed)
+            return build_xunet((*config.image_size, 1), initializer=config.initializer)
+
+        return random_start, {"started_from": f"random weights (seed {config.seed})", "started_from_sha256": None,
+                              "pretrained_from": pretrained}
+    start_model = Path(pretrained["model"]) if pretrained else run.model_path(run.stage1)
+    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+    if pretrained:
+        record["pretrained_from"] = pretrained  # the run it came from, and its config's digest
+    return (lambda: load_model_for_finetuning(start_model, config)), record
 
 
 def _train_stage1(run, splits, frames):

@@ -56,8 +56,11 @@ def _folder_problem(path, option):
 
 
 def pretrained_source(path):
-    """X-Unet's ``--pretrained`` model: its record (:func:`model_source`); a model of a
+    """X-Unet's ``--pretrained`` model: its record (:func:`model_source`), or ``{"path":
+    "none", "model": None}`` for ``none`` (random weights, no pre-training); a model of a
     V-Unet run is refused, naming it."""
+    if path == "none":
+        return {"path": "none", "model": None}
     record = model_source(path, "--pretrained")
     _check_kind(record, "xunet", "--pretrained takes an X-Unet's model")
     return record
@@ -115,7 +118,8 @@ def starting_weights(summary, config=None):
     if encoder:
         return _encoder_words(encoder)
     if summary.get("pretrained_from"):
-        return f"pre-trained {source_label(summary['pretrained_from'])}"
+        source = summary["pretrained_from"]
+        return "none (random weights)" if source["path"] == "none" else f"pre-trained {source_label(source)}"
     trained_on = summary.get("pretraining_set")
     if trained_on:
         source = trained_on["source"]
@@ -123,8 +127,9 @@ def starting_weights(summary, config=None):
         target = f" {trained_on['target']}" if trained_on.get("target") else ""
         return f"pre-trained on {name}{target} ({trained_on['frames']} frames)"
     if config is not None and config.model == "xunet":  # a run written before these records
-        return f"pre-trained {Path(config.pretrained).name}" if config.pretrained else \
-            f"pre-trained on {Path(config.salient).name if config.salient else 'generated composites'}"
+        if config.pretrained:
+            return f"pre-trained {Path(config.pretrained).name}"
+        return f"pre-trained on {Path(config.salient).name if config.salient else 'generated composites'}"
     return "-"
 
 

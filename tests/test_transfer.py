@@ -252,3 +252,15 @@ def test_options_of_the_pretraining_set_reach_the_config():
     assert run_frames.salient_reading(config).crop == "auto"
     assert json.loads(config.to_json())["salient_keep_aspect"] is True
     assert "--salient-target" not in training_parser("vunet", "").format_help()
+
+
+@pytest.mark.full_size
+def test_pretrained_none_fine_tunes_from_random_weights(tiny_lus, tmp_path):
+    code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", "none", "--out", tmp_path, "--name", "n",
+                      "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
+    assert code == 0
+    assert not (tmp_path / "n" / "pretrain").exists()
+    summary = read_json(tmp_path / "n" / "summary.json")
+    assert summary["pretrained_from"] == {"path": "none", "model": None}
+    assert summary["starting_weights"] == "none (random weights)"
+    assert summary["folds"]["fold_1"]["started_from"] == "random weights (seed 1)"

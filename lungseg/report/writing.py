@@ -79,8 +79,6 @@ def _fine_tuning(experiment):
         return "-" if experiment.model != "masks" else f"masks from {experiment.mask_folder}"
     if config.model == "vunet":
         return "decoder, then all layers"
-    if config.pretrained:
-        return f"reused pre-training; frozen: {', '.join(config.freeze) or 'none'}"
     return f"frozen: {', '.join(config.freeze)}" if config.freeze else "all layers"
 
 
