@@ -58,8 +58,8 @@ training=() test=()
 for stem in "${stems[@]}"; do
   if [ "${stem##*[!0-9]}" -lt "$TEST_FROM" ]; then training+=("$stem"); else test+=("$stem"); fi
 done
-link_set train "${training[@]}"  # the phantom pre-training set (its other target)
-link_set test "${test[@]}"
+link_set phantom-train "${training[@]}"  # the pre-training set (its other target)
+link_set phantom-test "${test[@]}"
 for n in $SIZES; do
   [ "$n" -le ${#training[@]} ] || { echo "error: $n fine-tuning frames asked, ${#training[@]} there" >&2; exit 2; }
   mapfile -t chosen < <(spread "$n" "${training[@]}")
@@ -78,7 +78,7 @@ done_fold() { [ -f "$OUT/runs/$1/fold_$2/metrics.json" ]; }
 vunet_source() {  # TARGET: the V-Unet trained on the phantom's TARGET, for other runs' encoders
   local name=vunet-source-$1
   done_fold "$name" 1 && return 0
-  $PY train_vunet.py --data "$OUT/data/train" --target "$1" --encoder-weights none \
+  $PY train_vunet.py --data "$OUT/data/phantom-train" --target "$1" --encoder-weights none \
     --lus-frames ${#training[@]} --name "$name" --fold 1 "${COMMON[@]}"
 }
 
@@ -92,7 +92,7 @@ train() {  # MODEL SOURCE TARGET FRAMES FOLD: one fold of one row, skipped once 
                [ -f "$pretrained/model.keras" ] || train "$model" "$source" "$target" "$first_size" "$fold"
                start=(--pretrained "$pretrained")
              elif [ "$source" = phantom ]; then
-               start=(--salient "$OUT/data/train" --salient-target "$(other "$target")"
+               start=(--salient "$OUT/data/phantom-train" --salient-target "$(other "$target")"
                       --salient-groups "blocks:$BLOCK" --salient-split grouped)
              fi ;;
     vunet-phantom) vunet_source "$(other "$target")"
@@ -124,7 +124,7 @@ for target in $TARGETS; do
       done
     done
     [ ${#runs[@]} -gt 0 ] || continue
-    $PY evaluate.py "${runs[@]}" --allow-partial --test "$OUT/data/test" --target "$target" \
+    $PY evaluate.py "${runs[@]}" --allow-partial --test "$OUT/data/phantom-test" --target "$target" \
       --out "$OUT/results/$target-$n"
   done
 done

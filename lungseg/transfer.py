@@ -10,7 +10,7 @@ training summary and evaluate's results table. Keras loads only when a model is 
 
 from pathlib import Path
 
-from lungseg.errors import ConfigError
+from lungseg.errors import ConfigError, LungsegError
 from lungseg.model_files import load_model
 from lungseg.runs import CONFIG, MODEL, RunFolder, display_name, file_sha256
 
@@ -19,18 +19,18 @@ DIGEST_SHOWN = 8  # hex digits of a configuration's SHA-256 shown in tables
 
 
 def is_run_model(weights):
-    """True when ``--encoder-weights`` names a model (a ``.keras`` file or a folder), not
+    """True when ``--encoder-weights`` names a model (a stage folder, a ``.keras`` file), not
     ``imagenet``, ``none`` or a VGG16 weights file (``.h5``)."""
-    if weights in (None, "none", "imagenet"):
-        return False
-    return Path(weights).is_dir() or Path(weights).suffix == ".keras"
+    return weights not in (None, "none", "imagenet") and Path(weights).suffix != ".h5"
 
 
 def model_source(path, option):
     """The record of the model ``path`` stands for (a ``.keras`` file, or a stage folder's
     ``model.keras``): ``path``, ``model``, ``model_sha256`` and, inside a run folder, ``run``,
-    ``stage``, ``run_model`` (``vunet``/``xunet``) and ``run_config_sha256``. ``ConfigError``
-    naming ``path`` when it is missing, a whole run folder, or a folder without a model."""
+    ``stage``, ``run_model`` (``vunet``/``xunet``), ``run_config_sha256`` and
+    ``run_started_from`` (that run's own starting weights in words, so a chain reads back to
+    its first source; None when unknown). ``ConfigError`` naming ``path`` when it is missing,
+    a whole run folder, or a folder without a model."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: does not exist ({option} takes {RUN_SOURCE})")
@@ -42,8 +42,19 @@ def model_source(path, option):
     if run is not None:
         stage = model.resolve().parent
         record.update(run=str(run.root), stage=stage.name if stage.parent == run.root.resolve() else None,
-                      run_model=run.config.model, run_config_sha256=file_sha256(run.config_path))
+                      run_model=run.config.model, run_config_sha256=file_sha256(run.config_path),
+                      run_started_from=_started_from(run))
     return record
+
+
+def _started_from(run):
+    """``run``'s starting weights in words (its summary.json, else its config), or None."""
+    try:
+        summary = run.read_summary()
+    except (LungsegError, OSError, ValueError):
+        summary = None
+    words = starting_weights(summary, run.config)
+    return None if words == "-" else words
 
 
 def _folder_problem(path, option):
@@ -103,11 +114,13 @@ def pretraining_set(config, frames, held_out):
 
 
 def source_label(record):
-    """``run/stage (config 1a2b3c4d)`` for a model of a run folder, else the file's path."""
-    if record.get("run"):
-        where = Path(record["run"]).name + (f"/{record['stage']}" if record.get("stage") else "")
-        return f"{where} (config {record['run_config_sha256'][:DIGEST_SHOWN]})"
-    return record["path"]
+    """``run/stage (config 1a2b3c4d), which started from: ...`` for a model of a run folder,
+    else the file's path."""
+    if not record.get("run"):
+        return record["path"]
+    where = Path(record["run"]).name + (f"/{record['stage']}" if record.get("stage") else "")
+    before = f", which started from: {record['run_started_from']}" if record.get("run_started_from") else ""
+    return f"{where} (config {record['run_config_sha256'][:DIGEST_SHOWN]}{before})"
 
 
 def starting_weights(summary, config=None):

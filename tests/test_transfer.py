@@ -143,14 +143,16 @@ def test_a_chained_run_records_its_source_and_the_table_says_so(phantom_run, tin
     assert summary["pretrained_from"] == {
         "path": str(source.resolve()), "model": str(source.resolve() / "model.keras"),
         "model_sha256": file_sha256(source / "model.keras"), "run": str(phantom_run["dir"].resolve()),
-        "stage": "fold_1", "run_model": "xunet", "run_config_sha256": digest}
-    assert summary["starting_weights"] == f"pre-trained line/fold_1 (config {digest[:8]})"
+        "stage": "fold_1", "run_model": "xunet", "run_config_sha256": digest,
+        "run_started_from": "pre-trained on phantom pleural_line (12 frames)"}
+    words = f"pre-trained line/fold_1 (config {digest[:8]}, which started from: pre-trained on phantom pleural_line (12 frames))"
+    assert summary["starting_weights"] == words
     assert summary["folds"]["fold_1"]["started_from"] == str(source.resolve() / "model.keras")
     assert not (tmp_path / "chained" / "pretrain").exists()
     assert run_script("evaluate", tmp_path / "chained", phantom_run["dir"], "--out", tmp_path / "res",
                       "--allow-partial") == 0
     table = (tmp_path / "res" / "results.md").read_text()
-    assert f"| pre-trained line/fold_1 (config {digest[:8]}) |" in table
+    assert f"| {words} |" in table
     assert "| pre-trained on phantom pleural_line (12 frames) |" in table
 
 
@@ -174,7 +176,7 @@ def test_vunet_starts_from_the_encoder_of_another_vunet_run(tiny_lus, tmp_path):
         "weights": "run", "path": str((source / "fold_1").resolve()),
         "model": str((source / "fold_1" / "model.keras").resolve()),
         "model_sha256": file_sha256(source / "fold_1" / "model.keras"), "run": str(source.resolve()),
-        "stage": "fold_1", "run_model": "vunet", "run_config_sha256": digest}
+        "stage": "fold_1", "run_model": "vunet", "run_config_sha256": digest, "run_started_from": None}
     assert summary["display_name"] == "V-Unet"
     assert run_script("evaluate", tmp_path / "v", "--out", tmp_path / "res", "--allow-partial") == 0
     assert f"| VGG16 of phantom_vunet/fold_1 (config {digest[:8]}) |" in (tmp_path / "res" / "results.md").read_text()
@@ -206,6 +208,9 @@ def bad_source_cases(xunet, bare):
         ("train_xunet", "--pretrained", xunet,
          f"{xunet.resolve()}: a run folder holds one model per stage (fold_1); give --pretrained one of them, "
          f"e.g. {xunet.resolve() / 'fold_1'}"),
+        ("train_vunet", "--encoder-weights", xunet / "fold_9",
+         f"{xunet.resolve() / 'fold_9'}: does not exist (--encoder-weights takes a .keras model file or a "
+         "run's stage folder (RUN/fold_1, RUN/pretrain))"),
         ("train_xunet", "--pretrained", xunet / "nowhere",
          f"{xunet.resolve() / 'nowhere'}: does not exist (--pretrained takes a .keras model file or a run's "
          "stage folder (RUN/fold_1, RUN/pretrain))"),

@@ -31,7 +31,7 @@ def experiment_summary(scored):
     if scored.stage1_metrics:
         stage1, stage1_scored_on = scored.stage1_metrics, "the test frames"
     elif training.get("pretrain"):
-        stage1_scored_on = "salient-object hold-out"
+        stage1_scored_on = "pre-training set's hold-out"
     return {
         "experiment": scored.label,
         "model": scored.display_name.rsplit(" (", 1)[0],
@@ -148,9 +148,9 @@ def results_table(summaries, scored_on, resolution="native", spacing=None):
         ("starting weights", "where a run's models started: V-Unet's VGG16 encoder (ImageNet, a "
          "weights file, random, or another V-Unet run's model), X-Unet's pre-training set, or the "
          "model of an earlier run it fine-tuned (--pretrained); a run's model is named run/stage with "
-         "the first 8 hex digits of the SHA-256 of that run's config.json"),
+         "the first 8 hex digits of the SHA-256 of that run's config.json, and what that run started from"),
         ("stage-1 Dice", "V-Unet's decoder stage scored on the test frames when there are some, else on its "
-         "hold-out; X-Unet's on its salient-object hold-out"),
+         "hold-out; X-Unet's on its pre-training set's hold-out (salient objects by default)"),
         ("test frames trained on", "per fold model, how many of the scored frames it trained on as the frame "
          "itself or its mirror image: such a score is contaminated (optimistic)"),
     )]
