@@ -20,8 +20,8 @@ DIGEST_SHOWN = 8  # hex digits of a configuration's SHA-256 shown in tables
 
 def is_run_model(weights):
     """True when ``--encoder-weights`` names a model (a stage folder, a ``.keras`` file), not
-    ``imagenet``, ``none`` or a VGG16 weights file (``.h5``)."""
-    return weights not in (None, "none", "imagenet") and Path(weights).suffix != ".h5"
+    ``imagenet``, ``none`` or a VGG16 weights file (HDF5)."""
+    return weights not in (None, "none", "imagenet") and Path(weights).suffix.lower() not in (".h5", ".hdf5")
 
 
 def model_source(path, option):
