@@ -55,16 +55,17 @@ def option(default=dataclasses.MISSING, *, help, flag=None, kind=None, choices=N
     return field(default=default, metadata={"option": spec}, **field_options)
 
 
-def check_reading(crop="none", mask_threshold=None, max_value=None):
+def check_reading(crop="none", mask_threshold=None, max_value=None, prefix=""):
     """``ConfigError`` naming the first option of how frames and masks are read (``RunConfig``'s
-    fields of these names, ``lungseg.data.frames.Reading``) that is out of its range."""
+    fields of these names, ``prefix`` ``salient_`` for the pre-training set's;
+    ``lungseg.data.frames.Reading``) that is out of its range."""
     if crop not in CROPS:
-        raise ConfigError(f"{option_flag('crop')} must be one of {', '.join(CROPS)}, got {crop!r}")
+        raise ConfigError(f"{option_flag(prefix + 'crop')} must be one of {', '.join(CROPS)}, got {crop!r}")
     if mask_threshold is not None and not 0 < mask_threshold < 1:
-        raise ConfigError(f"{option_flag('mask_threshold')} must be between 0 and 1 (a share of the "
-                          f"mask's foreground value), got {mask_threshold}")
+        raise ConfigError(f"{option_flag(prefix + 'mask_threshold')} must be between 0 and 1 (a share of "
+                          f"the mask's foreground value), got {mask_threshold}")
     if max_value is not None and not 0 < max_value < 65536:
-        raise ConfigError(f"{option_flag('max_value')} must be between 1 and 65535, got {max_value}")
+        raise ConfigError(f"{option_flag(prefix + 'max_value')} must be between 1 and 65535, got {max_value}")
 
 
 def option_flag(field_name):
@@ -85,7 +86,8 @@ MAX_SEED = 2**31 - 1  # the largest seed NumPy and TensorFlow take
 
 # RunConfig's fields that name the user's files (or a regex, for groups): stored absolute in
 # config.json (runs.absolute_paths); a machine may mount them elsewhere (lungseg.distribute).
-PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups")
+PATH_FIELDS = ("data", "salient", "pretrained", "encoder_weights", "groups", "salient_groups")
+GROUP_FIELDS = ("groups", "salient_groups")  # a CSV file (a path) or a regex (kept as given)
 
 
 # What a config.json written before a field existed ran with, where that is not the field's
@@ -109,9 +111,36 @@ class RunConfig:
     data: Optional[str] = option(  # LUS folder; None: generated phantom frames
         None, metavar="DIR", presets=False, help="LUS frames (IMG/ + MASK/, or images/ + masks/) "
         "(default: generated phantom frames, cached under --out)")
-    salient: Optional[str] = option(  # salient-object folder (X-Unet); None: generated composites
-        None, metavar="DIR", presets=False, models=("xunet",), help="salient-object images "
-        "(images/ + masks/) (default: generated composites, cached under --out)")
+    salient: Optional[str] = option(  # X-Unet's pre-training set; None: generated composites
+        None, metavar="DIR", presets=False, models=("xunet",), help="pre-training set: frames and "
+        "masks in any layout --data takes (IMG/ + MASK/, images/ + masks/, image/ + "
+        "masks/<target>/), read with the --salient-* options only (default: generated "
+        "salient-object composites, cached under --out)")
+    # How the pre-training set is read and split: its own options, never --data's.
+    salient_target: Optional[str] = option(
+        None, metavar="NAME", presets=False, models=("xunet",),
+        help="read the pre-training set's masks/NAME/, as --target does for --data")
+    salient_groups: Optional[str] = option(
+        None, metavar="blocks:N|REGEX|CSV", presets=False, models=("xunet",),
+        help="group of each pre-training frame for --salient-split grouped, as --groups "
+        "(default: the subject when names carry one, else probe position and frame window of "
+        "lung_pos<P>_<n> names, else each name its own group)")
+    salient_split: str = option(
+        "paper", choices=SPLITS, models=("xunet",), help="pre-training hold-out: paper, a "
+        "random 80/20 split of the frames as the notebooks drew it; grouped, 20 %% of the "
+        "groups (--salient-groups) held out whole")
+    salient_mask_threshold: Optional[float] = option(
+        None, kind="share", metavar="X", presets=False, models=("xunet",),
+        help="as --mask-threshold, for the pre-training set's masks")
+    salient_max_value: Optional[int] = option(
+        None, kind="sample_value", metavar="N", presets=False, models=("xunet",),
+        help="as --max-value, for the pre-training set's 16-bit frames")
+    salient_crop: str = option(
+        "none", choices=CROPS, models=("xunet",),
+        help="as --crop, for the pre-training set (auto: its imaging sector)")
+    salient_keep_aspect: bool = option(
+        False, action="store_true", presets=False, models=("xunet",),
+        help="as --keep-aspect, for the pre-training set")
     groups: Optional[str] = option(  # blocks:N, a regex or a CSV giving each frame's group
         None, metavar="blocks:N|REGEX|CSV", presets=False, help="group of each frame for --split "
         "grouped: blocks:N, contiguous blocks of N frame numbers of each sequence (a sweep's frames "
@@ -159,10 +188,11 @@ class RunConfig:
         "the stage is marked collapsed in summary.json (a collapse is logged as it happens "
         "either way)")
     encoder_weights: Optional[str] = option(  # V-Unet only
-        "imagenet", metavar="imagenet|none|PATH", presets=False, models=("vunet",),
+        "imagenet", metavar="imagenet|none|PATH|MODEL", presets=False, models=("vunet",),
         help="VGG16 encoder weights: imagenet (downloaded once into ~/.keras/models/), none "
-        "(random), or a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (default: "
-        "imagenet; the quick preset falls back to random weights when offline)")
+        "(random), a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, or the VGG16 "
+        "encoder of another V-Unet run's model (its stage folder, RUN/fold_1, or a .keras file) "
+        "(default: imagenet; the quick preset falls back to random weights when offline)")
     initializer: str = option(  # kernels of new ReLU convolutions (Keras' default)
         "glorot_uniform", choices=INITIALIZERS,
         help="kernel initialiser of the ReLU convolutions trained from scratch (the decoder; "
@@ -174,9 +204,11 @@ class RunConfig:
         default_factory=list, help="what stays frozen in fine-tuning: none (the paper's best), "
         "bottleneck (the two 1024-filter convs), encoder, or comma-separated layer names "
         "(default: none)")
-    pretrained: Optional[str] = option(  # X-Unet: reuse this pre-trained model, skip pre-training
-        None, metavar="PATH", presets=False, models=("xunet",),
-        help="reuse this pre-trained .keras model and skip pre-training")
+    pretrained: Optional[str] = option(  # X-Unet: start from this model, skip pre-training
+        None, metavar="MODEL|none", presets=False, models=("xunet",),
+        help="start fine-tuning from this model and skip pre-training: a .keras file or a stage "
+        "folder of an earlier run (RUN/pretrain, RUN/fold_1), which chains that run into this "
+        "one (recorded in summary.json); none: from random weights, no pre-training at all")
     stage1: StageConfig = None
     finetune: StageConfig = None
     validation_fraction: float = 0.2
@@ -225,6 +257,8 @@ class RunConfig:
             data["image_size"] = tuple(data["image_size"])
         for key, value in WRITTEN_BEFORE.items():
             data.setdefault(key, value)
+        if data.get("model") == "xunet":  # before --salient-split, --split split both sets
+            data.setdefault("salient_split", data.get("split", "paper"))
         return cls(**data)
 
     def validate(self):
@@ -236,7 +270,9 @@ class RunConfig:
             if choices and getattr(self, name) not in choices:
                 raise ConfigError(f"{option_flag(name)} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
-        check_reading(self.crop, self.mask_threshold, self.max_value)
+        for prefix in ("", "salient_"):  # the fine-tuning set's reading, then the pre-training set's
+            check_reading(*(getattr(self, prefix + name) for name in ("crop", "mask_threshold", "max_value")),
+                          prefix=prefix)
         if self.folds < 2:
             raise ConfigError(f"{option_flag('folds')} must be at least 2, got {self.folds}")
         if self.lus_frames < self.folds:
@@ -344,6 +380,9 @@ PRESETS["sound"] = {
     "loss": "dice_bce",
     "initializer": "he_normal",
     "crop": "auto",
+    # X-Unet's pre-training hold-out as sound runs have drawn it since the preset exists (each
+    # generated composite its own group, so a random 20 %), keeping their numbers.
+    "xunet": {**PRESETS["quick"]["xunet"], "salient_split": "grouped"},
 }
 
 

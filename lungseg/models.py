@@ -27,6 +27,9 @@ VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # Layers of VGG16 used as skip connections, deepest first, and the bridge.
 VUNET_SKIPS = ("block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 VUNET_BRIDGE = "block5_conv3"
+# VGG16's convolutions (two per block in blocks 1-2, three in 3-5), as V-Unet names them.
+VGG16_CONVS = tuple(f"block{block}_conv{conv}" for block, convs in enumerate((2, 2, 3, 3, 3), start=1)
+                    for conv in range(1, convs + 1))
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
@@ -145,6 +148,27 @@ def _vgg16(x: keras.KerasTensor, encoder_weights: str | Path | None) -> keras.Mo
             "(--encoder-weights PATH), or pass None (--encoder-weights none) to start from "
             "random weights"
         ) from error
+
+
+def copy_vgg16_encoder(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of ``source``'s VGG16 convolutions (a V-Unet's ``block1_conv1`` ...
+    ``block5_conv3``) into ``target``'s layers of the same names. ``ConfigError`` in one line
+    when ``source`` lacks one or holds it with other shapes (an X-Unet, another model)."""
+    missing, mismatched = [], []
+    for name in VGG16_CONVS:
+        try:
+            layer = source.get_layer(name)
+        except ValueError:
+            missing.append(name)
+            continue
+        if [w.shape for w in layer.weights] != [w.shape for w in target.get_layer(name).weights]:
+            mismatched.append(name)
+    if missing or mismatched:
+        what = "; ".join(f"{label} {', '.join(names)}" for label, names in
+                         (("no layer", missing), ("other weight shapes in", mismatched)) if names)
+        raise ConfigError(f"not a V-Unet's VGG16 encoder ({what})")
+    for name in VGG16_CONVS:
+        target.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
 def build_xunet(input_shape: tuple = (256, 256, 1), initializer: str = "glorot_uniform") -> keras.Model:

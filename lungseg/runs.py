@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from lungseg.config import PATH_FIELDS, RunConfig
+from lungseg.config import GROUP_FIELDS, PATH_FIELDS, RunConfig
 from lungseg.console import log, warn
 from lungseg.errors import ConfigError, DataError, LungsegError, RunExistsError
 from lungseg.files import is_within, process_gone, read_json, resolved, write_json, write_text
@@ -528,9 +528,8 @@ def absolute_paths(config):
         return str(Path(value).expanduser().resolve())
 
     # groups: a CSV file, or a regex kept as it is
-    return dataclasses.replace(
-        config, **{name: absolute(getattr(config, name), must_exist=name == "groups") for name in PATH_FIELDS}
-    )
+    return dataclasses.replace(config, **{name: absolute(getattr(config, name), must_exist=name in GROUP_FIELDS)
+                                          for name in PATH_FIELDS})
 
 
 def frame_digest(frames):

@@ -19,9 +19,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from lungseg import data
+from lungseg import data, transfer
 from lungseg.cli import stop_if_terminated
-from lungseg.config import PATH_FIELDS, RunConfig
+from lungseg.config import GROUP_FIELDS, PATH_FIELDS, RunConfig
 from lungseg.console import interactive, log, warn
 from lungseg.distribute import (
     check_workers_agree,
@@ -394,10 +394,11 @@ def plan_splits(config, stage1_name, lus, stage1_frames, selection):
     """Stage-1 hold-out and k folds of a new run (computed before the run folder is written,
     so that too many grouped folds for the groups is refused first)."""
     splits = {"mode": config.split, "seed": config.seed, "selection": selection, "lus_frames": lus.names}
-    if stage1_frames is not None:
+    if stage1_frames is not None:  # V-Unet's stage 1 holds out LUS frames, X-Unet's pre-training set
+        mode = config.split if config.model == "vunet" else config.salient_split
         splits[stage1_name] = data.holdout_split(
             stage1_frames.names, stage1_frames.groups, config.validation_fraction,
-            mode=config.split, seed=config.seed,
+            mode=mode, seed=config.seed,
         )
     splits["folds"] = data.kfold_splits(lus.names, lus.groups, config.folds, mode=config.split, seed=config.seed)
     return splits
@@ -414,7 +415,8 @@ def make_splits(run, planned):
 def build_stage1_model(config):
     """The first stage's model, and a record of the encoder weights it really holds.
 
-    V-Unet's record is ``{"weights": "imagenet"}``, ``{"weights": "file", "path", "sha256"}``
+    V-Unet's record is ``{"weights": "imagenet"}``, ``{"weights": "file", "path", "sha256"}``,
+    ``{"weights": "run", ...}`` (another V-Unet's encoder, ``lungseg.transfer.encoder_from_run``)
     or ``{"weights": "random", "reason"}``; falling back to random weights when ImageNet's
     cannot be had is allowed only where the config says so (the quick preset). X-Unet: None.
     """
@@ -425,6 +427,9 @@ def build_stage1_model(config):
     if weights in (None, "none"):
         used = {"weights": "random", "reason": "asked for (--encoder-weights none)"}
         return build_vunet(shape, encoder_weights=None, initializer=config.initializer), used
+    if transfer.is_run_model(weights):
+        model = build_vunet(shape, encoder_weights=None, initializer=config.initializer)
+        return model, transfer.encoder_from_run(weights, model)
     try:
         model = build_vunet(shape, encoder_weights=weights, initializer=config.initializer)
     except WeightsUnavailableError as error:
@@ -507,15 +512,18 @@ def _run_training(config, root, cluster, fold, overwrite):
     is_vunet = config.model == "vunet"
     # Everything that can fail on the user's input fails here, before the run folder changes.
     lus, selection = run_frames.lus_frames(run, keep_generated=True)
-    pretrained = None if is_vunet else config.pretrained
+    pretrained = None if is_vunet or not config.pretrained else transfer.pretrained_source(config.pretrained)
     stage1_frames = lus if is_vunet else None
-    if pretrained is not None:
-        load_model_for_finetuning(pretrained, config)
-    elif not is_vunet and (overwrite or not run.is_done(run.stage1)):
+    stage1_to_train = overwrite or not run.is_done(run.stage1)
+    if pretrained is not None and pretrained["model"]:
+        load_model_for_finetuning(pretrained["model"], config)
+    elif not is_vunet and stage1_to_train:
         stage1_frames = run_frames.salient_frames(run, keep_generated=True)
+    if is_vunet and stage1_to_train and transfer.is_run_model(config.encoder_weights):
+        transfer.check_encoder_source(config.encoder_weights)
     planned = plan_splits(config, run.stage1, lus, stage1_frames, selection)
     protected = [getattr(config, name) for name in PATH_FIELDS
-                 if name != "groups" or Path(config.groups or "").is_file()]
+                 if name not in GROUP_FIELDS or Path(getattr(config, name) or "").is_file()]
     run.create(overwrite, protected)
     try:
         run.check_frames(lus)  # a resumed run: the same frames as when it started
@@ -561,8 +569,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
         lock = run.stage1_lock(fold) if not run.is_done(run.stage1) and cluster is None else contextlib.nullcontext()
         with lock:
             _train_stage1(run, splits, stage1_frames)
-    start_model = Path(pretrained) if pretrained else run.model_path(run.stage1)
-    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+    make_model, record = _fine_tuning_start(run, pretrained)
     for k in [fold] if fold else range(1, config.folds + 1):
         name = run.fold_names()[k - 1]
         if run.is_done(name):
@@ -572,7 +579,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
         train_stage(
             f"{display_name(config.model)} fold {k}/{config.folds}",
             run, name,
-            lambda: load_model_for_finetuning(start_model, config),
+            make_model,
             lus.subset(part["train"]),
             lus.subset(part["val"]),
             config.finetune,
@@ -587,6 +594,25 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
     return summary
 
 
+def _fine_tuning_start(run, pretrained):
+    """``(make_model, record)`` of every fold's starting model: the stage-1 model, the
+    ``--pretrained`` one (``record`` says which run it came from), or with ``--pretrained
+    none`` one X-Unet drawn at random from the run's seed, the same for every fold."""
+    config = run.config
+    if pretrained and pretrained["model"] is None:
+        def random_start():
+            keras.utils.set_random_seed(config.seed)
+            return build_xunet((*config.image_size, 1), initializer=config.initializer)
+
+        return random_start, {"started_from": f"random weights (seed {config.seed})", "started_from_sha256": None,
+                              "pretrained_from": pretrained}
+    start_model = Path(pretrained["model"]) if pretrained else run.model_path(run.stage1)
+    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+    if pretrained:
+        record["pretrained_from"] = pretrained  # the run it came from, and its config's digest
+    return (lambda: load_model_for_finetuning(start_model, config)), record
+
+
 def _train_stage1(run, splits, frames):
     """V-Unet's decoder stage or X-Unet's pre-training, unless it is done already."""
     config = run.config
@@ -595,7 +621,7 @@ def _train_stage1(run, splits, frames):
         return
     is_vunet = config.model == "vunet"
     part = splits[run.stage1]
-    record = {}
+    record = {} if is_vunet else {"pretraining_set": transfer.pretraining_set(config, frames, len(part["val"]))}
 
     def make_model():
         model, record["encoder_weights_used"] = build_stage1_model(config)
@@ -640,6 +666,8 @@ def summarize_run(run):
         "encoder_weights_used": encoder,
         run.stage1: stage1,
         "pretrained": config.pretrained,
+        "pretrained_from": next((m["pretrained_from"] for m in folds.values() if m.get("pretrained_from")), None),
+        "pretraining_set": (stage1 or {}).get("pretraining_set"),
         "folds": folds,
         "across_folds": {m: aggregate_folds({f: v[m] for f, v in folds.items()}) for m in METRICS},
         "metric_definitions": METRIC_DEFINITIONS,
@@ -653,6 +681,7 @@ def summarize_run(run):
         summary["collapse"].setdefault(name, f"stopped after epoch {noticed['epoch']}: {noticed['message']}")
     summary["stopped_on_collapse"] = {name: noticed["epoch"] for name, noticed in stopped.items()}
     summary["wall_seconds"] = {name: round(m["train_seconds"] + m["scoring_seconds"], 1) for name, m in stages}
+    summary["starting_weights"] = transfer.starting_weights(summary, config)
     return summary
 
 
@@ -670,6 +699,7 @@ def print_summary(summary, run):
             f"{spread('iou')}  accuracy {across['binary_accuracy']['mean']:.4f}   (best: {across['dice']['best']}; "
             "Dice of 20-frame batches as the paper, sample SD)"
         )
+    lines.append(f"{'start':>10}: {summary.get('starting_weights', '-')}")
     if (summary.get("encoder_weights_used") or {}).get("weights") == "random":
         lines.append(f"note: the VGG16 encoder was random: {summary['encoder_weights_used']['reason']}")
     for name, message in summary["collapse"].items():

@@ -1,7 +1,8 @@
 """Train X-Unet (plain U-Net): pre-training on salient objects, then k-fold fine-tuning on LUS.
 
-Pre-training trains all layers on gray salient-object images (the paper: XPIE, 8000/2000, no
-augmentation); fine-tuning trains a copy of the pre-trained model on each of k folds of LUS
+Pre-training trains all layers on the pre-training set, gray salient-object images by default
+(the paper: XPIE, 8000/2000, no augmentation; --salient DIR: any annotated set, a phantom's
+frames too); or --pretrained starts from an earlier run's model. Fine-tuning trains a copy of the pre-trained model on each of k folds of LUS
 frames, with the layers named by --freeze kept frozen.
 """
 

@@ -36,12 +36,21 @@ def _load_lus(run, keep_generated, native=False):
 
 
 def salient_frames(run, keep_generated=False):
-    """The salient-object frames of X-Unet's pre-training. ``--groups`` describes the LUS
-    data and is not applied here: the salient set is grouped by its own file names."""
+    """X-Unet's pre-training set (``--salient``, else the generated composites), read with its
+    own options (``--salient-target``, ``--salient-groups``, ``--salient-crop`` ...): the
+    fine-tuning set's never apply to it."""
     config = run.config
     with _data_folder(run, "salient", config.salient, config.synthetic_salient, keep_generated) as root:
-        pairs = find_pairs(root, groups=None, warn_groups=False)
-        return load_frames(pairs, config.image_size, config.interpolation, progress=True)
+        pairs = find_pairs(root, groups=config.salient_groups, target=config.salient_target,
+                           warn_groups=False)
+        return load_frames(pairs, config.image_size, config.interpolation, progress=True,
+                           reading=salient_reading(config))
+
+
+def salient_reading(config):
+    """How the pre-training set's frames and masks are read (its ``salient_*`` fields)."""
+    return Reading(mask_threshold=config.salient_mask_threshold, max_value=config.salient_max_value,
+                   crop=config.salient_crop, keep_aspect=config.salient_keep_aspect)
 
 
 def lus_pool_size(config):

@@ -14,6 +14,7 @@ from lungseg.evaluation import EMPTY_MASK_RULE, METRICS, aggregate_folds, nan_to
 from lungseg.files import write_json, write_text
 from lungseg.markdown import markdown_table
 from lungseg.scoring import METRIC_DEFINITIONS
+from lungseg.transfer import starting_weights
 
 SCORES = ("dice", "dice_global", "dice_per_image")
 
@@ -30,13 +31,14 @@ def experiment_summary(scored):
     if scored.stage1_metrics:
         stage1, stage1_scored_on = scored.stage1_metrics, "the test frames"
     elif training.get("pretrain"):
-        stage1_scored_on = "salient-object hold-out"
+        stage1_scored_on = "pre-training set's hold-out"
     return {
         "experiment": scored.label,
         "model": scored.display_name.rsplit(" (", 1)[0],
         "encoder_weights_used": training.get("encoder_weights_used"),
         "training_frames": _training_frames(scored),
         "fine_tuning": _fine_tuning(scored),
+        "starting_weights": starting_weights(training, scored.config) if scored.model != "masks" else "-",
         "stage1_dice": stage1.get("dice"),
         "stage1_scored_on": stage1_scored_on,
         "fold_metrics": scored.fold_metrics,
@@ -77,8 +79,6 @@ def _fine_tuning(experiment):
         return "-" if experiment.model != "masks" else f"masks from {experiment.mask_folder}"
     if config.model == "vunet":
         return "decoder, then all layers"
-    if config.pretrained:
-        return f"reused pre-training; frozen: {', '.join(config.freeze) or 'none'}"
     return f"frozen: {', '.join(config.freeze)}" if config.freeze else "all layers"
 
 
@@ -99,6 +99,7 @@ def result_columns(millimetres=False):
         ("prediction", lambda s: s.get("prediction", "plain")),
         ("training frames", lambda s: s["training_frames"] or "-"),
         ("fine-tuning", lambda s: s["fine_tuning"]),
+        ("starting weights", lambda s: s.get("starting_weights", "-")),
         ("stage-1 Dice", lambda s: _number(s["stage1_dice"])),
         ("fold Dice (mean ± SD)", lambda s: f"{_number(s['fold_dice_mean'])} ± {_number(s['fold_dice_sd'])}"),
         ("SD as the paper (np.std)", lambda s: _number(s["fold_dice_sd_paper"])),
@@ -144,8 +145,12 @@ def results_table(summaries, scored_on, resolution="native", spacing=None):
         ("HD95, ASSD", "95th-percentile Hausdorff distance and average symmetric surface distance "
          "between the predicted and reference boundaries, in pixels at the resolution stated "
          "above, and in mm when the pixel spacing is known"),
+        ("starting weights", "where a run's models started: V-Unet's VGG16 encoder (ImageNet, a "
+         "weights file, random, or another V-Unet run's model), X-Unet's pre-training set, or the "
+         "model of an earlier run it fine-tuned (--pretrained); a run's model is named run/stage with "
+         "the first 8 hex digits of the SHA-256 of that run's config.json, and what that run started from"),
         ("stage-1 Dice", "V-Unet's decoder stage scored on the test frames when there are some, else on its "
-         "hold-out; X-Unet's on its salient-object hold-out"),
+         "hold-out; X-Unet's on its pre-training set's hold-out (salient objects by default)"),
         ("test frames trained on", "per fold model, how many of the scored frames it trained on as the frame "
          "itself or its mirror image: such a score is contaminated (optimistic)"),
     )]
