@@ -50,6 +50,7 @@ SKIPPED = {  # first words of blocks that are not commands to run
     "make demo": "the Makefile's targets (make demo runs the demo, make test the tests)",
     "OUT=/tmp/beyond": "hours of training (docs/beyond_the_paper.sh)",
     "OUT=/tmp/transfer": "many hours of training (docs/transfer.sh)",
+    "OUT=/tmp/real": "hours of training (docs/real_phantom.sh)",
 }
 SLOW = ("train_vunet.py", "train_xunet.py", "evaluate.py weights/", "--n 300", "--n 120", "--n 60",
         "--subjects 6 --probe")

@@ -98,7 +98,7 @@ def test_salient_split_defaults_to_the_notebooks_and_old_runs_keep_theirs():
     old = make_config("xunet", "x", "paper", split="grouped").to_dict()
     del old["salient_split"]  # a config.json written before it: --split split both sets
     assert RunConfig.from_dict(old).salient_split == "grouped"
-    with pytest.raises(Exception, match="--salient-mask-threshold must be between 0 and 1, got 1.5"):
+    with pytest.raises(Exception, match=r"--salient-mask-threshold must be between 0 and 1 \(a share of the mask.s foreground value\), got 1.5"):
         make_config("xunet", "x", salient_mask_threshold=1.5)
 
 
