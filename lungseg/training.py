@@ -517,7 +517,7 @@ def _run_training(config, root, cluster, fold, overwrite):
     stage1_to_train = overwrite or not run.is_done(run.stage1)
     if pretrained is not None and pretrained["model"]:
         load_model_for_finetuning(pretrained["model"], config)
-    elif not is_vunet and stage1_to_train:
+    elif not is_vunet and stage1_to_train and pretrained is None:  # --pretrained none: no pre-training set
         stage1_frames = run_frames.salient_frames(run, keep_generated=True)
     if is_vunet and stage1_to_train and transfer.is_run_model(config.encoder_weights):
         transfer.check_encoder_source(config.encoder_weights)

@@ -265,6 +265,7 @@ def test_pretrained_none_fine_tunes_from_random_weights(tiny_lus, tmp_path):
                       "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
     assert code == 0
     assert not (tmp_path / "n" / "pretrain").exists()
+    assert not (tmp_path / "_synthetic").exists()  # no pre-training set generated for nothing
     summary = read_json(tmp_path / "n" / "summary.json")
     assert summary["pretrained_from"] == {"path": "none", "model": None}
     assert summary["starting_weights"] == "none (random weights)"
