@@ -606,8 +606,12 @@ def _fine_tuning_start(run, pretrained):
 
         return random_start, {"started_from": f"random weights (seed {config.seed})", "started_from_sha256": None,
                               "pretrained_from": pretrained}
-    start_model = Path(pretrained["model"]) if pretrained else run.model_path(run.stage1)
-    record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
+    if pretrained:  # hashed once, by lungseg.transfer.model_source
+        start_model, digest = Path(pretrained["model"]), pretrained["model_sha256"]
+    else:
+        start_model = run.model_path(run.stage1)
+        digest = file_sha256(start_model)
+    record = {"started_from": str(start_model), "started_from_sha256": digest}
     if pretrained:
         record["pretrained_from"] = pretrained  # the run it came from, and its config's digest
     return (lambda: load_model_for_finetuning(start_model, config)), record
