@@ -186,6 +186,8 @@ def test_blocks_group_contiguous_frame_numbers_of_each_sequence(tmp_path):
     for bad in ("blocks:0", "blocks:x", "blocks:"):
         with pytest.raises(ConfigError, match=f"--groups {bad}: expected blocks:N"):
             find_pairs(root, groups=bad)
+    with pytest.raises(ConfigError, match="--salient-groups blocks:0: expected blocks:N"):
+        find_pairs(root, groups="blocks:0", flags=("--salient-groups", "--salient-split"))
     write_flat(root, ["notes_a"])
     with pytest.raises(DataError, match=r"notes_a\.jpg: name 'notes_a' does not end in a frame "
                        "number"):
@@ -198,7 +200,11 @@ def test_a_sweep_split_frame_by_frame_is_warned_about(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "sweep" in r.getMessage()]
     assert len(warnings) == 1 and "3 names look like numbered frames of one sweep (Frame1, " \
         "Frame4, ...) but every frame is its own group" in warnings[0]
-    assert "--groups blocks:N" in warnings[0]
+    assert "--groups blocks:N" in warnings[0] and "--split grouped" in warnings[0]
+    caplog.clear()
+    find_pairs(root, flags=("--salient-groups", "--salient-split"))  # the pre-training set's
+    assert "group them with --salient-groups blocks:N (N frame numbers per group) and " \
+        "--salient-split grouped" in caplog.records[-1].getMessage()
     caplog.clear()
     find_pairs(root, groups="blocks:10")
     find_pairs(root, warn_groups=False)

@@ -56,6 +56,7 @@ SUBJECT_TAG = re.compile(rf"(?:^|_)({SUBJECT_PREFIX}\d+)(?=_|$)")
 # A frame of a sweep: the sequence (the name without its trailing number) and the number.
 SWEEP_FRAME = re.compile(r"^(?P<sequence>.*?)(?P<frame>\d+)$")
 BLOCKS_PREFIX = "blocks:"
+GROUP_FLAGS = ("--groups", "--split")  # the options that set a data set's groups and split
 # Frames of one sequence that make a set look like a sweep when each is its own group.
 SWEEP_FRAMES_WARNED = 3
 
@@ -101,7 +102,7 @@ def default_group(name):
     return f"{match['sequence']}:{start}-{start + LUS_FRAME_WINDOW - 1}"
 
 
-def find_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
+def find_pairs(root, layout="auto", groups=None, target=None, warn_groups=True, flags=GROUP_FLAGS):
     """All image/mask pairs under ``root``, sorted naturally by name.
 
     ``layout`` is ``"lus"``, ``"salient"``, ``"generic"`` or ``"auto"`` (``lus`` when ``IMG/``
@@ -111,20 +112,22 @@ def find_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
     (``default_group``), ``"blocks:N"`` (:func:`block_group`), a regular expression whose
     first capture group (or whole match) in each name is the group, or the path of a CSV file
     of ``stem,group`` rows (an optional ``stem,group`` header allowed). ``warn_groups`` warns
-    when the names look like the frames of a sweep and every frame is its own group.
+    when the names look like the frames of a sweep and every frame is its own group. ``flags``
+    are the options that set this set's groups and split, named in that warning and in errors
+    (the pre-training set's are ``--salient-groups`` and ``--salient-split``).
 
     Raises ``DataError`` listing every problem found, one line each naming its file: missing
     folders, no images, an image without a mask or a mask without an image, two files with the
     same name, misnamed files, names the group pattern or the CSV file does not cover. Entries
     that cannot be frames or masks are warnings (see the module docstring).
     """
-    pairs, problems = scan_pairs(root, layout, groups, target, warn_groups)
+    pairs, problems = scan_pairs(root, layout, groups, target, warn_groups, flags)
     if problems:
         raise DataError(problems)
     return pairs
 
 
-def scan_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
+def scan_pairs(root, layout="auto", groups=None, target=None, warn_groups=True, flags=GROUP_FLAGS):
     """``(pairs, problems)``: ``find_pairs`` that returns the problems of single files.
 
     ``pairs`` holds every image that has a mask (its ``group`` is ``None`` where the groups
@@ -162,10 +165,10 @@ def scan_pairs(root, layout="auto", groups=None, target=None, warn_groups=True):
         problems.append(f"{masks[name]}: mask without an image in {image_dir}")
 
     names = sorted(images.keys() & masks.keys(), key=natural_key)
-    group_of = _group_function(groups, problems)
+    group_of = _group_function(groups, problems, flags[0])
     pairs = [Pair(images[name], masks[name], name, group_of(name, images[name])) for name in names]
     if warn_groups and not problems:
-        warning = sweep_warning(pairs, image_dir)
+        warning = sweep_warning(pairs, image_dir, flags)
         if warning:
             logger.warning("warning: %s", warning)
     return pairs, problems
@@ -199,7 +202,7 @@ def block_group(name, size):
     return f"{match['sequence']}:{start}-{start + size - 1}"
 
 
-def sweep_warning(pairs, where):
+def sweep_warning(pairs, where, flags=GROUP_FLAGS):
     """A warning when names look like numbered frames of a sweep (``SWEEP_FRAMES_WARNED`` or
     more of one sequence) yet every frame is its own group; else None."""
     if len(pairs) < SWEEP_FRAMES_WARNED or len({pair.group for pair in pairs}) < len(pairs):
@@ -214,8 +217,8 @@ def sweep_warning(pairs, where):
         return None
     return (f"{where}: {len(sweep)} names look like numbered frames of one sweep "
             f"({', '.join(sweep[:2])}, ...) but every frame is its own group, so a split puts "
-            "near-duplicate neighbours on both sides; group them with --groups blocks:N "
-            "(N frame numbers per group) and --split grouped")
+            f"near-duplicate neighbours on both sides; group them with {flags[0]} blocks:N "
+            f"(N frame numbers per group) and {flags[1]} grouped")
 
 
 def _detect_layout(root):
@@ -271,13 +274,13 @@ def _files_by_name(folder, prefix, suffixes, layout, problems):
     return found
 
 
-def _group_function(groups, problems):
+def _group_function(groups, problems, flag):
     """A function (name, image path) -> group, recording unmatched names in ``problems``."""
     if groups is None:
         return lambda name, image: default_group(name)
     text = str(groups)
     if text.startswith(BLOCKS_PREFIX):
-        size = block_size(text)
+        size = block_size(text, flag)
 
         def from_blocks(name, image):
             group = block_group(name, size)
@@ -304,11 +307,11 @@ def _group_function(groups, problems):
     return from_pattern
 
 
-def block_size(text):
-    """N of ``blocks:N``; ``ConfigError`` unless a positive whole number."""
+def block_size(text, flag):
+    """N of ``blocks:N``; ``ConfigError`` naming ``flag`` unless a positive whole number."""
     value = text[len(BLOCKS_PREFIX):]
     if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"--groups {text}: expected blocks:N with N a positive whole number "
+        raise ConfigError(f"{flag} {text}: expected blocks:N with N a positive whole number "
                           "of frame numbers per group")
     return int(value)
 

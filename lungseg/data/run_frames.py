@@ -42,9 +42,20 @@ def salient_frames(run, keep_generated=False):
     config = run.config
     with _data_folder(run, "salient", config.salient, config.synthetic_salient, keep_generated) as root:
         pairs = find_pairs(root, groups=config.salient_groups, target=config.salient_target,
-                           warn_groups=False)
+                           warn_groups=warn_salient_groups(config), flags=SALIENT_GROUP_FLAGS)
         return load_frames(pairs, config.image_size, config.interpolation, progress=True,
                            reading=salient_reading(config))
+
+
+SALIENT_GROUP_FLAGS = ("--salient-groups", "--salient-split")
+
+
+def warn_salient_groups(config):
+    """Whether to warn about a pre-training set of numbered frames that are each their own
+    group: only for a folder the user gave and asked to hold out by groups. The generated
+    composites (``salient_0000`` ...) and XPIE (``Y_E_1`` ...) are numbered too, but their
+    images are independent, and the notebooks' random split never looks at groups."""
+    return bool(config.salient) and config.salient_split == "grouped"
 
 
 def salient_reading(config):
