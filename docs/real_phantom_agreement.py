@@ -1,0 +1,80 @@
+"""How far a model's Dice can go on a hand-drawn sweep: the masks of neighbouring frames agree
+with each other only so well (docs/real_phantom.md, "How far the Dice can go").
+
+    python docs/real_phantom_agreement.py /path/to/phantom [--targets rib_shadow pleural_line]
+
+For each pair of neighbouring frames of the sweep (consecutive frame numbers of the set), the
+Dice between their two masks, grouped by how alike the two frames are (the correlation of their
+pixels). Frames that are almost the same image should carry almost the same mask: where they do
+not, the drawing varies by as much, and no model can agree with every drawing better than the
+drawings agree with each other. Then, for comparison, the Dice of each mask with itself taken
+down to the model's input size and back (as a prediction comes back to the frame), which is
+what the input size alone costs. Masks are read as training reads them (thresholded at half
+their level); frames at their own size.
+"""
+
+import argparse
+import sys
+
+import cv2
+import numpy as np
+
+from lungseg.data.io import read_image
+from lungseg.data.masks import read_mask
+from lungseg.data.pairs import SWEEP_FRAME, find_pairs
+
+SIMILARITY = (0.0, 0.9, 0.95)  # pairs of frames at least this alike (pixel correlation)
+
+
+def neighbour_pairs(root, target):
+    """[(similarity of the two frames, Dice of their masks)] of consecutive frames of the sweep."""
+    pairs = sorted(find_pairs(root, target=target, warn_groups=False),
+                   key=lambda pair: int(SWEEP_FRAME.match(pair.name)["frame"]))
+    frames = [read_image(pair.image).astype(np.float64).ravel() for pair in pairs]
+    masks = [read_mask(pair.mask) for pair in pairs]
+    return [(np.corrcoef(frames[i], frames[i + 1])[0, 1], dice(masks[i], masks[i + 1]))
+            for i in range(len(pairs) - 1)]
+
+
+def round_trip(root, target, size):
+    """Dice of each mask with itself resized to ``size`` (rows, columns) by area, thresholded
+    at 0.5, and brought back bilinearly and thresholded again."""
+    scores = []
+    for pair in find_pairs(root, target=target, warn_groups=False):
+        mask = read_mask(pair.mask).astype(np.float32)
+        small = (cv2.resize(mask, size[::-1], interpolation=cv2.INTER_AREA) >= 0.5).astype(np.float32)
+        back = cv2.resize(small, mask.shape[::-1], interpolation=cv2.INTER_LINEAR) >= 0.5
+        scores.append(dice(mask > 0, back))
+    return np.array(scores)
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phantom", help="folder holding image/ and masks/<target>/")
+    parser.add_argument("--targets", nargs="+", default=["rib_shadow", "pleural_line"])
+    parser.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("ROWS", "COLUMNS"),
+                        help="the model's input size (default: 96 128)")
+    args = parser.parse_args(argv)
+    print("| target | neighbouring frames at least this alike | pairs | Dice of their masks: mean (median) |")
+    print("|---|---|---|---|")
+    for target in args.targets:
+        found = np.array(neighbour_pairs(args.phantom, target))
+        for least in SIMILARITY:
+            dice = found[found[:, 0] >= least, 1]
+            print(f"| `{target}` | correlation ≥ {least:.2f} | {len(dice)} | "
+                  f"{dice.mean():.3f} ({np.median(dice):.3f}) |")
+    rows, columns = args.size
+    print(f"\n| target | Dice of a mask with itself at {rows} x {columns} and back: mean (lowest) |")
+    print("|---|---|")
+    for target in args.targets:
+        scores = round_trip(args.phantom, target, args.size)
+        print(f"| `{target}` | {scores.mean():.3f} ({scores.min():.3f}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
