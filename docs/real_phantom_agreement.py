@@ -65,8 +65,8 @@ def main(argv=None):
         found = np.array(neighbour_pairs(args.phantom, target))
         for least in SIMILARITY:
             dice = found[found[:, 0] >= least, 1]
-            print(f"| `{target}` | correlation ≥ {least:.2f} | {len(dice)} | "
-                  f"{dice.mean():.3f} ({np.median(dice):.3f}) |")
+            agreement = f"{dice.mean():.3f} ({np.median(dice):.3f})" if len(dice) else "-"
+            print(f"| `{target}` | correlation ≥ {least:.2f} | {len(dice)} | {agreement} |")
     rows, columns = args.size
     print(f"\n| target | Dice of a mask with itself at {rows} x {columns} and back: mean (lowest) |")
     print("|---|---|")
