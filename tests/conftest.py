@@ -1,11 +1,12 @@
 """Shared test set-up: quiet TensorFlow, tiny generated data sets and narrow trained runs.
 
-The tiny full-size runs (their model files take 100-125 MB each) are trained and read in one
-module, test_tiny_runs.py, marked ``full_size``: it is collected first, so that ``make test``
-(two pytest-xdist workers, each taking whole modules: ``--dist loadfile``) starts it first,
-and the other worker takes the modules marked ``long``, then the rest, meanwhile. Checks that
-do not depend on the model's size use narrow models (``narrow_xunet``), whose files take
-kilobytes.
+The suite's one full-size training, a tiny V-Unet run (its model files take 100 MB each), is
+trained and read in one module, test_tiny_runs.py, marked ``full_size``: it is collected
+first, so that ``make test`` (two pytest-xdist workers, each taking whole modules: ``--dist
+loadfile``) starts it first, and the other worker takes the modules marked ``long``, then the
+rest, meanwhile. Checks that do not depend on the model's size use narrow models
+(``narrow_xunet``; trainings through the command lines inside ``narrow_models``), whose files
+take kilobytes.
 """
 
 import contextlib
