@@ -1,13 +1,15 @@
 """Shared test set-up: quiet TensorFlow, tiny generated data sets and narrow trained runs.
 
-The tiny full-size runs (their model files take 100-125 MB each) are trained and read in one
-module, test_tiny_runs.py, marked ``full_size``: it is collected first, so that ``make test``
-(two pytest-xdist workers, each taking whole modules: ``--dist loadfile``) starts it first,
-and the other worker takes the modules marked ``long``, then the rest, meanwhile. Checks that
-do not depend on the model's size use narrow models (``narrow_xunet``), whose files take
-kilobytes.
+The suite's one full-size training, a tiny V-Unet run (its model files take 100 MB each), is
+trained and read in one module, test_tiny_runs.py, marked ``full_size``: it is collected
+first, so that ``make test`` (two pytest-xdist workers, each taking whole modules: ``--dist
+loadfile``) starts it first, and the other worker takes the modules marked ``long``, then the
+rest, meanwhile. Checks that do not depend on the model's size use narrow models
+(``narrow_xunet``; trainings through the command lines inside ``narrow_models``), whose files
+take kilobytes.
 """
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -102,13 +104,46 @@ def narrow_xunet(input_shape=(32, 32, 1), divide=32, seed=0):
 
     from lungseg.models import build_xunet
 
-    config = build_xunet(input_shape).get_config()
+    config = narrowed_config(build_xunet(input_shape), divide)
+    keras.utils.set_random_seed(seed)
+    return keras.Model.from_config(config)
+
+
+def narrowed_config(model, divide=32):
+    """``model``'s config with every layer's filters divided by ``divide`` (at least 1)."""
+    config = model.get_config()
     for layer in config["layers"]:
         layer.pop("build_config", None)  # input shapes of the full-width layers
         if "filters" in layer["config"]:
             layer["config"]["filters"] = max(1, layer["config"]["filters"] // divide)
-    keras.utils.set_random_seed(seed)
-    return keras.Model.from_config(config)
+    return config
+
+
+@contextlib.contextmanager
+def narrow_models(divide=32):
+    """While it lasts, lungseg builds narrow X-Unets and V-Unets (``narrow_xunet``'s 1/32 of
+    the filters; a V-Unet's random VGG16 encoder too), drawn from the random state as it is:
+    for trainings through the command lines whose checks are about what a run records, not
+    about the model's size. A V-Unet cannot load VGG16 weights files while it lasts."""
+    import keras
+
+    import lungseg.models
+    import lungseg.training
+    from lungseg.models import build_vunet, build_xunet
+
+    def xunet(input_shape=(256, 256, 1), initializer="glorot_uniform"):
+        return keras.Model.from_config(narrowed_config(build_xunet(input_shape, initializer), divide))
+
+    def vunet(input_shape=(256, 256, 1), encoder_weights="imagenet", initializer="glorot_uniform"):
+        assert encoder_weights is None, "narrow V-Unets take no VGG16 weights"
+        full = build_vunet(input_shape, encoder_weights=None, initializer=initializer)
+        return keras.Model.from_config(narrowed_config(full, divide))
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (lungseg.models, lungseg.training):
+            patch.setattr(module, "build_xunet", xunet)
+            patch.setattr(module, "build_vunet", vunet)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
-"""The tiny full-size runs, trained once for this module, and every test that reads them:
-train_vunet.py and train_xunet.py end to end (files, stages, folds, what a run records), then
-evaluate.py on them (every file, the table, one scoring path with training).
+"""The tiny runs, trained once for this module, and every test that reads them: train_vunet.py
+and train_xunet.py end to end (files, stages, folds, what a run records), then evaluate.py on
+them (every file, the table, one scoring path with training).
 
-The runs take 32 x 32 frames, 2 folds and 1-2 epochs, but their model files are full size
-(100-125 MB each, whatever the frame size): this is the one module that writes them. ``make
-test`` hands each module whole to one of its two pytest-xdist workers (``--dist loadfile``)
-and this one first (conftest: ``full_size``), so the runs are trained once and their files
-never add up with another module's; they are removed when the module is done (kept if a test
-failed). Training on small models and evaluate's pieces: test_training.py, test_report*.py.
+The runs take 32 x 32 frames, 2 folds and 1-2 epochs. The V-Unet run is the suite's one
+end-to-end full-size run (VGG16 weights from a file, the paper's parameter counts; its model
+files take 100 MB each, whatever the frame size); the X-Unet run and the random-encoder run
+build narrow models (conftest.narrow_models), as their checks do not depend on the model's
+size (X-Unet's full-size counts: test_models.py). ``make test`` hands each module whole to one
+of its two pytest-xdist workers (``--dist loadfile``) and this one first (conftest:
+``full_size``); the runs are removed when the module is done (kept if a test failed).
+Training on small models and evaluate's pieces: test_training.py, test_report*.py.
 """
 
 import csv
@@ -20,7 +22,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, run_script, snapshot
+from conftest import TINY, narrow_models, run_script, snapshot
 from markdown_tables import gfm_tables
 from lungseg.config import RunConfig
 from lungseg.files import read_json
@@ -80,10 +82,12 @@ def vunet_run(module_tmp, tiny_lus, vgg_weights):
 
 @pytest.fixture(scope="module")
 def xunet_run(module_tmp, tiny_lus, tiny_salient):
+    """A tiny narrow X-Unet run (conftest.narrow_models): pre-training, then two folds."""
     out = module_tmp / "x_runs"
     argv = ["--data", tiny_lus, "--salient", tiny_salient, "--out", out, "--name", "x",
             "--epochs", "1", "--freeze", "bottleneck", *TINY]
-    code = run_script("train_xunet", *argv)
+    with narrow_models():
+        code = run_script("train_xunet", *argv)
     return {"dir": out / "x", "argv": argv, "code": code}
 
 
@@ -99,8 +103,9 @@ def results(vunet_run, xunet_run, module_tmp):
 
 
 def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
-    code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
-                      "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
+    with narrow_models():  # a random encoder: nothing here depends on the model's size
+        code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "r",
+                          "--encoder-weights", "none", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
     assert code == 0
     summary = read_json(tmp_path / "r" / "summary.json")
     assert summary["encoder_weights_used"] == {"weights": "random", "reason": "asked for (--encoder-weights none)"}
@@ -276,7 +281,8 @@ def test_xunet_pretrains_then_finetunes_with_frozen_bottleneck(xunet_run):
             assert (run / stage / name).is_file()
     summary = read_json(run / "summary.json")
     assert summary["pretrain"]["frozen_parameters"] == 0
-    assert summary["folds"]["fold_1"]["frozen_parameters"] == 14_157_824
+    # The narrow bottleneck: 3*3*16*32 + 32 and 3*3*32*32 + 32 (full size: test_models.py)
+    assert summary["folds"]["fold_1"]["frozen_parameters"] == 4_640 + 9_248
     assert summary["freeze"] == ["bottleneck"]
     names = ["bottleneck_conv1", "bottleneck_conv2", "block1_conv1", "decoder1_conv2"]
     pretrained = weights_of(run / "pretrain" / "model.keras", names)

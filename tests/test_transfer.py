@@ -1,7 +1,10 @@
 """Transfer learning from any annotated source: the pre-training set as its own data set (its
 own target, groups, split and reading), runs chained with --pretrained RUN/fold_k, V-Unet's
 encoder from another V-Unet run, and where the weights came from in summary.json and in
-evaluate's results table."""
+evaluate's results table.
+
+The trainings build narrow models (conftest.narrow_models): what is checked here is where the
+weights came from and what the run records, not the model's size."""
 
 import json
 
@@ -9,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, narrow_xunet, run_script
+from conftest import TINY, narrow_models, narrow_xunet, run_script
 from lungseg.config import RunConfig, make_config
 from lungseg.data import holdout_split, run_frames
 from lungseg.data.io import write_image
@@ -17,6 +20,8 @@ from lungseg.files import read_json
 from lungseg.inference import save_inference_model
 from lungseg.runs import RunFolder, file_sha256
 from lungseg.training import plan_splits
+
+pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
 
 SHAPE = (40, 48)
 TARGET_ROWS = {"pleural_line": (8, 11), "rib_shadow": (14, 30)}  # rows of each target's band
@@ -105,16 +110,16 @@ def test_salient_split_defaults_to_the_notebooks_and_old_runs_keep_theirs():
 @pytest.fixture(scope="module")
 def phantom_run(module_tmp, tiny_lus, phantom):
     """An X-Unet pre-trained on the phantom's pleural line (its own groups and split), then
-    fold 1 fine-tuned on the LUS frames grouped by probe position."""
+    fold 1 fine-tuned on the LUS frames grouped by probe position (narrow models)."""
     out = module_tmp / "runs"
-    code = run_script("train_xunet", "--data", tiny_lus, "--groups", r"pos(\d)", "--split", "grouped",
-                      "--salient", phantom, "--salient-target", "pleural_line", "--salient-groups", "blocks:3",
-                      "--salient-split", "grouped", "--out", out, "--name", "line", "--epochs", "1",
-                      "--fold", "1", *TINY)
+    with narrow_models():
+        code = run_script("train_xunet", "--data", tiny_lus, "--groups", r"pos(\d)", "--split", "grouped",
+                          "--salient", phantom, "--salient-target", "pleural_line", "--salient-groups",
+                          "blocks:3", "--salient-split", "grouped", "--out", out, "--name", "line", "--epochs", "1",
+                          "--fold", "1", *TINY)
     return {"code": code, "dir": out / "line"}
 
 
-@pytest.mark.full_size
 def test_pretraining_set_is_recorded_in_config_and_summary(phantom_run, phantom):
     assert phantom_run["code"] == 0
     run = phantom_run["dir"]
@@ -131,7 +136,6 @@ def test_pretraining_set_is_recorded_in_config_and_summary(phantom_run, phantom)
     assert summary["pretrained_from"] is None
 
 
-@pytest.mark.full_size
 def test_a_chained_run_records_its_source_and_the_table_says_so(phantom_run, tiny_lus, tmp_path):
     source = phantom_run["dir"] / "fold_1"
     code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", source, "--out", tmp_path,
@@ -156,14 +160,15 @@ def test_a_chained_run_records_its_source_and_the_table_says_so(phantom_run, tin
     assert "| pre-trained on phantom pleural_line (12 frames) |" in table
 
 
-@pytest.mark.full_size
 def test_vunet_starts_from_the_encoder_of_another_vunet_run(tiny_lus, tmp_path):
-    from lungseg.models import VGG16_CONVS, build_vunet
+    import lungseg.models as models
+    from lungseg.models import VGG16_CONVS
 
     keras.utils.set_random_seed(3)
-    source = fake_run(tmp_path / "phantom_vunet", build_vunet((64, 32, 1), encoder_weights=None), "vunet")
-    code = run_script("train_vunet", "--data", tiny_lus, "--encoder-weights", source / "fold_1",
-                      "--out", tmp_path, "--name", "v", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
+    with narrow_models():  # the source, and the run that takes its encoder, narrow alike
+        source = fake_run(tmp_path / "phantom_vunet", models.build_vunet((64, 32, 1), encoder_weights=None), "vunet")
+        code = run_script("train_vunet", "--data", tiny_lus, "--encoder-weights", source / "fold_1", "--out",
+                          tmp_path, "--name", "v", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
     assert code == 0
     stage1 = keras.models.load_model(tmp_path / "v" / "stage1" / "model.keras", compile=False)
     start = keras.models.load_model(source / "fold_1" / "model.keras", compile=False)
@@ -259,10 +264,10 @@ def test_options_of_the_pretraining_set_reach_the_config():
     assert "--salient-target" not in training_parser("vunet", "").format_help()
 
 
-@pytest.mark.full_size
 def test_pretrained_none_fine_tunes_from_random_weights(tiny_lus, tmp_path):
-    code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", "none", "--out", tmp_path, "--name", "n",
-                      "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
+    with narrow_models():
+        code = run_script("train_xunet", "--data", tiny_lus, "--pretrained", "none", "--out", tmp_path, "--name",
+                          "n", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8")
     assert code == 0
     assert not (tmp_path / "n" / "pretrain").exists()
     assert not (tmp_path / "_synthetic").exists()  # no pre-training set generated for nothing
