@@ -7,8 +7,9 @@ For each pair of neighbouring frames of the sweep (consecutive frame numbers of 
 Dice between their two masks, grouped by how alike the two frames are (the correlation of their
 pixels). Frames that are almost the same image should carry almost the same mask: where they do
 not, the drawing varies by as much, and no model can agree with every drawing better than the
-drawings agree with each other. Then, for comparison, the Dice of each mask with itself taken
-down to the model's input size and back (as a prediction comes back to the frame), which is
+drawings agree with each other. Then, for comparison, the Dice of each mask with itself placed
+in the model's input as the sound preset reads it (cropped to the imaging sector, resized with
+nearest) and brought back to the frame as a prediction is (bilinear, thresholded at 0.5):
 what the input size alone costs. Masks are read as training reads them (thresholded at half
 their level); frames at their own size.
 """
@@ -19,6 +20,8 @@ import sys
 import cv2
 import numpy as np
 
+from lungseg.data.crop import to_model, to_native
+from lungseg.data.frames import Reading
 from lungseg.data.io import read_image
 from lungseg.data.masks import read_mask
 from lungseg.data.pairs import SWEEP_FRAME, find_pairs
@@ -37,18 +40,20 @@ def neighbour_pairs(root, target):
 
 
 def round_trip(root, target, size):
-    """Dice of each mask with itself resized to ``size`` (rows, columns) by area, thresholded
-    at 0.5, and brought back bilinearly and thresholded again."""
-    scores = []
+    """Dice of each mask with itself at ``size`` (rows, columns) and back, placed as the sound
+    preset places it (``Reading(crop="auto")``: the frame's sector box) and brought back as
+    predictions are (``lungseg.data.crop.to_native``, bilinear, then thresholded at 0.5)."""
+    reading, scores = Reading(crop="auto"), []
     for pair in find_pairs(root, target=target, warn_groups=False):
-        mask = read_mask(pair.mask).astype(np.float32)
-        small = (cv2.resize(mask, size[::-1], interpolation=cv2.INTER_AREA) >= 0.5).astype(np.float32)
-        back = cv2.resize(small, mask.shape[::-1], interpolation=cv2.INTER_LINEAR) >= 0.5
-        scores.append(dice(mask > 0, back))
+        mask = read_mask(pair.mask)
+        placement = reading.placement(read_image(pair.image), size)
+        small = to_model(mask, placement, cv2.INTER_NEAREST_EXACT).astype(np.float32)
+        scores.append(dice(mask > 0, to_native(small, placement) >= 0.5))
     return np.array(scores)
 
 
 def dice(a, b):
+    """Dice of two binary masks."""
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
@@ -64,9 +69,9 @@ def main(argv=None):
     for target in args.targets:
         found = np.array(neighbour_pairs(args.phantom, target))
         for least in SIMILARITY:
-            dice = found[found[:, 0] >= least, 1]
-            agreement = f"{dice.mean():.3f} ({np.median(dice):.3f})" if len(dice) else "-"
-            print(f"| `{target}` | correlation ≥ {least:.2f} | {len(dice)} | {agreement} |")
+            agree = found[found[:, 0] >= least, 1]
+            agreement = f"{agree.mean():.3f} ({np.median(agree):.3f})" if len(agree) else "-"
+            print(f"| `{target}` | correlation ≥ {least:.2f} | {len(agree)} | {agreement} |")
     rows, columns = args.size
     print(f"\n| target | Dice of a mask with itself at {rows} x {columns} and back: mean (lowest) |")
     print("|---|---|")
