@@ -22,13 +22,16 @@ SIZES=${SIZES:-"20 50 100"}                     # fine-tuning frames
 FOLDS=${FOLDS:-"1 2 3 4"}
 BLOCK=${BLOCK:-145}          # frame numbers per group: 4 blocks to train on, the fifth to test
 TEST_FROM=${TEST_FROM:-580}  # frames numbered from here on (the last block) are the test set
-# Epochs of the stages that train on N fine-tuning frames: the sound preset's (X-Unet: 3 on the
-# pre-training set, 8 fine-tuning; V-Unet: 8 decoder, 2 whole) made 100/N times longer, so that
-# every size gets the updates of 100 frames and a small set is not also a short training
-# (8 epochs of 15 frames are 30 steps, after which nothing had learned).
+# Epochs of the stages that train on N fine-tuning frames: the sound preset's (read from
+# lungseg: X-Unet's pre-training stage, on its own set, stays as it is) made 100/N times longer,
+# so that every size gets the updates of 100 frames and a small set is not also a short
+# training (8 epochs of 15 frames are 30 steps, after which nothing had learned).
 epochs() {  # MODEL N
-  local times=$(( (100 + $2 - 1) / $2 ))
-  [ "$1" = xunet ] && echo "3 $((8 * times))" || echo "$((8 * times)) $((2 * times))"
+  local times=$(( (100 + $2 - 1) / $2 )) stage1 finetune
+  read -r stage1 finetune < <($PY -c "from lungseg.config import make_config
+config = make_config('$1', 'x', 'sound')
+print(config.stage1.epochs, config.finetune.epochs)")
+  [ "$1" = xunet ] && echo "$stage1 $((finetune * times))" || echo "$((stage1 * times)) $((finetune * times))"
 }
 read -ra EXTRA <<< "${EXTRA:-}"  # more training options (the smoke test's tiny sizes)
 # Frames 1-721 of one sweep (every third kept) at 96 x 128 (their 3:4 aspect; the sound preset
