@@ -29,24 +29,26 @@ from lungseg.data.pairs import SWEEP_FRAME, find_pairs
 SIMILARITY = (0.0, 0.9, 0.95)  # pairs of frames at least this alike (pixel correlation)
 
 
-def neighbour_pairs(root, target):
-    """[(similarity of the two frames, Dice of their masks)] of consecutive frames of the sweep."""
+def read_sweep(root, target):
+    """[(frame, mask)] of the sweep in frame-number order, as training reads them."""
     pairs = sorted(find_pairs(root, target=target, warn_groups=False),
                    key=lambda pair: int(SWEEP_FRAME.match(pair.name)["frame"]))
-    frames = [read_image(pair.image).astype(np.float64).ravel() for pair in pairs]
-    masks = [read_mask(pair.mask) for pair in pairs]
-    return [(np.corrcoef(frames[i], frames[i + 1])[0, 1], dice(masks[i], masks[i + 1]))
-            for i in range(len(pairs) - 1)]
+    return [(read_image(pair.image), read_mask(pair.mask)) for pair in pairs]
 
 
-def round_trip(root, target, size):
+def neighbour_pairs(sweep):
+    """[(similarity of the two frames, Dice of their masks)] of consecutive frames of the sweep."""
+    return [(np.corrcoef(a.ravel(), b.ravel())[0, 1], dice(mask_a, mask_b))
+            for (a, mask_a), (b, mask_b) in zip(sweep, sweep[1:])]
+
+
+def round_trip(sweep, size):
     """Dice of each mask with itself at ``size`` (rows, columns) and back, placed as the sound
     preset places it (``Reading(crop="auto")``: the frame's sector box) and brought back as
     predictions are (``lungseg.data.crop.to_native``, bilinear, then thresholded at 0.5)."""
     reading, scores = Reading(crop="auto"), []
-    for pair in find_pairs(root, target=target, warn_groups=False):
-        mask = read_mask(pair.mask)
-        placement = reading.placement(read_image(pair.image), size)
+    for frame, mask in sweep:
+        placement = reading.placement(frame, size)
         small = to_model(mask, placement, cv2.INTER_NEAREST_EXACT).astype(np.float32)
         scores.append(dice(mask > 0, to_native(small, placement) >= 0.5))
     return np.array(scores)
@@ -64,10 +66,11 @@ def main(argv=None):
     parser.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("ROWS", "COLUMNS"),
                         help="the model's input size (default: 96 128)")
     args = parser.parse_args(argv)
+    sweeps = {target: read_sweep(args.phantom, target) for target in args.targets}
     print("| target | neighbouring frames at least this alike | pairs | Dice of their masks: mean (median) |")
     print("|---|---|---|---|")
-    for target in args.targets:
-        found = np.array(neighbour_pairs(args.phantom, target))
+    for target, sweep in sweeps.items():
+        found = np.array(neighbour_pairs(sweep))
         for least in SIMILARITY:
             agree = found[found[:, 0] >= least, 1]
             agreement = f"{agree.mean():.3f} ({np.median(agree):.3f})" if len(agree) else "-"
@@ -75,8 +78,8 @@ def main(argv=None):
     rows, columns = args.size
     print(f"\n| target | Dice of a mask with itself at {rows} x {columns} and back: mean (lowest) |")
     print("|---|---|")
-    for target in args.targets:
-        scores = round_trip(args.phantom, target, args.size)
+    for target, sweep in sweeps.items():
+        scores = round_trip(sweep, args.size)
         print(f"| `{target}` | {scores.mean():.3f} ({scores.min():.3f}) |")
     return 0
 
