@@ -610,14 +610,13 @@ def _fine_tuning_start(run, pretrained):
 
         return random_start, {"started_from": f"random weights (seed {config.seed})", "started_from_sha256": None,
                               "pretrained_from": pretrained}
-    if pretrained:  # hashed once, by lungseg.transfer.model_source
-        start_model, digest = Path(pretrained["model"]), pretrained["model_sha256"]
+    if pretrained:  # hashed once, by lungseg.transfer.model_source; the run it came from too
+        start_model = Path(pretrained["model"])
+        record = {"started_from": str(start_model), "started_from_sha256": pretrained["model_sha256"],
+                  "pretrained_from": pretrained}
     else:
         start_model = run.model_path(run.stage1)
-        digest = file_sha256(start_model)
-    record = {"started_from": str(start_model), "started_from_sha256": digest}
-    if pretrained:
-        record["pretrained_from"] = pretrained  # the run it came from, and its config's digest
+        record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
     return (lambda: load_model_for_finetuning(start_model, config)), record
 
 

@@ -35,6 +35,10 @@ def _load_lus(run, keep_generated, native=False):
                            native=native, reading=Reading.of(config))
 
 
+# The options that set the pre-training set's groups and split, named in its warnings and errors.
+SALIENT_GROUP_FLAGS = ("--salient-groups", "--salient-split")
+
+
 def salient_frames(run, keep_generated=False):
     """X-Unet's pre-training set (``--salient``, else the generated composites), read with its
     own options (``--salient-target``, ``--salient-groups``, ``--salient-crop`` ...): the
@@ -45,9 +49,6 @@ def salient_frames(run, keep_generated=False):
                            warn_groups=warn_salient_groups(config), flags=SALIENT_GROUP_FLAGS)
         return load_frames(pairs, config.image_size, config.interpolation, progress=True,
                            reading=salient_reading(config))
-
-
-SALIENT_GROUP_FLAGS = ("--salient-groups", "--salient-split")
 
 
 def warn_salient_groups(config):
