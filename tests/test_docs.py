@@ -17,8 +17,9 @@ def scratch(tmp_path_factory):
     return folder, check_commands.scratch(folder)
 
 
-def test_evaluation_inference_paper_and_data_docs_run_as_written(scratch):
-    docs = [ROOT / "docs" / name for name in ("evaluation.md", "inference.md", "paper.md", "data.md")]
+def test_evaluation_inference_paper_data_and_real_phantom_docs_run_as_written(scratch):
+    docs = [ROOT / "docs" / name for name in ("evaluation.md", "inference.md", "paper.md", "data.md",
+                                              "real_phantom.md")]
     assert check_commands.check(docs, fast=True, folder=scratch) == []
 
 
