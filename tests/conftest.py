@@ -6,10 +6,12 @@ first, so that ``make test`` (two pytest-xdist workers, each taking whole module
 loadfile``) starts it first, and the other worker takes the modules marked ``long``, then the
 rest, meanwhile. Checks that do not depend on the model's size use narrow models
 (``narrow_xunet``; trainings through the command lines inside ``narrow_models``), whose files
-take kilobytes.
+take kilobytes. Trainings in the test processes run eagerly (``eager_trainings``); those a test
+starts in a subprocess run traced, as users run them.
 """
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -117,6 +119,30 @@ def narrowed_config(model, divide=32):
         if "filters" in layer["config"]:
             layer["config"]["filters"] = max(1, layer["config"]["filters"] // divide)
     return config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def eager_trainings():
+    """Compiled models in the test processes run eagerly (Keras's ``run_eagerly``): tracing a
+    model's train and test functions takes seconds of CPU a training stage, whatever the
+    model's width, while a tiny training's steps take milliseconds, and what the checks here
+    are about (files, records, resuming, refusals) does not depend on it. Uncompiled models
+    loaded for inference stay traced, and every training a test starts in a subprocess
+    (interruptions, determinism, multi-worker) runs traced, as users run it."""
+    from keras.src.trainers.trainer import Trainer
+
+    compile_ = Trainer.compile
+
+    @functools.wraps(compile_)
+    def compile(self, *args, **kwargs):
+        kwargs.setdefault("run_eagerly", True)
+        return compile_(self, *args, **kwargs)
+
+    # On Trainer, where Keras defines it: a model loaded from a file compiles itself only while
+    # its class's compile is Trainer's.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "compile", compile)
+        yield
 
 
 @contextlib.contextmanager
