@@ -22,7 +22,7 @@ for probe in linear convex; do
   done
 done
 
-# Training: X-Unet, the quick preset against the sound preset (the same frames, epochs, batch
+# Training: X-Unet, the quick preset against the sound preset (the same 80 frames, epochs, batch
 # and learning rates). The first quick run of each input size pre-trains on salient composites
 # as the preset does; every other run of that size fine-tunes that same pre-trained model, so
 # the two recipes start alike and differ only in how they fine-tune.
@@ -38,10 +38,10 @@ for probe in linear convex; do
   pretrained="$OUT/runs/quick-$probe-line/pretrain/model.keras"
   train quick-$probe-line --preset quick --data "$OUT/data/$probe-line-train" "${size[@]}"
   train sound-$probe-line --preset sound --data "$OUT/data/$probe-line-train" "${size[@]}" \
-    --pretrained "$pretrained"
+    --pretrained "$pretrained" --lus-frames 80
   for preset in quick sound; do
     train $preset-$probe-shadow --preset $preset --data "$OUT/data/$probe-shadow-train" \
-      "${size[@]}" --pretrained "$pretrained"
+      "${size[@]}" --pretrained "$pretrained" --lus-frames 80
   done
 done
 

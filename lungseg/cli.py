@@ -10,6 +10,7 @@ import threading
 import traceback
 
 from lungseg.config import (
+    ALL_FRAMES,
     CROPS,
     MAX_SEED,
     MODELS,
@@ -132,6 +133,11 @@ def positive_int(text):
     if value > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {text}")
     return value
+
+
+def frame_count(text):
+    """``--lus-frames``: a positive whole number, or ``all``."""
+    return ALL_FRAMES if text.strip().lower() == ALL_FRAMES else positive_int(text)
 
 
 def non_negative_int(text):

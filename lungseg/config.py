@@ -7,7 +7,7 @@ stores it as ``config.json``, and everything downstream reads only the config.
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from lungseg.errors import ConfigError
 
@@ -83,6 +83,7 @@ class StageConfig:
     learning_rate: float
 
 MAX_SEED = 2**31 - 1  # the largest seed NumPy and TensorFlow take
+ALL_FRAMES = "all"  # --lus-frames all: every frame of the data set
 
 # RunConfig's fields that name the user's files (or a regex, for groups): stored absolute in
 # config.json (runs.absolute_paths); a machine may mount them elsewhere (lungseg.distribute).
@@ -153,9 +154,10 @@ class RunConfig:
     max_value: Optional[int] = None  # 16-bit frames: the value read as white; None: stated/inferred
     crop: str = "none"  # "auto": crop frames and masks to the imaging sector (lungseg.data.crop)
     keep_aspect: bool = False  # pad to the input's shape instead of stretching
-    lus_frames: int = option(
-        400, kind="positive_int", metavar="N", help="training frames; with flips N/2 frames plus "
-        "their mirror images (the paper: 200 without flips, 400, 600)")
+    lus_frames: Union[int, str] = option(
+        400, kind="frame_count", metavar="N|all", help="training frames; with flips N/2 frames plus "
+        "their mirror images (the paper: 200 without flips, 400, 600); all: every frame of --data "
+        "(or of the generated set), with their mirror images unless --no-flips")
     flips: bool = option(  # 400 = 200 frames + their mirror images, as in the paper
         True, flag="--no-flips", action="store_false", presets=False,
         help="use N original frames without mirror copies (the paper's 200-frame set)")
@@ -275,10 +277,15 @@ class RunConfig:
                           prefix=prefix)
         if self.folds < 2:
             raise ConfigError(f"{option_flag('folds')} must be at least 2, got {self.folds}")
-        if self.lus_frames < self.folds:
+        if self.lus_frames == ALL_FRAMES:
+            pass  # how many: known once the frames are found (frames.select_lus_frames)
+        elif not isinstance(self.lus_frames, int) or isinstance(self.lus_frames, bool):
+            raise ConfigError(f"{option_flag('lus_frames')} must be a whole number or {ALL_FRAMES}, "
+                              f"got {self.lus_frames!r}")
+        elif self.lus_frames < self.folds:
             raise ConfigError(f"{option_flag('lus_frames')} ({self.lus_frames}) must be at least "
                               f"{option_flag('folds')} ({self.folds})")
-        if self.flips and self.lus_frames % 2:
+        if self.flips and self.lus_frames != ALL_FRAMES and self.lus_frames % 2:
             raise ConfigError(
                 f"{option_flag('lus_frames')} must be even with flipped copies (half originals, half mirrors), "
                 f"got {self.lus_frames}"
@@ -365,7 +372,7 @@ PRESETS = {
 }
 
 
-# "sound": the quick preset's sizes and budget (frames, epochs, learning rates) with a recipe that
+# "sound": the quick preset's sizes and budget (epochs, learning rates) on every frame, with a recipe that
 # holds on new subjects: folds that never split a subject (pairs.default_group groups by the
 # subject when names carry one, else by probe position and frame window), nnU-Net's strong
 # augmentation, Dice + binary cross-entropy (Dice alone collapses on thin targets), He
@@ -375,6 +382,9 @@ PRESETS = {
 # 960 x 128 linear frame would keep only 17 columns.
 PRESETS["sound"] = {
     **PRESETS["quick"],
+    # Every frame of the user's set: quick's 80 (40 and their mirror images) are the first 40
+    # in name order, often one or two subjects of a real set, which held-out subjects punish.
+    "lus_frames": ALL_FRAMES,
     "split": "grouped",
     "augment_policy": "strong",
     "loss": "dice_bce",

@@ -65,6 +65,7 @@ def test_config_json_round_trip():
         ({"folds": 1}, "--folds must be at least 2"),
         ({"image_size": (250, 256)}, "--image-size sides must be multiples of 16"),
         ({"lus_frames": 201}, "--lus-frames must be even"),
+        ({"lus_frames": "most"}, "--lus-frames must be a whole number or all, got 'most'"),
         ({"stage1": {"epochs": 0}}, "--epochs must be positive"),
         ({"split": "random"}, "--split must be one of paper, grouped"),
         ({"initializer": "zeros"}, "--initializer must be one of glorot_uniform, he_normal"),
@@ -136,9 +137,10 @@ def test_sound_preset_is_quick_sized_with_the_sound_recipe():
     quick, sound = make_config("xunet", "q", "quick"), make_config("xunet", "s", "sound")
     assert (sound.split, sound.augment_policy, sound.loss, sound.initializer) == (
         "grouped", "strong", "dice_bce", "he_normal")
-    for field in ("image_size", "lus_frames", "folds", "stage1", "finetune", "augment",
+    for field in ("image_size", "flips", "folds", "stage1", "finetune", "augment",
                   "augment_interpolation", "stage1_steps", "synthetic_lus"):
         assert getattr(sound, field) == getattr(quick, field), field  # the same budget
+    assert (quick.lus_frames, sound.lus_frames) == (80, "all")  # on every frame of the set
     paper = make_config("vunet", "p")
     assert (paper.augment, paper.augment_policy, paper.loss, paper.stop_on_collapse) == (
         True, "paper", "dice", False)  # the paper's protocol is unchanged
@@ -229,13 +231,19 @@ def test_training_options_are_generated_from_runconfig_fields():
     assert (option_flag("lus_frames"), option_flag("flips"), option_flag("augment_policy")) == (
         "--lus-frames", "--no-flips", "--augment")
     help_text = " ".join(training_parser("xunet", "").format_help().split())
-    assert ("--lus-frames N training frames; with flips N/2 frames plus their mirror images (the "
-            "paper: 200 without flips, 400, 600) (paper: 400; quick: 80; sound: 80)") in help_text
+    assert ("--lus-frames N|all training frames; with flips N/2 frames plus their mirror images (the "
+            "paper: 200 without flips, 400, 600); all: every frame of --data (or of the generated "
+            "set), with their mirror images unless --no-flips (paper: 400; quick: 80; sound: all)") in help_text
     parser = training_parser("xunet", "")
     config = config_from_args("xunet", parser.parse_args(["--preset", "quick", "--no-flips", "--augment",
                                                           "strong", "--freeze", "bottleneck"]), parser)
     assert (config.flips, config.augment_policy, config.freeze, config.lus_frames) == (
         False, "strong", ["bottleneck"], 80)
+    for given, taken in (("all", "all"), ("ALL", "all"), ("24", 24)):
+        args = parser.parse_args(["--preset", "quick", "--lus-frames", given])
+        assert config_from_args("xunet", args, parser).lus_frames == taken
+    with pytest.raises(SystemExit):  # argparse's usage error
+        parser.parse_args(["--lus-frames", "0"])
 
 
 def test_a_run_written_before_tf32_resumes_as_it_ran(tmp_path):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lungseg.data import FrameSet, Pair, find_pairs, load_frames, select_lus_frames
+from lungseg.data.frames import unused_frames
 from lungseg.data.io import write_image
 from lungseg.errors import ConfigError, DataError
 
@@ -106,13 +107,27 @@ def test_names_without_the_papers_numbering_take_the_first_frames():
     frames = small_set(6)
     with_flips, rule = select_lus_frames(frames, 4)
     assert with_flips.names == ["f0", "f1", "f0_flipped", "f1_flipped"]
-    assert rule.startswith("the first 2 frames in name order") and "mirror" in rule
+    assert rule.startswith("the first 2 of 6 frames in name order") and "mirror" in rule
+    assert unused_frames(frames, 4) == 4
     without, rule = select_lus_frames(frames, 5, flips=False)
     assert without.names == ["f0", "f1", "f2", "f3", "f4"] and "mirror" not in rule
+    assert unused_frames(frames, 5, flips=False) == 1 and unused_frames(frames, 12) == 0
     with pytest.raises(DataError, match="need 7 original frames, but the data set has only 6"):
         select_lus_frames(frames, 14)
     with pytest.raises(ConfigError, match="even"):
         select_lus_frames(frames, 3)
+
+
+def test_all_frames_are_every_frame_with_or_without_mirror_images():
+    frames = small_set(3)
+    everything, rule = select_lus_frames(frames, "all")
+    assert everything.names == ["f0", "f1", "f2", "f0_flipped", "f1_flipped", "f2_flipped"]
+    assert rule == "all 3 frames and their mirror images"
+    originals, rule = select_lus_frames(frames, "all", flips=False)
+    assert originals.names == ["f0", "f1", "f2"] and rule == "all 3 frames"
+    assert unused_frames(frames, "all") == 0
+    with pytest.raises(ConfigError, match="a positive integer or 'all', got 'some'"):
+        select_lus_frames(frames, "some")
 
 
 def named_set(numbers_by_position):

@@ -1,6 +1,8 @@
 """Training on small models: a bfloat16 fine-tuning, collapse noticed and stopped, the ImageNet
 fallback (the tiny full-size runs end to end: test_tiny_runs.py)."""
 
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -162,3 +164,29 @@ def test_collapse_watch_counts_stalled_collapsed_epochs_and_on_from_a_resumed_hi
     assert CollapseWatch("s", history=learning).streak == 0
     stalled = learning + [row(1.0, 0.0, 0.0305), row(1.0, 0.0, 0.0301), row(1.0, 0.0, 0.0302)]
     assert CollapseWatch("s", history=stalled).noticed["epoch"] == 7
+
+
+def test_all_frames_train_on_every_frame_and_frames_left_out_are_named(narrow_pretrained, tiny_lus, tmp_path,
+                                                                      capsys):
+    """``--lus-frames all`` (the sound preset's): every frame of --data and its mirror image,
+    counted so in the results table; ``--lus-frames N`` that leaves frames of --data out (the
+    first N/2 in name order) says how many in one warning."""
+    data = tmp_path / "scans"  # tiny_lus renamed: names not numbered as the paper's
+    for kind, prefix in (("IMG", "img_"), ("MASK", "mask_")):
+        (data / kind).mkdir(parents=True)
+        for path in (tiny_lus / kind).iterdir():
+            shutil.copy(path, data / kind / path.name.replace(f"{prefix}lung_pos", f"{prefix}scan"))
+    argv = ["--data", data, "--pretrained", narrow_pretrained, "--out", tmp_path / "runs", "--epochs", "1",
+            "--fold", "1", *TINY]
+    assert run_script("train_xunet", *argv, "--name", "some", "--lus-frames", "8") == 0
+    assert (f"WARNING: {data}: 8 of its 12 frames are left out (--lus-frames 8 takes the first 4 in "
+            "name order); --lus-frames all trains on every frame") in capsys.readouterr().out
+
+    assert run_script("train_xunet", *argv, "--name", "all", "--lus-frames", "all") == 0
+    out = capsys.readouterr().out
+    assert "LUS frames: 24; all 12 frames and their mirror images" in out and "left out" not in out
+    run = tmp_path / "runs" / "all"
+    assert read_json(run / "config.json")["lus_frames"] == "all"
+    assert len(read_json(run / "splits.json")["lus_frames"]) == 24
+    assert run_script("evaluate", run, "--out", tmp_path / "results", "--allow-partial") == 0
+    assert "| 24 (with flips); " in (tmp_path / "results" / "results.md").read_text()

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from lungseg import config
-from lungseg.config import check_reading
+from lungseg.config import ALL_FRAMES, check_reading
 from lungseg.data.crop import find_sector, place, to_model
 from lungseg.data.io import describe_depths, read_frame
 from lungseg.data.masks import read_mask_stats, summarize_masks
@@ -267,15 +267,18 @@ def select_lus_frames(frames, n_frames, flips=True):
     """The paper's LUS training sets: ``(FrameSet, rule)``, ``rule`` one sentence for the logs.
 
     With ``flips`` (the paper's "400 LUS" and "600 LUS") ``n_frames / 2`` originals and their
-    mirror images, else ``n_frames`` originals ("200 LUS"). When every name follows the paper's
+    mirror images, else ``n_frames`` originals ("200 LUS"); ``"all"``: every frame. When every name follows the paper's
     numbering (``lung_pos<P>_<n>``, or ``lung_subj<k>_pos<P>_<n>`` for phantoms of several
     subjects) the originals come from the paper's set for that size (up to 200 originals:
     n mod 100 in 5..50; more: 5..75), an equal share per probe position (of each subject) in
     frame-number order when fewer are wanted than the set holds; otherwise the first ones
     in name order. ``DataError`` says how many frames the chosen rule misses.
     """
+    if n_frames == ALL_FRAMES:
+        rule = f"all {len(frames)} frames"
+        return (frames.with_flips(), f"{rule} and their mirror images") if flips else (frames, rule)
     if not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
-        raise ConfigError(f"n_frames must be a positive integer, got {n_frames!r}")
+        raise ConfigError(f"n_frames must be a positive integer or {ALL_FRAMES!r}, got {n_frames!r}")
     if flips and n_frames % 2:
         raise ConfigError(f"n_frames must be even with flips (half originals), got {n_frames}")
     originals = n_frames // 2 if flips else n_frames
@@ -288,12 +291,23 @@ def select_lus_frames(frames, n_frames, flips=True):
                 f"{len(frames)}"
             )
         chosen = frames.take(originals)
-        rule = f"the first {originals} frames in name order (names not all lung_pos<P>_<n>)"
+        rule = f"the first {originals} of {len(frames)} frames in name order (names not all lung_pos<P>_<n>)"
     else:
         chosen, rule = paper
     if flips:
         return chosen.with_flips(), f"{rule}, and their mirror images"
     return chosen, rule
+
+
+def unused_frames(frames, n_frames, flips=True):
+    """How many of ``frames`` ``select_lus_frames`` leaves out where no rule of the paper
+    chooses them (names not numbered as the paper's): the first ones in name order only."""
+    if n_frames == ALL_FRAMES:
+        return 0
+    originals = n_frames // 2 if flips else n_frames
+    if _paper_selection(frames, originals, "") is not None:
+        return 0
+    return max(0, len(frames) - originals)
 
 
 def _paper_selection(frames, originals, wanted):

@@ -9,16 +9,23 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from lungseg.console import log
-from lungseg.data.frames import Reading, load_frames, select_lus_frames
+from lungseg.config import ALL_FRAMES
+from lungseg.console import log, warn
+from lungseg.data.frames import Reading, load_frames, select_lus_frames, unused_frames
 from lungseg.data.pairs import find_pairs
 
 
 def lus_frames(run, keep_generated=False, native=False):
     """The run's LUS frames (its training pool) as its training loaded them, and the sentence
-    saying which rule chose them; ``native`` keeps each mask at its own size too."""
+    saying which rule chose them; ``native`` keeps each mask at its own size too. Training
+    (``keep_generated``) warns when a user's folder holds frames that no rule chose."""
     config = run.config
     frames = _load_lus(run, keep_generated, native)
+    unused = unused_frames(frames, config.lus_frames, flips=config.flips)
+    if keep_generated and config.data and unused:
+        warn(f"{config.data}: {unused} of its {len(frames)} frames are left out (--lus-frames "
+             f"{config.lus_frames}{'' if config.flips else ', --no-flips'} takes the first "
+             f"{len(frames) - unused} in name order); --lus-frames {ALL_FRAMES} trains on every frame")
     return select_lus_frames(frames, config.lus_frames, flips=config.flips)
 
 
@@ -69,6 +76,8 @@ def lus_pool_size(config):
     """How many phantom frames to generate: the preset's number, or enough for the set asked."""
     from lungseg.data.synthetic import lus_phantoms_needed
 
+    if config.lus_frames == ALL_FRAMES:
+        return config.synthetic_lus
     originals = config.lus_frames // 2 if config.flips else config.lus_frames
     return max(config.synthetic_lus, lus_phantoms_needed(originals))
 

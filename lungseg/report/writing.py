@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from lungseg import figures
+from lungseg.config import ALL_FRAMES
 from lungseg.data.io import write_image
 from lungseg.evaluation import EMPTY_MASK_RULE, METRICS, aggregate_folds, nan_to_none, summarize
 from lungseg.files import write_json, write_text
@@ -66,10 +67,14 @@ def _training_frames(experiment):
     config = experiment.config
     if config is None:
         return None
-    folds = experiment.run.read_splits()["folds"]
-    per_fold = sorted({len(fold["train"]) for fold in folds})
-    return (f"{config.lus_frames}" + (" (with flips)" if config.flips else "")
+    per_fold = sorted({len(fold["train"]) for fold in experiment.run.read_splits()["folds"]})
+    return (f"{pool_size(config, experiment.run)}" + (" (with flips)" if config.flips else "")
             + f"; {'/'.join(map(str, per_fold))} per fold model")
+
+
+def pool_size(config, run):
+    """How many LUS frames a run trained on (its folds' pool, mirror images included)."""
+    return len(run.read_splits()["lus_frames"]) if config.lus_frames == ALL_FRAMES else config.lus_frames
 
 
 def _fine_tuning(experiment):
@@ -236,7 +241,7 @@ def make_figures(experiments, summaries, n_frames=4):
         if e.config is not None and not e.options.active:
             dice = s["across_folds"]["dice"]
             sd = dice["sd"] if dice["sd"] is not None else float("nan")
-            points.setdefault(s["model"], []).append((e.config.lus_frames, dice["mean"], sd))
+            points.setdefault(s["model"], []).append((pool_size(e.config, e.run), dice["mean"], sd))
     if any(len({n for n, _, _ in p}) > 1 for p in points.values()):
         result["dice_vs_frames"] = figures.dice_vs_frames(points)
     return result
