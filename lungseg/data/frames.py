@@ -268,11 +268,11 @@ def select_lus_frames(frames, n_frames, flips=True):
 
     With ``flips`` (the paper's "400 LUS" and "600 LUS") ``n_frames / 2`` originals and their
     mirror images, else ``n_frames`` originals ("200 LUS"); ``"all"``: every frame. When every
-    name follows the paper's numbering (``lung_pos<P>_<n>``, or ``lung_subj<k>_pos<P>_<n>`` for phantoms of several
-    subjects) the originals come from the paper's set for that size (up to 200 originals:
-    n mod 100 in 5..50; more: 5..75), an equal share per probe position (of each subject) in
-    frame-number order when fewer are wanted than the set holds; otherwise the first ones
-    in name order. ``DataError`` says how many frames the chosen rule misses.
+    name follows the paper's numbering (``lung_pos<P>_<n>``, or ``lung_subj<k>_pos<P>_<n>`` for
+    phantoms of several subjects) the originals come from the paper's set for that size (up to
+    200 originals: n mod 100 in 5..50; more: 5..75), an equal share per probe position (of each
+    subject) in frame-number order when fewer are wanted than the set holds; otherwise the
+    first ones in name order. ``DataError`` says how many frames the chosen rule misses.
     """
     if n_frames == ALL_FRAMES:
         rule = f"all {len(frames)} frames"
