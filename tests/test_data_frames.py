@@ -112,6 +112,7 @@ def test_names_without_the_papers_numbering_take_the_first_frames():
     without, rule = select_lus_frames(frames, 5, flips=False)
     assert without.names == ["f0", "f1", "f2", "f3", "f4"] and "mirror" not in rule
     assert unused_frames(frames, 5, flips=False) == 1 and unused_frames(frames, 12) == 0
+    assert select_lus_frames(frames, 6, flips=False)[1] == "all 6 frames"
     with pytest.raises(DataError, match="need 7 original frames, but the data set has only 6"):
         select_lus_frames(frames, 14)
     with pytest.raises(ConfigError, match="even"):

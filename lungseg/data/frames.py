@@ -291,7 +291,8 @@ def select_lus_frames(frames, n_frames, flips=True):
                 f"{len(frames)}"
             )
         chosen = frames.take(originals)
-        rule = f"the first {originals} of {len(frames)} frames in name order (names not all lung_pos<P>_<n>)"
+        rule = (f"all {len(frames)} frames" if originals == len(frames) else
+                f"the first {originals} of {len(frames)} frames in name order (names not all lung_pos<P>_<n>)")
     else:
         chosen, rule = paper
     if flips:
