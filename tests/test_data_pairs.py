@@ -111,6 +111,13 @@ def test_default_groups_are_subjects_when_names_carry_one():
     assert default_group("subj12_frame7") == "subj12"
     assert default_group("lung_subjA_pos2_5") == "lung_subjA_pos2:0-49"  # no number: no subject
     assert default_group("lung_nosubj3_pos2_5") == "lung_nosubj3_pos2:0-49"
+    # Real sets name their subjects in other words too, in any case.
+    assert [default_group(name) for name in ("patient03_frame012", "Patient_12-frame7", "CASE-07_b",
+                                             "pt1_12", "Subject 4 frame 2", "volunteer2")] == [
+        "patient03", "Patient_12", "CASE-07", "pt1", "Subject 4", "volunteer2"]
+    assert default_group("patient_x3_frame7") == "patient_x3_frame7"  # no number after the word
+    assert default_group("outpatient3_frame7") == "outpatient3_frame7"  # inside another word
+    assert default_group("capture12") == "capture12"
 
 
 def test_groups_from_a_pattern(tmp_path):

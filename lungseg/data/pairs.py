@@ -50,9 +50,13 @@ LAYOUTS = ("auto", "lus", "salient", "generic")
 # Frame numbers per default LUS group: 10 stored frames at the paper's every-5th-frame sampling.
 LUS_FRAME_WINDOW = 50
 _LUS_NAME = re.compile(r"^(?P<sequence>.*pos\d+)_(?P<frame>\d+)")
-# A subject in a name: subj<k> at the start or after an underscore, then an underscore or the end.
+# A subject in a name: a word that names one (subj, subject, patient, pat, pt, case, volunteer;
+# any case), a number (after a "_", "-", a space or nothing), at the start or after one of those,
+# then one of those or the end: lung_subj03_pos2_5, Patient_12-frame7, case3 ... The generated
+# phantoms' subjects are subj<k>.
 SUBJECT_PREFIX = "subj"
-SUBJECT_TAG = re.compile(rf"(?:^|_)({SUBJECT_PREFIX}\d+)(?=_|$)")
+SUBJECT_TAG = re.compile(r"(?:^|[_\- ])((?:subject|subj|patient|pat|pt|case|volunteer)[_\- ]?\d+)(?=[_\- ]|$)",
+                         re.IGNORECASE)
 # A frame of a sweep: the sequence (the name without its trailing number) and the number.
 SWEEP_FRAME = re.compile(r"^(?P<sequence>.*?)(?P<frame>\d+)$")
 BLOCKS_PREFIX = "blocks:"
