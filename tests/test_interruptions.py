@@ -17,9 +17,10 @@ from lungseg.files import read_json
 pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
 
 
-# Runs that fine-tune a narrow X-Unet (conftest.narrow_xunet: X-Unet's layers with 1/32 of its
-# filters): the resume state of a full-size one is 375 MB per epoch file, and the checks below
-# are about the run's files and exit codes, not the model's size.
+# The runs of the signal tests fine-tune a tiny stand-in for a pre-trained model
+# (conftest.tiny_pretrained): traced in a fraction of a second, and what they check is the
+# processes, exit codes and files. The determinism test fine-tunes a narrow X-Unet
+# (conftest.narrow_xunet), whose transposed convolutions op determinism must cover.
 
 
 def fine_tuning(tiny_lus, pretrained, out, name, epochs, *options):
@@ -55,11 +56,11 @@ sys.exit(main())
 """
 
 
-def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(narrow_pretrained, tiny_lus, tmp_path):
+def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(tiny_pretrained, tiny_lus, tmp_path):
     """SIGKILL at any moment after epoch 1 of a run over two replicas; the same command again
     resumes after the epoch the state holds, and finishes with every epoch once."""
-    epochs = 4  # over half a second each over two replicas: a kill lands in the middle of the stage
-    argv = fine_tuning(tiny_lus, narrow_pretrained, tmp_path, "k", epochs)
+    epochs = 4  # half a second or more each over two replicas: the kill lands mid-stage
+    argv = fine_tuning(tiny_lus, tiny_pretrained, tmp_path, "k", epochs)
     command = [sys.executable, "-c", MIRRORED, *map(str, argv)]
     # TMPDIR: the killed process cannot remove the files autograph writes there.
     (tmp_path / "tmp").mkdir()
@@ -83,9 +84,9 @@ def test_killed_mirrored_run_resumes_from_its_saved_epoch_and_finishes(narrow_pr
     keras.models.load_model(tmp_path / "k" / "fold_1" / "model.keras")
 
 
-def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(narrow_pretrained, tiny_lus, tmp_path, capsys):
-    epochs = 8  # a tenth of a second or more each: Ctrl-C lands in the middle of the stage
-    argv = fine_tuning(tiny_lus, narrow_pretrained, tmp_path, "c", epochs)
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_pretrained, tiny_lus, tmp_path, capsys):
+    epochs = 10  # a tenth of a second or more each: Ctrl-C lands in the middle of the stage
+    argv = fine_tuning(tiny_lus, tiny_pretrained, tmp_path, "c", epochs)
     # -X faulthandler: a run that does not stop can be made to show where it is (SIGABRT).
     command = [sys.executable, "-X", "faulthandler", str(ROOT / "train_xunet.py"), *map(str, argv)]
     state = tmp_path / "c" / "fold_1" / "state" / "state.json"

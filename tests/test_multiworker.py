@@ -104,21 +104,6 @@ def epoch_lines(output):
     return [line.rsplit("  (", 1)[0] for line in output.splitlines() if "] epoch " in line]
 
 
-@pytest.fixture(scope="module")
-def tiny_pretrained(tmp_path_factory):
-    """A tiny stand-in for a pre-trained X-Unet: 32 x 32 gray in, a sigmoid mask out."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 1))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", kernel_initializer="he_normal")(x)
-    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
-    path = tmp_path_factory.mktemp("pretrained") / "tiny.keras"
-    model.save(path)
-    return path
-
-
 @pytest.mark.parametrize("environ, expected", [
     ({}, None),
     ({"TF_CONFIG": ""}, None),

@@ -534,12 +534,12 @@ def test_sigterm_whose_exception_c_code_lost_or_changed_still_ends_as_sigterm(ca
     stop_if_terminated()  # run_main leaves the flag clear for the next command
 
 
-def test_sigterm_stops_a_training_that_the_same_command_resumes(tiny_lus, narrow_pretrained, tmp_path, capsys):
+def test_sigterm_stops_a_training_that_the_same_command_resumes(tiny_lus, tiny_pretrained, tmp_path, capsys):
     from conftest import ROOT
     from test_interruptions import epochs_in_history, saved_epoch
 
-    epochs = 8
-    argv = [str(a) for a in finetune(tiny_lus, narrow_pretrained, tmp_path, "t", "--fold", "1")]
+    epochs = 10  # a tenth of a second or more each (the tiny stand-in): SIGTERM lands mid-stage
+    argv = [str(a) for a in finetune(tiny_lus, tiny_pretrained, tmp_path, "t", "--fold", "1")]
     argv[argv.index("--epochs") + 1] = str(epochs)
     process = subprocess.Popen([sys.executable, str(ROOT / "train_xunet.py"), *argv],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
