@@ -194,15 +194,18 @@ def narrow_pretrained(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory):
-    """A tiny stand-in for a pre-trained X-Unet (32 x 32 gray in, one convolution, a sigmoid
-    mask out) for trainings started in subprocesses whose checks are about processes, signals
-    and files: traced in a fraction of a second, where a narrow X-Unet takes seconds."""
+    """A tiny stand-in for a pre-trained X-Unet (32 x 32 gray in; a convolution, a pooling, a
+    transposed convolution, as a U-Net's kinds of step; a sigmoid mask out) for trainings
+    started in subprocesses whose checks are about processes, signals, determinism and files:
+    traced in a fraction of a second, where a narrow X-Unet takes seconds."""
     import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 1))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", kernel_initializer="he_normal")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2DTranspose(4, 2, strides=2, activation="relu", kernel_initializer="he_normal")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
     path = tmp_path_factory.mktemp("tiny_pretrained") / "tiny.keras"
     model.save(path)

@@ -17,10 +17,9 @@ from lungseg.files import read_json
 pytestmark = pytest.mark.long  # a module of half a minute or more (conftest)
 
 
-# The runs of the signal tests fine-tune a tiny stand-in for a pre-trained model
-# (conftest.tiny_pretrained): traced in a fraction of a second, and what they check is the
-# processes, exit codes and files. The determinism test fine-tunes a narrow X-Unet
-# (conftest.narrow_xunet), whose transposed convolutions op determinism must cover.
+# The runs fine-tune a tiny stand-in for a pre-trained model (conftest.tiny_pretrained: a
+# convolution, a pooling and a transposed convolution): traced in a fraction of a second, and
+# what the tests check is the processes, exit codes, files and determinism, not the model.
 
 
 def fine_tuning(tiny_lus, pretrained, out, name, epochs, *options):
@@ -123,7 +122,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_pretrained, tiny
 # --- determinism --------------------------------------------------------------------------
 
 
-def test_same_seed_same_splits_augmentation_weights_and_dice(narrow_pretrained, tiny_lus, tmp_path):
+def test_same_seed_same_splits_augmentation_weights_and_dice(tiny_pretrained, tiny_lus, tmp_path):
     """Two runs of one command on this machine agree to the bit (in fresh processes, run at
     the same time: op determinism is process-wide and must not leak into other tests)."""
     from lungseg.data import PaperAugmentation
@@ -131,7 +130,7 @@ def test_same_seed_same_splits_augmentation_weights_and_dice(narrow_pretrained, 
     processes = {}
     for name in ("a", "b"):
         # Two epochs: the second one reshuffled and augmented anew.
-        argv = fine_tuning(tiny_lus, narrow_pretrained, tmp_path, name, 2, "--deterministic")
+        argv = fine_tuning(tiny_lus, tiny_pretrained, tmp_path, name, 2, "--deterministic")
         command = [sys.executable, str(ROOT / "train_xunet.py"), *map(str, argv)]
         processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for process in processes.values():
@@ -148,7 +147,7 @@ def test_same_seed_same_splits_augmentation_weights_and_dice(narrow_pretrained, 
 
     assert history(a) == history(b) and len(history(a)) == 3
     weights = [keras.models.load_model(run / "fold_1" / "model.keras").get_weights() for run in (a, b)]
-    start = keras.models.load_model(narrow_pretrained).get_weights()
+    start = keras.models.load_model(tiny_pretrained).get_weights()
     assert len(weights[0]) == len(weights[1]) == len(start)
     for first, second in zip(*weights):
         np.testing.assert_array_equal(first, second)
