@@ -372,13 +372,13 @@ PRESETS = {
 }
 
 
-# "sound": the quick preset's sizes and budget (epochs, learning rates) on every frame, with a recipe that
-# holds on new subjects: folds that never split a subject (pairs.default_group groups by the
-# subject when names carry one, else by probe position and frame window), nnU-Net's strong
-# augmentation, Dice + binary cross-entropy (Dice alone collapses on thin targets), He
-# initialisation, and frames cropped to the imaging sector (screen captures' black margins,
-# scales and labels left out; a frame that fills its image, as a linear probe's, is kept whole).
-# Beyond the paper (docs/training.md). keep_aspect stays off: at quick's 128 x 64 input a
+# "sound": the quick preset's sizes and budget (epochs, learning rates) on every frame, with a
+# recipe that holds on new subjects: folds that never split a subject (pairs.default_group
+# groups by the subject when names carry one, else by probe position and frame window),
+# nnU-Net's strong augmentation, Dice + binary cross-entropy (Dice alone collapses on thin
+# targets), He initialisation, and frames cropped to the imaging sector (screen captures' black
+# margins, scales and labels left out; a frame that fills its image, as a linear probe's, is
+# kept whole). Beyond the paper (docs/training.md). keep_aspect stays off: at quick's 128 x 64 input a
 # 960 x 128 linear frame would keep only 17 columns.
 PRESETS["sound"] = {
     **PRESETS["quick"],

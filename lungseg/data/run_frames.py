@@ -21,8 +21,8 @@ def lus_frames(run, keep_generated=False, native=False):
     (``keep_generated``) warns when a user's folder holds frames that no rule chose."""
     config = run.config
     frames = _load_lus(run, keep_generated, native)
-    unused = unused_frames(frames, config.lus_frames, flips=config.flips)
-    if keep_generated and config.data and unused:
+    unused = unused_frames(frames, config.lus_frames, flips=config.flips) if keep_generated and config.data else 0
+    if unused:
         warn(f"{config.data}: {unused} of its {len(frames)} frames are left out (--lus-frames "
              f"{config.lus_frames}{'' if config.flips else ', --no-flips'} takes the first "
              f"{len(frames) - unused} in name order); --lus-frames {ALL_FRAMES} trains on every frame")
