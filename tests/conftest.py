@@ -200,6 +200,8 @@ def tiny_pretrained(tmp_path_factory):
     traced in a fraction of a second, where a narrow X-Unet takes seconds."""
     import keras
 
+    from lungseg.inference import save_inference_model
+
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 1))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -207,9 +209,7 @@ def tiny_pretrained(tmp_path_factory):
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2DTranspose(4, 2, strides=2, activation="relu", kernel_initializer="he_normal")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
-    path = tmp_path_factory.mktemp("tiny_pretrained") / "tiny.keras"
-    model.save(path)
-    return path
+    return save_inference_model(model, tmp_path_factory.mktemp("tiny_pretrained") / "tiny.keras")
 
 
 @pytest.fixture(scope="session")
