@@ -43,7 +43,7 @@ COMMANDS = {  # how a doc's command word runs here
 }
 SYNOPSIS = re.compile(r"\[|\b(?:RUN|MODEL_OR_RUN|INPUT|PATH)\b")
 SKIPPED = {  # first words of blocks that are not commands to run
-    "WARNING:": "program output",
+    "warning:": "program output",
     "weights/<name>/": "a folder tree",
     "# machine a (the chief)": "needs two machines (tests/test_multiworker.py runs it on one)",
     "files ──>": "a diagram",

@@ -20,6 +20,7 @@ from lungseg.config import (
     option_flag,
 )
 from lungseg import _startup
+from lungseg.console import command_messages
 from lungseg.errors import ConfigError, LungsegError
 
 RESUME_HINT = "Run the same command again to resume from the last finished epoch."
@@ -82,7 +83,8 @@ def run_main(main, argv=None, resume_hint=None):
     _startup.quiet_tensorflow(debug)
     previous = _signal_handler()
     try:
-        return main(argv) or 0
+        with command_messages():
+            return main(argv) or 0
     except Exception as error:
         if not _terminated.is_set():
             return _report_error(error, debug)

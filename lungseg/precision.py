@@ -70,7 +70,7 @@ def choose_precision(requested, gpu, saved=None, cpuinfo=None, environ=None):
         raise ValueError(f"unknown precision {requested!r}")
     if requested == "mixed_float16" and not gpu:
         return requested, (
-            "WARNING: mixed_float16 without a GPU trains far slower than float32 (5.6x slower "
+            "mixed_float16 without a GPU trains far slower than float32 (5.6x slower "
             "measured on an AMD EPYC): CPUs have no fast float16 arithmetic; use --precision "
             "mixed_bfloat16 on a CPU with AVX-512 BF16 or AMX, else float32"
         ), True
@@ -81,6 +81,6 @@ def choose_precision(requested, gpu, saved=None, cpuinfo=None, environ=None):
                    "bfloat16 instructions" if flags else
                    f"this CPU has no bfloat16 instructions ({' or '.join(BF16_FLAGS)})")
             return requested, (
-                f"WARNING: mixed_bfloat16 will likely train slower than float32 here: {why}"
+                f"mixed_bfloat16 will likely train slower than float32 here: {why}"
             ), True
     return requested, f"precision: {requested}", False

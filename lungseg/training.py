@@ -439,7 +439,7 @@ def build_stage1_model(config):
     except WeightsUnavailableError as error:
         if not config.fallback_to_random_weights:
             raise
-        warn(f"{error}\nWARNING: continuing with a randomly initialised VGG16 encoder")
+        warn(f"{error}\ncontinuing with a randomly initialised VGG16 encoder")
         reason = (f"ImageNet weights unavailable ({str(error).splitlines()[0]}); "
                   f"the {config.preset} preset falls back to random weights")
         used = {"weights": "random", "reason": reason}
@@ -551,10 +551,10 @@ def _set_up_tensorflow(config, cluster, saved_precision):
     tf.config.experimental.enable_tensor_float_32_execution(config.tf32)
     keras.utils.set_random_seed(config.seed)
     tf.get_logger().setLevel("ERROR")  # retracing notes when each fold builds a new model
-    precision, line, _ = choose_precision(
+    precision, line, slow = choose_precision(
         config.precision, gpu=bool(tf.config.list_physical_devices("GPU")), saved=saved_precision
     )
-    log(line)
+    (warn if slow else log)(line)
     config = dataclasses.replace(config, precision=precision)  # config.json: the one chosen
     keras.mixed_precision.set_global_policy(config.precision)
     return config
@@ -710,7 +710,7 @@ def print_summary(summary, run):
     if (summary.get("encoder_weights_used") or {}).get("weights") == "random":
         lines.append(f"note: the VGG16 encoder was random: {summary['encoder_weights_used']['reason']}")
     for name, message in summary["collapse"].items():
-        lines.append(f"WARNING {name}: {message}")
+        lines.append(f"warning: {name}: {message}")
     if summary["folds_missing"]:
         lines.append(f"folds still to run: {', '.join(map(str, summary['folds_missing']))}")
     lines.append(f"summary: {run.summary_path}")

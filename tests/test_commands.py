@@ -2,6 +2,7 @@
 
 import configparser
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -80,3 +81,30 @@ def test_installed_commands_match_setup_cfg():
     assert installed == console_scripts(), "setup.cfg changed since the install: run make install"
     for target in installed.values():
         assert callable(resolve(target))
+
+
+def test_a_commands_warnings_are_one_style_and_reach_its_log_with_what_it_printed_first(tmp_path, capsys):
+    """Warnings (the data readers' logged ones too) are ``warning:`` lines on stderr; the run's
+    log, opened once the data are read, starts with what the command printed before it."""
+    from lungseg.cli import run_main
+    from lungseg.console import log, log_to, warn
+
+    def main(argv):
+        log("reading frames")
+        logging.getLogger("lungseg.data.frames").warning("%s: 3 of 3 masks are soft", "MASK")
+        with log_to(tmp_path / "train.log"):
+            warn("two lines\nof one warning")
+            log("epoch 1")
+
+    assert run_main(main, []) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "reading frames\nepoch 1\n"
+    warnings = "warning: MASK: 3 of 3 masks are soft\nwarning: two lines\nwarning: of one warning\n"
+    assert captured.err == warnings
+    assert (tmp_path / "train.log").read_text() == f"reading frames\n{warnings}epoch 1\n"
+    # Outside a command nothing is kept for a log, and no handler is left behind.
+    assert not logging.getLogger("lungseg").handlers
+    log("not a command's")
+    with log_to(tmp_path / "other.log"):
+        pass
+    assert (tmp_path / "other.log").read_text() == ""

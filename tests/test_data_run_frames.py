@@ -38,6 +38,6 @@ def test_a_pretraining_sweep_held_out_by_groups_is_warned_about_naming_its_optio
         warnings = [r.getMessage() for r in caplog.records if "sweep" in r.getMessage()]
         assert len(warnings) == warned, (split, given)
         if warned:
-            assert warnings[0].startswith(f"warning: {phantom / 'images'}: 3 names look like numbered frames")
+            assert warnings[0].startswith(f"{phantom / 'images'}: 3 names look like numbered frames")
             assert warnings[0].endswith("--salient-groups blocks:N (N frame numbers per group) and "
                                         "--salient-split grouped")

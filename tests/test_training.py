@@ -36,8 +36,10 @@ def test_bfloat16_fine_tuning_reuses_the_pretrained_model_records_its_precision_
     assert not (run / "pretrain").exists()
     assert (run / "fold_1" / "model.keras").is_file()
     assert read_json(run / "summary.json")["pretrained"] == str(pretrained)
-    # The first line names the precision (with the tests' oneDNN off, a warning that it is slow).
-    assert "mixed_bfloat16" in capsys.readouterr().out.splitlines()[0]
+    # The first line of the log names the precision (with the tests' oneDNN off, a warning
+    # that it is slow, on stderr).
+    assert (run / "train.log").read_text().startswith("warning: mixed_bfloat16 will likely train slower")
+    assert "warning: mixed_bfloat16" in capsys.readouterr().err
     assert read_json(run / "config.json")["precision"] == "mixed_bfloat16"
     assert read_json(run / "summary.json")["precision"] == "mixed_bfloat16"
 
@@ -83,7 +85,7 @@ def test_quick_preset_without_internet_falls_back_to_random_encoder(no_download,
     assert used["reason"].startswith("ImageNet weights unavailable (could not download the ImageNet "
                                       "VGG16 weights (Exception: URL fetch failure on https://")
     assert "quick preset falls back" in used["reason"]
-    assert "continuing with a randomly initialised VGG16 encoder" in capsys.readouterr().out
+    assert "warning: continuing with a randomly initialised VGG16 encoder" in capsys.readouterr().err
     with pytest.raises(WeightsUnavailableError, match="~/.keras/models/"):
         build_stage1_model(make_config("vunet", "p", "paper", image_size=(32, 32)))
 
@@ -118,13 +120,14 @@ def test_a_collapsing_stage_is_noticed_while_it_happens_and_stopped(thin_target,
         "--seed", "1", *(["--stop-on-collapse"] if stop else []),
     )
     assert code == 0
-    out = capsys.readouterr().out
     run = thin_target["out"] / name
-    epoch_lines = [line for line in out.splitlines() if "] epoch " in line and "/6:" in line]
-    warning = next(line for line in out.splitlines() if line.startswith("WARNING") and " epoch 3: " in line)
+    log = (run / "train.log").read_text()  # stdout and the warnings on stderr, in their order
+    epoch_lines = [line for line in log.splitlines() if "] epoch " in line and "/6:" in line]
+    warning = next(line for line in log.splitlines() if line.startswith("warning: ") and " epoch 3: " in line)
+    assert warning in capsys.readouterr().err
     assert "collapsed to all" in warning and f"{COLLAPSE_EPOCHS} epochs running" in warning
     # The warning comes right after epoch 3, before any later epoch.
-    assert out.index(warning) > out.index(epoch_lines[2]) and len(epoch_lines) == (3 if stop else 6)
+    assert log.index(warning) > log.index(epoch_lines[2]) and len(epoch_lines) == (3 if stop else 6)
     metrics = read_json(run / "fold_1" / "metrics.json")
     summary = read_json(run / "summary.json")
     assert metrics["collapse_noticed"]["epoch"] == 3
@@ -179,8 +182,11 @@ def test_all_frames_train_on_every_frame_and_frames_left_out_are_named(narrow_pr
     argv = ["--data", data, "--pretrained", narrow_pretrained, "--out", tmp_path / "runs", "--epochs", "1",
             "--fold", "1", *TINY]
     assert run_script("train_xunet", *argv, "--name", "some", "--lus-frames", "8") == 0
-    assert (f"WARNING: {data}: 8 of its 12 frames are left out (--lus-frames 8 takes the first 4 in "
-            "name order); --lus-frames all trains on every frame") in capsys.readouterr().out
+    warning = (f"warning: {data}: 8 of its 12 frames are left out (--lus-frames 8 takes the first 4 "
+               "in name order); --lus-frames all trains on every frame")
+    assert warning in capsys.readouterr().err
+    # Warned before the run folder existed, and still in its log.
+    assert warning in (tmp_path / "runs" / "some" / "train.log").read_text()
 
     assert run_script("train_xunet", *argv, "--name", "all", "--lus-frames", "all") == 0
     out = capsys.readouterr().out

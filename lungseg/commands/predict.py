@@ -41,6 +41,7 @@ import numpy as np
 
 from lungseg.cli import non_negative_int, pair_option, positive_int, run_main, sample_value
 from lungseg.config import CROPS, TTA_CHOICES
+from lungseg.console import warn
 from lungseg.data.frames import INTERPOLATIONS
 from lungseg.data.io import write_image
 from lungseg.data.sources import SOURCE_SUFFIXES, find_sources, is_source
@@ -445,7 +446,7 @@ def _predict_files(
         write_text(out / PREDICTIONS_CSV, _csv_text(rows))
     depth_note = describe_depths(depths, args.input)[1]
     if depth_note:
-        print(f"warning: {depth_note}", file=sys.stderr)
+        warn(depth_note)
     skipped = [f"{path}: unsupported file type" for path in others] + skipped
     written = len(files) - (len(skipped) - len(others))
     if written:
@@ -498,9 +499,9 @@ def _segment_files(
 def _exit_status(skipped: list[str], partial: list[str], written: int, total: int) -> int:
     """Name the files skipped and the videos cut short on stderr; the exit status they give."""
     for problem in skipped:
-        print(f"warning: skipped {problem}", file=sys.stderr)
+        warn(f"skipped {problem}")
     for problem in partial:
-        print(f"warning: {problem}", file=sys.stderr)
+        warn(problem)
     if not written:
         print(f"error: none of the {total} files could be read (listed above)", file=sys.stderr)
         return 2

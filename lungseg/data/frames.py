@@ -250,7 +250,7 @@ def load_frames(pairs, image_size, interpolation="nearest", progress=False, nati
         notes.append(f"{pairs[0].mask.parent}: {count} of {len(pairs)} masks have foreground "
                      f"outside the crop box ({lost:.2%} of all foreground pixels), left out")
     for note in notes:
-        logger.warning("warning: %s", note)
+        logger.warning("%s", note)
     return FrameSet(
         names=[pair.name for pair in pairs],
         groups=[pair.group for pair in pairs],

@@ -174,7 +174,7 @@ def scan_pairs(root, layout="auto", groups=None, target=None, warn_groups=True, 
     if warn_groups and not problems:
         warning = sweep_warning(pairs, image_dir, flags)
         if warning:
-            logger.warning("warning: %s", warning)
+            logger.warning("%s", warning)
     return pairs, problems
 
 
@@ -258,7 +258,7 @@ def _files_by_name(folder, prefix, suffixes, layout, problems):
     found = {}
     files, skipped = list_image_files(folder)
     for line in skipped:
-        logger.warning("warning: %s", line)
+        logger.warning("%s", line)
     for path in files:
         suffix = path.suffix.lower()
         if suffix not in suffixes:
