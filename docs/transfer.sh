@@ -25,7 +25,9 @@ TEST_FROM=${TEST_FROM:-580}  # frames numbered from here on (the last block) are
 # Epochs of the stages that train on N fine-tuning frames: the sound preset's (read from
 # lungseg: X-Unet's pre-training stage, on its own set, stays as it is) made 100/N times longer,
 # so that every size gets the updates of 100 frames and a small set is not also a short
-# training (8 epochs of 15 frames are 30 steps, after which nothing had learned).
+# training (8 epochs of 15 frames are 30 steps, after which nothing had learned). The rows were
+# measured so, one pass an epoch, before the sound preset filled each epoch to 100 frames
+# itself (--min-epoch-frames 100); --min-epoch-frames 0 keeps them as measured.
 epochs() {  # MODEL N
   local times=$(( (100 + $2 - 1) / $2 )) stage1 finetune
   read -r stage1 finetune < <($PY -c "from lungseg.config import make_config
@@ -37,7 +39,7 @@ read -ra EXTRA <<< "${EXTRA:-}"  # more training options (the smoke test's tiny 
 # Frames 1-721 of one sweep (every third kept) at 96 x 128 (their 3:4 aspect; the sound preset
 # crops to the sector first), 4 folds of whole blocks, no mirror copies.
 COMMON=(--preset sound --image-size "${SIZE:-96x128}" --groups "blocks:$BLOCK" --split grouped
-        --folds 4 --no-flips --out "$OUT/runs" "${EXTRA[@]}")
+        --folds 4 --no-flips --min-epoch-frames 0 --out "$OUT/runs" "${EXTRA[@]}")
 
 other() { [ "$1" = rib_shadow ] && echo pleural_line || echo rib_shadow; }
 
@@ -80,17 +82,19 @@ done
 # --- training ----------------------------------------------------------------------------------
 # Rows are <model>-<source>-<fine-tuning target>-<frames>. The X-Unet rows of the first size
 # pre-train; those of the other sizes fine-tune that same pre-trained model (--pretrained
-# RUN/pretrain). V-Unet's phantom rows take the encoder of one V-Unet run trained on the
-# phantom's other target (all its training frames, fold 1).
+# RUN/pretrain). X-Unet's chained rows, and V-Unet's phantom rows, start from a whole run on
+# the phantom's other target (its training frames, fold 1; for X-Unet the sound preset's 8
+# epochs at 1e-4, not its gentle pre-training): --pretrained RUN/fold_1, --encoder-weights RUN/fold_1.
 first_size=${SIZES%% *}
-sources() { [ "$1" = xunet ] && echo "phantom composites none" || echo "phantom none"; }
+sources() { [ "$1" = xunet ] && echo "phantom chained composites none" || echo "phantom none"; }
 done_fold() { [ -f "$OUT/runs/$1/fold_$2/metrics.json" ]; }
 
-vunet_source() {  # TARGET: the V-Unet trained on the phantom's TARGET, for other runs' encoders
-  local name=vunet-source-$1
+source_run() {  # MODEL TARGET: a whole run on the phantom's TARGET, the start of other runs
+  local name=$1-source-$2 start=()
   done_fold "$name" 1 && return 0
-  $PY train_vunet.py --data "$OUT/data/phantom-train" --target "$1" --encoder-weights none \
-    --lus-frames ${#training[@]} --name "$name" --fold 1 "${COMMON[@]}"
+  [ "$1" = vunet ] && start=(--encoder-weights none)
+  $PY "train_$1.py" --data "$OUT/data/phantom-train" --target "$2" --lus-frames ${#training[@]} \
+    --name "$name" --fold 1 "${COMMON[@]}" "${start[@]}"
 }
 
 train() {  # MODEL SOURCE TARGET FRAMES FOLD: one fold of one row, skipped once done
@@ -99,6 +103,8 @@ train() {  # MODEL SOURCE TARGET FRAMES FOLD: one fold of one row, skipped once 
   done_fold "$row" "$fold" && return 0
   case $model-$source in
     xunet-none) start=(--pretrained none) ;;
+    xunet-chained) source_run xunet "$(other "$target")"
+                   start=(--pretrained "$OUT/runs/xunet-source-$(other "$target")/fold_1") ;;
     xunet-*) if [ "$n" != "$first_size" ]; then
                [ -f "$pretrained/model.keras" ] || train "$model" "$source" "$target" "$first_size" "$fold"
                start=(--pretrained "$pretrained")
@@ -106,7 +112,7 @@ train() {  # MODEL SOURCE TARGET FRAMES FOLD: one fold of one row, skipped once 
                start=(--salient "$OUT/data/phantom-train" --salient-target "$(other "$target")"
                       --salient-groups "blocks:$BLOCK" --salient-split grouped)
              fi ;;
-    vunet-phantom) vunet_source "$(other "$target")"
+    vunet-phantom) source_run vunet "$(other "$target")"
                    start=(--encoder-weights "$OUT/runs/vunet-source-$(other "$target")/fold_1") ;;
     vunet-none) start=(--encoder-weights none) ;;
   esac

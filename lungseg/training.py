@@ -299,6 +299,8 @@ def _compiled_model(strategy, make_model, frozen, stage, config, checkpoint):
 
 def _log_stage_start(label, counts, train, val, stage, config, augment, steps_per_epoch, initial_epoch):
     steps = f"{steps_per_epoch} steps per epoch" if steps_per_epoch else "one pass per epoch"
+    if steps_per_epoch and len(train) < config.min_epoch_frames:
+        steps += f", at least {config.min_epoch_frames} frames an epoch"
     log(
         f"[{label}] {counts[0]:,} trainable and {counts[1]:,} frozen parameters; "
         f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs "
@@ -590,6 +592,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
             config,
             frozen=config.freeze,
             augment=config.augment,
+            steps_per_epoch=lus_steps(config, config.finetune, len(part["train"])),
             record=record,
         )
     summary = summarize_run(run)
@@ -620,6 +623,14 @@ def _fine_tuning_start(run, pretrained):
     return (lambda: load_model_for_finetuning(start_model, config)), record
 
 
+def lus_steps(config, stage, training_frames):
+    """Steps per epoch of a stage that trains on LUS frames: None (one pass), or as many as
+    ``--min-epoch-frames`` take at the stage's batch size where the training part is smaller."""
+    if training_frames >= config.min_epoch_frames:
+        return None
+    return math.ceil(config.min_epoch_frames / stage.batch_size)
+
+
 def _train_stage1(run, splits, frames):
     """V-Unet's decoder stage or X-Unet's pre-training, unless it is done already."""
     config = run.config
@@ -634,9 +645,9 @@ def _train_stage1(run, splits, frames):
         model, record["encoder_weights_used"] = build_stage1_model(config)
         return model
 
-    steps = None
+    steps = lus_steps(config, config.stage1, len(part["train"])) if is_vunet else None
     if config.stage1_steps == "pool":  # as the notebooks: len(whole pool) // batch
-        steps = max(len(frames) // config.stage1.batch_size, 1)
+        steps = max(len(frames) // config.stage1.batch_size, steps or 1)
     train_stage(
         "V-Unet stage 1" if is_vunet else "X-Unet pre-training",
         run, run.stage1, make_model,

@@ -169,6 +169,28 @@ def test_collapse_watch_counts_stalled_collapsed_epochs_and_on_from_a_resumed_hi
     assert CollapseWatch("s", history=stalled).noticed["epoch"] == 7
 
 
+def test_a_small_training_part_is_gone_through_again_to_fill_an_epoch(narrow_pretrained, tiny_lus, tmp_path,
+                                                                      capsys):
+    """``--min-epoch-frames 10`` with 4 training frames a fold and batches of 4: 3 steps an
+    epoch (12 frames), said in the log and recorded in the fold's metrics."""
+    from lungseg.config import StageConfig, make_config
+    from lungseg.training import lus_steps
+
+    assert run_script("train_xunet", "--data", tiny_lus, "--pretrained", narrow_pretrained, "--out", tmp_path,
+                      "--name", "floor", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8",
+                      "--min-epoch-frames", "10") == 0
+    assert ("4 training and 4 validation frames; 1 epochs (3 steps per epoch, at least 10 frames an "
+            "epoch), batch 4") in capsys.readouterr().out
+    assert read_json(tmp_path / "floor" / "fold_1" / "metrics.json")["steps_per_epoch"] == 3
+    assert read_json(tmp_path / "floor" / "config.json")["min_epoch_frames"] == 10
+    # The sound preset's floor of 100 frames, at its batch of 4: 17 frames take 25 steps an
+    # epoch; 100 or more, one pass. The paper's (0) never repeats.
+    sound, paper = make_config("xunet", "s", "sound"), make_config("xunet", "p")
+    stage = StageConfig(8, 4, 1e-4)
+    assert [lus_steps(sound, stage, n) for n in (17, 99, 100, 400)] == [25, 25, None, None]
+    assert lus_steps(paper, stage, 1) is None
+
+
 def test_all_frames_train_on_every_frame_and_frames_left_out_are_named(narrow_pretrained, tiny_lus, tmp_path,
                                                                       capsys):
     """``--lus-frames all`` (the sound preset's): every frame of --data and its mirror image,
