@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from lungseg.config import GROUP_FIELDS, PATH_FIELDS, RunConfig
+from lungseg.config import GROUP_FIELDS, PATH_FIELDS, RUN_FIELDS, RunConfig, option_flag
 from lungseg.console import log, warn
 from lungseg.errors import ConfigError, DataError, LungsegError, RunExistsError
 from lungseg.files import is_within, process_gone, read_json, resolved, write_json, write_text
@@ -126,6 +126,19 @@ def check_output_folder(out, kind, marker, inputs=()):
 
 
 _UNREAD = object()  # a RunFolder's config.json before it is first read
+
+
+def _difference(key, saved, current):
+    """One option's saved and current values in words (a stage's settings, the ones that differ):
+    ``--loss: dice in the run, dice_bce now``."""
+    def text(value):
+        return value if isinstance(value, str) else json.dumps(value)
+
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return "; ".join(f"{key} {name}: {text(saved.get(name))} in the run, {text(current.get(name))} now"
+                         for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name))
+    is_option = key in RUN_FIELDS and "option" in RUN_FIELDS[key].metadata
+    return f"{option_flag(key) if is_option else key}: {text(saved)} in the run, {text(current)} now"
 
 
 class RunFolder:
@@ -372,7 +385,8 @@ class RunFolder:
             saved = json.loads(RunConfig.from_dict(saved).to_json())
         except (LungsegError, TypeError, ValueError) as error:
             raise DataError(f"{self.config_path}: not a valid run configuration ({error})") from error
-        return sorted(k for k in set(saved) | set(current) if k != "out" and saved.get(k) != current.get(k))
+        return [_difference(key, saved.get(key), current.get(key)) for key in sorted(set(saved) | set(current))
+                if key != "out" and saved.get(key) != current.get(key)]
 
     def create(self, overwrite=False, protected=()):
         """Create the run folder, or check that an existing one holds the same configuration.
@@ -411,7 +425,8 @@ class RunFolder:
             elif differences:
                 raise RunExistsError(
                     f"{self.root} holds a run with a different configuration "
-                    f"({', '.join(differences)}); use another --name, or --overwrite to replace it"
+                    f"({'; '.join(differences)}); give the run's values to resume it, or use "
+                    "another --name, or --overwrite to replace it"
                 )
             elif finished:
                 raise RunExistsError(

@@ -180,7 +180,7 @@ def test_a_run_written_before_the_recipe_options_still_resumes(tmp_path):
     RunFolder(tmp_path / "v", config).create()  # the defaults are what it ran: resumes
     assert json.loads((tmp_path / "v" / "config.json").read_text())["loss"] == "dice"
     (tmp_path / "v" / "config.json").write_text(json.dumps(old))
-    with pytest.raises(RunExistsError, match=r"different configuration \(loss\)"):
+    with pytest.raises(RunExistsError, match=r"different configuration \(--loss: dice in the run, dice_bce now\); give the run's values"):
         RunFolder(tmp_path / "v", make_config("vunet", "v", "quick", loss="dice_bce")).create()
 
 
@@ -262,5 +262,5 @@ def test_a_run_written_before_tf32_resumes_as_it_ran(tmp_path):
         if resumes:
             RunFolder(tmp_path / preset, config).create()
         else:
-            with pytest.raises(RunExistsError, match=r"different configuration \(tf32\)"):
+            with pytest.raises(RunExistsError, match=r"different configuration \(tf32: true in the run, false now\)"):
                 RunFolder(tmp_path / preset, config).create()

@@ -201,7 +201,8 @@ def test_changed_configuration_is_refused(vunet_run, capsys):
     argv = [a if a != "1e-3" else "2e-3" for a in vunet_run["argv"]]
     assert run_script("train_vunet", *argv) == 2
     err = capsys.readouterr().err
-    assert "different configuration (finetune, stage1)" in err
+    assert ("different configuration (finetune learning_rate: 0.001 in the run, 0.002 now; "
+            "stage1 learning_rate: 0.001 in the run, 0.002 now)") in err
     assert snapshot(vunet_run["dir"]) == before
 
 
