@@ -23,7 +23,7 @@ for probe in linear convex; do
 done
 
 # Training: X-Unet, the quick preset against the sound preset (the same 80 frames, epochs, batch
-# and learning rates; one pass an epoch, as the sound preset trained when this was measured). The first quick run of each input size pre-trains on salient composites
+# and learning rates; 8 epochs, as the sound preset trained when this was measured). The first quick run of each input size pre-trains on salient composites
 # as the preset does; every other run of that size fine-tunes that same pre-trained model, so
 # the two recipes start alike and differ only in how they fine-tune.
 train() {  # NAME OPTIONS...: train_xunet.py into $OUT/runs/NAME, skipped once finished
@@ -38,10 +38,10 @@ for probe in linear convex; do
   pretrained="$OUT/runs/quick-$probe-line/pretrain/model.keras"
   train quick-$probe-line --preset quick --data "$OUT/data/$probe-line-train" "${size[@]}"
   train sound-$probe-line --preset sound --data "$OUT/data/$probe-line-train" "${size[@]}" \
-    --pretrained "$pretrained" --lus-frames 80 --min-epoch-frames 0
+    --pretrained "$pretrained" --lus-frames 80 --budget-frames 0
   for preset in quick sound; do
     train $preset-$probe-shadow --preset $preset --data "$OUT/data/$probe-shadow-train" \
-      "${size[@]}" --pretrained "$pretrained" --lus-frames 80 --min-epoch-frames 0
+      "${size[@]}" --pretrained "$pretrained" --lus-frames 80 --budget-frames 0
   done
 done
 

@@ -26,8 +26,8 @@ TEST_FROM=${TEST_FROM:-580}  # frames numbered from here on (the last block) are
 # lungseg: X-Unet's pre-training stage, on its own set, stays as it is) made 100/N times longer,
 # so that every size gets the updates of 100 frames and a small set is not also a short
 # training (8 epochs of 15 frames are 30 steps, after which nothing had learned). The rows were
-# measured so, one pass an epoch, before the sound preset filled each epoch to 100 frames
-# itself (--min-epoch-frames 100); --min-epoch-frames 0 keeps them as measured.
+# measured so, before the sound preset raised a small set's epochs by itself (--budget-frames
+# 100, by the fold's training frames rather than the set's); --budget-frames 0 keeps them as measured.
 epochs() {  # MODEL N
   local times=$(( (100 + $2 - 1) / $2 )) stage1 finetune
   read -r stage1 finetune < <($PY -c "from lungseg.config import make_config
@@ -39,7 +39,7 @@ read -ra EXTRA <<< "${EXTRA:-}"  # more training options (the smoke test's tiny 
 # Frames 1-721 of one sweep (every third kept) at 96 x 128 (their 3:4 aspect; the sound preset
 # crops to the sector first), 4 folds of whole blocks, no mirror copies.
 COMMON=(--preset sound --image-size "${SIZE:-96x128}" --groups "blocks:$BLOCK" --split grouped
-        --folds 4 --no-flips --min-epoch-frames 0 --out "$OUT/runs" "${EXTRA[@]}")
+        --folds 4 --no-flips --budget-frames 0 --out "$OUT/runs" "${EXTRA[@]}")
 
 other() { [ "$1" = rib_shadow ] && echo pleural_line || echo rib_shadow; }
 

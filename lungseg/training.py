@@ -299,8 +299,6 @@ def _compiled_model(strategy, make_model, frozen, stage, config, checkpoint):
 
 def _log_stage_start(label, counts, train, val, stage, config, augment, steps_per_epoch, initial_epoch):
     steps = f"{steps_per_epoch} steps per epoch" if steps_per_epoch else "one pass per epoch"
-    if steps_per_epoch and len(train) < config.min_epoch_frames:
-        steps += f", at least {config.min_epoch_frames} frames an epoch"
     log(
         f"[{label}] {counts[0]:,} trainable and {counts[1]:,} frozen parameters; "
         f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs "
@@ -582,17 +580,17 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
             log(f"{name} already done: {run.model_path(name)}")
             continue
         part = splits["folds"][k - 1]
+        label = f"{display_name(config.model)} fold {k}/{config.folds}"
         train_stage(
-            f"{display_name(config.model)} fold {k}/{config.folds}",
+            label,
             run, name,
             make_model,
             lus.subset(part["train"]),
             lus.subset(part["val"]),
-            config.finetune,
+            lus_stage(config, config.finetune, len(part["train"]), label),
             config,
             frozen=config.freeze,
             augment=config.augment,
-            steps_per_epoch=lus_steps(config, config.finetune, len(part["train"])),
             record=record,
         )
     summary = summarize_run(run)
@@ -623,12 +621,15 @@ def _fine_tuning_start(run, pretrained):
     return (lambda: load_model_for_finetuning(start_model, config)), record
 
 
-def lus_steps(config, stage, training_frames):
-    """Steps per epoch of a stage that trains on LUS frames: None (one pass), or as many as
-    ``--min-epoch-frames`` take at the stage's batch size where the training part is smaller."""
-    if training_frames >= config.min_epoch_frames:
-        return None
-    return math.ceil(config.min_epoch_frames / stage.batch_size)
+def lus_stage(config, stage, training_frames, label):
+    """``stage`` for a stage on LUS frames: its epochs raised, where the training part is
+    smaller than ``--budget-frames``, to train as long as its epochs over that many frames."""
+    if training_frames >= config.budget_frames:
+        return stage
+    epochs = math.ceil(stage.epochs * config.budget_frames / training_frames)
+    log(f"[{label}] {epochs} epochs instead of {stage.epochs}: {training_frames} training frames, "
+        f"trained as long as {config.budget_frames} would be (--budget-frames)")
+    return dataclasses.replace(stage, epochs=epochs)
 
 
 def _train_stage1(run, splits, frames):
@@ -645,15 +646,16 @@ def _train_stage1(run, splits, frames):
         model, record["encoder_weights_used"] = build_stage1_model(config)
         return model
 
-    steps = lus_steps(config, config.stage1, len(part["train"])) if is_vunet else None
+    stage = lus_stage(config, config.stage1, len(part["train"]), "V-Unet stage 1") if is_vunet else config.stage1
+    steps = None
     if config.stage1_steps == "pool":  # as the notebooks: len(whole pool) // batch
-        steps = max(len(frames) // config.stage1.batch_size, steps or 1)
+        steps = max(len(frames) // config.stage1.batch_size, 1)
     train_stage(
         "V-Unet stage 1" if is_vunet else "X-Unet pre-training",
         run, run.stage1, make_model,
         frames.subset(part["train"]),
         frames.subset(part["val"]),
-        config.stage1,
+        stage,
         config,
         frozen=["encoder"] if is_vunet else [],
         augment=config.augment and is_vunet,

@@ -169,26 +169,32 @@ def test_collapse_watch_counts_stalled_collapsed_epochs_and_on_from_a_resumed_hi
     assert CollapseWatch("s", history=stalled).noticed["epoch"] == 7
 
 
-def test_a_small_training_part_is_gone_through_again_to_fill_an_epoch(narrow_pretrained, tiny_lus, tmp_path,
-                                                                      capsys):
-    """``--min-epoch-frames 10`` with 4 training frames a fold and batches of 4: 3 steps an
-    epoch (12 frames), said in the log and recorded in the fold's metrics."""
+def test_a_small_training_part_trains_as_long_as_the_budget_frames(narrow_pretrained, tiny_lus, tmp_path, capsys):
+    """``--budget-frames 10`` with 4 training frames a fold and 1 epoch: ceil(1 x 10 / 4) = 3
+    epochs, said in the log and run (history.csv, metrics)."""
+    import csv
+
     from lungseg.config import StageConfig, make_config
-    from lungseg.training import lus_steps
+    from lungseg.training import lus_stage
 
     assert run_script("train_xunet", "--data", tiny_lus, "--pretrained", narrow_pretrained, "--out", tmp_path,
-                      "--name", "floor", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8",
-                      "--min-epoch-frames", "10") == 0
-    assert ("4 training and 4 validation frames; 1 epochs (3 steps per epoch, at least 10 frames an "
-            "epoch), batch 4") in capsys.readouterr().out
-    assert read_json(tmp_path / "floor" / "fold_1" / "metrics.json")["steps_per_epoch"] == 3
-    assert read_json(tmp_path / "floor" / "config.json")["min_epoch_frames"] == 10
-    # The sound preset's floor of 100 frames, at its batch of 4: 17 frames take 25 steps an
-    # epoch; 100 or more, one pass. The paper's (0) never repeats.
+                      "--name", "budget", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8",
+                      "--budget-frames", "10") == 0
+    out = capsys.readouterr().out
+    assert ("fold 1/2] 3 epochs instead of 1: 4 training frames, trained as long as 10 would be "
+            "(--budget-frames)") in out
+    assert "4 training and 4 validation frames; 3 epochs (one pass per epoch)" in out
+    fold = tmp_path / "budget" / "fold_1"
+    assert read_json(fold / "metrics.json")["epochs"] == 3
+    with open(fold / "history.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    assert read_json(tmp_path / "budget" / "config.json")["budget_frames"] == 10
+    # The sound preset's 100 frames, at its 8 epochs: 17 frames take 48 epochs, 99 take 9, and
+    # 100 or more keep 8. The paper's (0) never changes a stage.
     sound, paper = make_config("xunet", "s", "sound"), make_config("xunet", "p")
     stage = StageConfig(8, 4, 1e-4)
-    assert [lus_steps(sound, stage, n) for n in (17, 99, 100, 400)] == [25, 25, None, None]
-    assert lus_steps(paper, stage, 1) is None
+    assert [lus_stage(sound, stage, n, "x").epochs for n in (17, 99, 100, 400)] == [48, 9, 8, 8]
+    assert lus_stage(paper, stage, 1, "x") is stage
 
 
 def test_all_frames_train_on_every_frame_and_frames_left_out_are_named(narrow_pretrained, tiny_lus, tmp_path,
