@@ -646,12 +646,13 @@ def _train_stage1(run, splits, frames):
         model, record["encoder_weights_used"] = build_stage1_model(config)
         return model
 
-    stage = lus_stage(config, config.stage1, len(part["train"]), "V-Unet stage 1") if is_vunet else config.stage1
+    label = "V-Unet stage 1" if is_vunet else "X-Unet pre-training"
+    stage = lus_stage(config, config.stage1, len(part["train"]), label) if is_vunet else config.stage1
     steps = None
     if config.stage1_steps == "pool":  # as the notebooks: len(whole pool) // batch
         steps = max(len(frames) // config.stage1.batch_size, 1)
     train_stage(
-        "V-Unet stage 1" if is_vunet else "X-Unet pre-training",
+        label,
         run, run.stage1, make_model,
         frames.subset(part["train"]),
         frames.subset(part["val"]),
