@@ -18,6 +18,7 @@ from lungseg.config import (
     RunConfig,
     make_config,
     option_flag,
+    option_text,
 )
 from lungseg import _startup
 from lungseg.console import command_messages
@@ -225,7 +226,7 @@ def add_reading_options(parser, show=None):
     """--target, --mask-threshold, --max-value, --crop and --keep-aspect: how frames and masks
     are read (training, evaluate's --test, data check). ``show`` gives a field's default as
     help text (``preset_defaults``); without it the defaults are the paper's."""
-    show = show or (lambda getter: f"(default: {_text(getter(make_config('xunet', 'help')))})")
+    show = show or (lambda getter: f"(default: {option_text(getter(make_config('xunet', 'help')))})")
     add = parser.add_argument
     add("--target", metavar="NAME", help="read the masks of masks/NAME/ (MASK/NAME/), for sets "
         "with one mask folder per target, e.g. masks/rib_shadow/ (default: masks/ itself)")
@@ -270,20 +271,10 @@ def preset_defaults(model):
     def show(getter):
         values = {preset: getter(config) for preset, config in configs.items()}
         if len(set(map(str, values.values()))) == 1:
-            return f"(default: {_text(values['paper'])})"
-        return "(" + "; ".join(f"{preset}: {_text(value)}" for preset, value in values.items()) + ")"
+            return f"(default: {option_text(values['paper'])})"
+        return "(" + "; ".join(f"{preset}: {option_text(value)}" for preset, value in values.items()) + ")"
 
     return show
-
-
-def _text(value):
-    if isinstance(value, tuple):
-        return "x".join(map(str, value))
-    if isinstance(value, list):
-        return ",".join(value) or "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "none" if value is None else str(value)
 
 
 def training_parser(model, description):

@@ -74,6 +74,17 @@ def option_flag(field_name):
     return spec.get("flag") or "--" + field_name.replace("_", "-")
 
 
+def option_text(value):
+    """An option's value as a user types it: ``96x128``, ``on``, ``none``, ``a,b``."""
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
 @dataclass
 class StageConfig:
     """Optimiser settings of one training stage."""

@@ -16,6 +16,7 @@ locks), ``.<name>.replaced`` (a run ``--overwrite`` replaces) and ``_synthetic/`
 data sets). The frames a run trains on are loaded by ``lungseg.data.run_frames``.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from lungseg.config import GROUP_FIELDS, PATH_FIELDS, RUN_FIELDS, RunConfig, option_flag
+from lungseg.config import GROUP_FIELDS, PATH_FIELDS, RUN_FIELDS, RunConfig, option_flag, option_text
 from lungseg.console import log, warn
 from lungseg.errors import ConfigError, DataError, LungsegError, RunExistsError
 from lungseg.files import is_within, process_gone, read_json, resolved, write_json, write_text
@@ -129,16 +130,16 @@ _UNREAD = object()  # a RunFolder's config.json before it is first read
 
 
 def _difference(key, saved, current):
-    """One option's saved and current values in words (a stage's settings, the ones that differ):
-    ``--loss: dice in the run, dice_bce now``."""
-    def text(value):
-        return value if isinstance(value, str) else json.dumps(value)
-
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return "; ".join(f"{key} {name}: {text(saved.get(name))} in the run, {text(current.get(name))} now"
-                         for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name))
-    is_option = key in RUN_FIELDS and "option" in RUN_FIELDS[key].metadata
-    return f"{option_flag(key) if is_option else key}: {text(saved)} in the run, {text(current)} now"
+    """One option's saved and current values as a user types them (a stage's settings, the
+    ones that differ): ``--loss: dice in the run, dice_bce now``."""
+    if dataclasses.is_dataclass(saved) and dataclasses.is_dataclass(current):
+        saved, current = dataclasses.asdict(saved), dataclasses.asdict(current)
+        return "; ".join(f"{key} {name}: {option_text(saved[name])} in the run, {option_text(current[name])} now"
+                         for name in saved if saved[name] != current[name])
+    spec = RUN_FIELDS[key].metadata.get("option") if key in RUN_FIELDS else None
+    if spec and spec["action"] == "store_false":  # --no-flips is on when flips is False
+        saved, current = not saved, not current
+    return f"{option_flag(key) if spec else key}: {option_text(saved)} in the run, {option_text(current)} now"
 
 
 class RunFolder:
@@ -382,11 +383,12 @@ class RunFolder:
         # Options added since the run was written take what such runs did
         # (RunConfig.from_dict): an unfinished run still resumes after an upgrade.
         try:
-            saved = json.loads(RunConfig.from_dict(saved).to_json())
+            saved_config = RunConfig.from_dict(saved)
         except (LungsegError, TypeError, ValueError) as error:
             raise DataError(f"{self.config_path}: not a valid run configuration ({error})") from error
-        return [_difference(key, saved.get(key), current.get(key)) for key in sorted(set(saved) | set(current))
-                if key != "out" and saved.get(key) != current.get(key)]
+        saved = json.loads(saved_config.to_json())
+        return [_difference(key, getattr(saved_config, key), getattr(self.config, key))
+                for key in sorted(set(saved) | set(current)) if key != "out" and saved.get(key) != current.get(key)]
 
     def create(self, overwrite=False, protected=()):
         """Create the run folder, or check that an existing one holds the same configuration.

@@ -182,6 +182,11 @@ def test_a_run_written_before_the_recipe_options_still_resumes(tmp_path):
     (tmp_path / "v" / "config.json").write_text(json.dumps(old))
     with pytest.raises(RunExistsError, match=r"different configuration \(--loss: dice in the run, dice_bce now\); give the run's values"):
         RunFolder(tmp_path / "v", make_config("vunet", "v", "quick", loss="dice_bce")).create()
+    # Values are worded as they are typed: a size as 64x96, a switch as on or off.
+    changed = make_config("vunet", "v", "quick", image_size=(64, 96), flips=False)
+    with pytest.raises(RunExistsError, match=r"different configuration \(--no-flips: off in the run, on now; "
+                                             r"--image-size: 128x64 in the run, 64x96 now\)"):
+        RunFolder(tmp_path / "v", changed).create()
 
 
 def test_reading_options_reach_the_config_round_trip_and_old_configs_load(tmp_path):
@@ -262,5 +267,5 @@ def test_a_run_written_before_tf32_resumes_as_it_ran(tmp_path):
         if resumes:
             RunFolder(tmp_path / preset, config).create()
         else:
-            with pytest.raises(RunExistsError, match=r"different configuration \(tf32: true in the run, false now\)"):
+            with pytest.raises(RunExistsError, match=r"different configuration \(tf32: on in the run, off now\)"):
                 RunFolder(tmp_path / preset, config).create()
