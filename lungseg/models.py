@@ -144,9 +144,9 @@ def _vgg16(x: keras.KerasTensor, encoder_weights: str | Path | None) -> keras.Mo
             "could not download the ImageNet VGG16 weights "
             f"({first_line(error)}). "
             "To work offline, copy "
-            f"{VGG16_NOTOP_FILE} into ~/.keras/models/, pass its path as the encoder weights "
-            "(--encoder-weights PATH), or pass None (--encoder-weights none) to start from "
-            "random weights"
+            f"{VGG16_NOTOP_FILE} into ~/.keras/models/, or give its path (--encoder-weights "
+            "PATH), or start from random weights (--encoder-weights none; encoder_weights=None "
+            "in Python)"
         ) from error
 
 

@@ -144,7 +144,9 @@ def test_imagenet_weights_offline_gives_one_clear_error(no_download):
     assert message.startswith("could not download the ImageNet VGG16 weights (Exception: URL fetch "
                               "failure on https://")
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert "~/.keras/models/" in message and "None" in message
+    assert "~/.keras/models/" in message
+    assert message.endswith("or start from random weights (--encoder-weights none; "
+                            "encoder_weights=None in Python)")
 
 
 def test_encoder_weights_load_from_a_local_file(tmp_path):
