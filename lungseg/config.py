@@ -29,6 +29,7 @@ LOSSES = ("dice", "dice_bce")
 # Steps per stage-1 epoch: "pool" = len(whole pool) // batch, as the notebooks ran stage 1 while
 # training on 80 % of the pool (1.25 passes per epoch); "train" = one pass over the training part.
 STAGE1_STEPS = ("pool", "train")
+STAGE1_SCOPES = ("pool", "fold")  # V-Unet's stage 1: once for the run, or once per fold
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # "auto": mixed_bfloat16 on a CPU with bfloat16 instructions, else float32; resolved when the
 # run starts, and config.json stores the precision chosen (see lungseg.precision).
@@ -228,6 +229,12 @@ class RunConfig:
     stage1_steps: str = option(
         "pool", choices=STAGE1_STEPS, help="steps per stage-1 epoch: pool = len(whole pool) // "
         "batch, as the notebooks ran (1.25 passes over the 80 %% training part); train = one pass")
+    stage1_scope: str = option(
+        "pool", choices=STAGE1_SCOPES, models=("vunet",), help="V-Unet's stage 1: pool = once on "
+        "the whole pool with its own 20 %% hold-out, as the paper (each fold fine-tunes it, so the "
+        "frames a fold holds out were mostly trained on in stage 1); fold = each fold trains its "
+        "own stage 1 on its training frames (k times stage 1's cost; no stage 1 sees the frames "
+        "its fold holds out)")
     budget_frames: int = option(
         0, kind="non_negative_int", metavar="N", help="a stage on LUS frames (fine-tuning, "
         "V-Unet's stage 1) trains at least as long as its epochs over N frames would: with fewer "
@@ -316,6 +323,9 @@ class RunConfig:
                 f"{option_flag('image_size')} sides must be at least 32 for V-Unet (VGG16's five poolings), "
                 f"got {'x'.join(map(str, self.image_size))}"
             )
+        if self.stage1_scope not in STAGE1_SCOPES or (self.model == "xunet" and self.stage1_scope != "pool"):
+            raise ConfigError(f"{option_flag('stage1_scope')} must be one of {', '.join(STAGE1_SCOPES)} "
+                              f"(fold: V-Unet only), got {self.stage1_scope!r} for {self.model}")
         if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
             raise ConfigError(f"{option_flag('seed')} must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for label, stage in (("stage 1", self.stage1), ("fine-tuning", self.finetune)):
@@ -414,6 +424,9 @@ PRESETS["sound"] = {
     # X-Unet's pre-training hold-out as sound runs have drawn it since the preset exists (each
     # generated composite its own group, so a random 20 %), keeping their numbers.
     "xunet": {**PRESETS["quick"]["xunet"], "salient_split": "grouped"},
+    # V-Unet's stage 1 on each fold's training frames: one stage 1 on the whole pool trains the
+    # decoder on 4 of 5 held-out parts, and the fold scores then measure frames it has seen.
+    "vunet": {"stage1_scope": "fold"},
 }
 
 

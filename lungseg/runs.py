@@ -10,6 +10,8 @@ evaluates and predicts as it did in place::
     stage1/ or pretrain/   model.keras (best by val_loss)  history.csv  metrics.json
                            state/ (state.json, epoch_N.weights.h5: the resume state)
     fold_1/ ... fold_k/    the same
+    stage1_fold_1/ ...     the same: V-Unet's stage 1 of each fold (--stage1-scope fold),
+                           in place of stage1/
 
 Beside it, in the folder that holds it: ``.<name>.lock`` and ``.<name>.fold_k.lock`` (the
 locks), ``.<name>.replaced`` (a run ``--overwrite`` replaces) and ``_synthetic/`` (generated
@@ -194,10 +196,23 @@ class RunFolder:
     def fold_names(self):
         return [fold_name(k) for k in range(1, self.config.folds + 1)]
 
+    @property
+    def stage1_per_fold(self):
+        """Whether each fold trains its own stage 1 (V-Unet, ``--stage1-scope fold``)."""
+        return self.config.stage1_scope == "fold"
+
+    def fold_stage1(self, k):
+        """Fold ``k``'s own stage 1 (``--stage1-scope fold``): ``stage1_fold_k``."""
+        return f"{self.stage1}_{fold_name(k)}"
+
     def stages(self):
-        """Every stage of the protocol in order (stage 1 only when it is trained here)."""
-        first = [] if self.config.pretrained else [self.stage1]
-        return first + self.fold_names()
+        """Every stage of the protocol in order (stage 1 only when it is trained here; with
+        ``--stage1-scope fold`` each fold's own stage 1 just before the fold)."""
+        if self.config.pretrained:
+            return self.fold_names()
+        if self.stage1_per_fold:
+            return [stage for k, fold in enumerate(self.fold_names(), 1) for stage in (self.fold_stage1(k), fold)]
+        return [self.stage1] + self.fold_names()
 
     def model_path(self, stage):
         return self.stage_dir(stage) / MODEL

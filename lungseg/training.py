@@ -525,7 +525,7 @@ def _run_training(config, root, cluster, fold, overwrite):
         stage1_frames = run_frames.salient_frames(run, keep_generated=True)
     if is_vunet and stage1_to_train and transfer.is_run_model(config.encoder_weights):
         transfer.check_encoder_source(config.encoder_weights)
-    planned = plan_splits(config, run.stage1, lus, stage1_frames, selection)
+    planned = plan_splits(config, run.stage1, lus, None if run.stage1_per_fold else stage1_frames, selection)
     protected = [getattr(config, name) for name in PATH_FIELDS
                  if name not in GROUP_FIELDS or Path(getattr(config, name) or "").is_file()]
     run.create(overwrite, protected)
@@ -569,24 +569,32 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
             + (", the chief" if cluster.is_chief else "") + "; batch sizes are global")
     log(f"LUS frames: {len(lus)}; {selection}")
     splits = make_splits(run, planned)
-    if pretrained is None:
+    if pretrained is None and not run.stage1_per_fold:
         lock = run.stage1_lock(fold) if not run.is_done(run.stage1) and cluster is None else contextlib.nullcontext()
+        part = splits[run.stage1]
         with lock:
-            _train_stage1(run, splits, stage1_frames)
-    make_model, record = _fine_tuning_start(run, pretrained)
+            _train_stage1(run, run.stage1, stage1_frames.subset(part["train"]), stage1_frames.subset(part["val"]),
+                          len(stage1_frames))
+    if not run.stage1_per_fold:
+        make_model, record = _fine_tuning_start(run, pretrained)
     for k in [fold] if fold else range(1, config.folds + 1):
         name = run.fold_names()[k - 1]
         if run.is_done(name):
             log(f"{name} already done: {run.model_path(name)}")
             continue
         part = splits["folds"][k - 1]
+        training, validation = lus.subset(part["train"]), lus.subset(part["val"])
+        if run.stage1_per_fold:  # V-Unet's decoder trained on this fold's frames only
+            stage1 = run.fold_stage1(k)
+            _train_stage1(run, stage1, training, validation, len(lus), f"fold {k}/{config.folds}")
+            make_model, record = _fine_tuning_start(run, pretrained, stage1)
         label = f"{display_name(config.model)} fold {k}/{config.folds}"
         train_stage(
             label,
             run, name,
             make_model,
-            lus.subset(part["train"]),
-            lus.subset(part["val"]),
+            training,
+            validation,
             lus_stage(config, config.finetune, len(part["train"]), label),
             config,
             frozen=config.freeze,
@@ -599,10 +607,11 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
     return summary
 
 
-def _fine_tuning_start(run, pretrained):
-    """``(make_model, record)`` of every fold's starting model: the stage-1 model, the
-    ``--pretrained`` one (``record`` says which run it came from), or with ``--pretrained
-    none`` one X-Unet drawn at random from the run's seed, the same for every fold."""
+def _fine_tuning_start(run, pretrained, stage1=None):
+    """``(make_model, record)`` of every fold's starting model: the stage-1 model (``stage1``,
+    a fold's own, or the run's), the ``--pretrained`` one (``record`` says which run it came
+    from), or with ``--pretrained none`` one X-Unet drawn at random from the run's seed, the
+    same for every fold."""
     config = run.config
     if pretrained and pretrained["model"] is None:
         def random_start():
@@ -616,7 +625,7 @@ def _fine_tuning_start(run, pretrained):
         record = {"started_from": str(start_model), "started_from_sha256": pretrained["model_sha256"],
                   "pretrained_from": pretrained}
     else:
-        start_model = run.model_path(run.stage1)
+        start_model = run.model_path(stage1 or run.stage1)
         record = {"started_from": str(start_model), "started_from_sha256": file_sha256(start_model)}
     return (lambda: load_model_for_finetuning(start_model, config)), record
 
@@ -632,31 +641,33 @@ def lus_stage(config, stage, training_frames, label):
     return dataclasses.replace(stage, epochs=epochs)
 
 
-def _train_stage1(run, splits, frames):
-    """V-Unet's decoder stage or X-Unet's pre-training, unless it is done already."""
+def _train_stage1(run, stage, training, validation, pool_size, part_label=None):
+    """V-Unet's decoder stage or X-Unet's pre-training into the stage folder ``stage``,
+    trained on ``training`` and selected on ``validation`` (of a pool of ``pool_size``
+    frames), unless it is done already. ``part_label`` names a fold's own stage 1."""
     config = run.config
-    if run.is_done(run.stage1):
-        log(f"{run.stage1} already done: {run.model_path(run.stage1)}")
+    if run.is_done(stage):
+        log(f"{stage} already done: {run.model_path(stage)}")
         return
     is_vunet = config.model == "vunet"
-    part = splits[run.stage1]
-    record = {} if is_vunet else {"pretraining_set": transfer.pretraining_set(config, frames, len(part["val"]))}
+    record = {} if is_vunet else {
+        "pretraining_set": transfer.pretraining_set(config, pool_size, len(validation))}
 
     def make_model():
         model, record["encoder_weights_used"] = build_stage1_model(config)
         return model
 
-    label = "V-Unet stage 1" if is_vunet else "X-Unet pre-training"
-    stage = lus_stage(config, config.stage1, len(part["train"]), label) if is_vunet else config.stage1
+    label = ("V-Unet stage 1" if is_vunet else "X-Unet pre-training") + (f", {part_label}" if part_label else "")
+    stage_config = lus_stage(config, config.stage1, len(training), label) if is_vunet else config.stage1
     steps = None
     if config.stage1_steps == "pool":  # as the notebooks: len(whole pool) // batch
-        steps = max(len(frames) // config.stage1.batch_size, 1)
+        steps = max(pool_size // config.stage1.batch_size, 1)
     train_stage(
         label,
-        run, run.stage1, make_model,
-        frames.subset(part["train"]),
-        frames.subset(part["val"]),
-        stage,
+        run, stage, make_model,
+        training,
+        validation,
+        stage_config,
         config,
         frozen=["encoder"] if is_vunet else [],
         augment=config.augment and is_vunet,
@@ -671,7 +682,10 @@ def summarize_run(run):
     folds = {name: run.read_metrics(name) for name in run.fold_names() if run.is_done(name)}
     missing = [k for k, name in enumerate(run.fold_names(), 1) if name not in folds]
     stage1 = run.read_metrics(run.stage1)
-    encoder = (stage1 or {}).get("encoder_weights_used")
+    own_stage1 = {run.fold_stage1(k): run.read_metrics(run.fold_stage1(k)) for k in range(1, config.folds + 1)
+                  if run.stage1_per_fold and run.is_done(run.fold_stage1(k))}
+    encoder = next((m.get("encoder_weights_used") for m in [stage1 or {}, *own_stage1.values()]
+                    if m.get("encoder_weights_used")), None)
     summary = {
         "model": config.model,
         "display_name": display_name(config.model, encoder),
@@ -686,6 +700,7 @@ def summarize_run(run):
         "folds_missing": missing,
         "encoder_weights_used": encoder,
         run.stage1: stage1,
+        "stage1_per_fold": own_stage1 or None,  # --stage1-scope fold: each fold's own stage 1
         "pretrained": config.pretrained,
         "pretrained_from": next((m["pretrained_from"] for m in folds.values() if m.get("pretrained_from")), None),
         "pretraining_set": (stage1 or {}).get("pretraining_set"),
@@ -695,7 +710,7 @@ def summarize_run(run):
         "environment": environment(distribution_strategy(), config.precision,
                                    workers=getattr(cluster_from_tf_config(), "workers", 1)),
     }
-    stages = ([(run.stage1, stage1)] if stage1 else []) + list(folds.items())
+    stages = ([(run.stage1, stage1)] if stage1 else []) + list(own_stage1.items()) + list(folds.items())
     summary["collapse"] = {name: m["collapse"] for name, m in stages if m.get("collapse")}
     stopped = {name: m["collapse_noticed"] for name, m in stages if m.get("stopped_on_collapse")}
     for name, noticed in stopped.items():  # a stopped stage is marked even if its best epoch was not
@@ -709,9 +724,11 @@ def summarize_run(run):
 def print_summary(summary, run):
     lines = [f"\n== {summary['name']}: {summary['display_name']} in {summary['run']} =="]
     stage1_name = run.stage1
-    rows = ([(stage1_name, summary[stage1_name])] if summary.get(stage1_name) else []) + list(summary["folds"].items())
+    rows = ([(stage1_name, summary[stage1_name])] if summary.get(stage1_name) else []) + list(
+        (summary.get("stage1_per_fold") or {}).items()) + list(summary["folds"].items())
+    width = max([10] + [len(name) for name, _ in rows])
     for name, m in rows:
-        lines.append(f"{name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  accuracy {m['binary_accuracy']:.4f}")
+        lines.append(f"{name:>{width}}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  accuracy {m['binary_accuracy']:.4f}")
     across = summary["across_folds"]
     if across["dice"]["n"]:
         spread = lambda m: f" +- {across[m]['sd']:.4f}" if across[m]["sd"] is not None else ""  # noqa: E731

@@ -106,9 +106,9 @@ def _check_kind(record, model, wanted):
 
 def pretraining_set(config, frames, held_out):
     """What X-Unet pre-trained on, for its ``metrics.json`` and the summary: the folder (or
-    the generated composites), how many frames (``held_out`` of them for validation), and
+    the generated composites), how many ``frames`` (``held_out`` of them for validation), and
     how they were read and split."""
-    return {"source": config.salient or "generated composites", "frames": len(frames),
+    return {"source": config.salient or "generated composites", "frames": frames,
             "held_out": held_out, "target": config.salient_target, "groups": config.salient_groups,
             "split": config.salient_split}
 

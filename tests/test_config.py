@@ -145,6 +145,16 @@ def test_sound_preset_is_quick_sized_with_the_sound_recipe():
     assert (paper.augment, paper.augment_policy, paper.loss, paper.stop_on_collapse) == (
         True, "paper", "dice", False)  # the paper's protocol is unchanged
     assert (quick.augment_policy, quick.loss, quick.split) == ("paper", "dice", "paper")
+    # V-Unet's stage 1: once for the run as the paper, once per fold in the sound preset.
+    assert [make_config("vunet", "v", preset).stage1_scope for preset in ("paper", "quick", "sound")] == [
+        "pool", "pool", "fold"]
+    assert sound.stage1_scope == "pool"  # X-Unet pre-trains on another set: nothing to leak
+    with pytest.raises(ConfigError, match=r"--stage1-scope must be one of pool, fold \(fold: V-Unet only\), "
+                                          r"got 'fold' for xunet"):
+        make_config("xunet", "x", stage1_scope="fold")
+    vunet_help = training_parser("vunet", "test").format_help()
+    assert "--stage1-scope {pool,fold}" in vunet_help
+    assert "--stage1-scope" not in training_parser("xunet", "test").format_help()
 
 
 def test_recipe_options_reach_the_config_and_its_json():

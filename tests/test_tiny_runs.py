@@ -116,6 +116,32 @@ def test_random_encoder_is_recorded_and_named(tiny_lus, tmp_path, capsys):
     assert "| r | V-Unet (random encoder) |" in (tmp_path / "res" / "results.md").read_text()
 
 
+def test_each_fold_can_train_its_own_stage1_and_is_then_scored_uncontaminated(tiny_lus, tmp_path, capsys):
+    with narrow_models():
+        code = run_script("train_vunet", "--data", tiny_lus, "--out", tmp_path, "--name", "f",
+                          "--encoder-weights", "none", "--stage1-scope", "fold", "--epochs", "1",
+                          *TINY, "--lus-frames", "4", "--no-flips")
+    assert code == 0
+    run = tmp_path / "f"
+    splits = read_json(run / "splits.json")
+    assert not (run / "stage1").exists() and "stage1" not in splits  # no stage 1 shared by the folds
+    summary = read_json(run / "summary.json")
+    assert sorted(summary["stage1_per_fold"]) == ["stage1_fold_1", "stage1_fold_2"]
+    assert summary["stage1"] is None and summary["display_name"] == "V-Unet (random encoder)"
+    for k in (1, 2):
+        stage1 = read_json(run / f"stage1_fold_{k}" / "metrics.json")
+        assert stage1["training_frames"] == len(splits["folds"][k - 1]["train"]) == 2  # 4 frames, 2 folds
+        assert stage1["frozen_parameters"] > 0  # the encoder
+        fold = read_json(run / f"fold_{k}" / "metrics.json")
+        assert fold["started_from"] == str(run / f"stage1_fold_{k}" / "model.keras")
+    out = capsys.readouterr().out
+    assert "[V-Unet stage 1, fold 1/2] epoch 1/1" in out and "[V-Unet stage 1, fold 2/2] epoch 1/1" in out
+    assert "stage1_fold_2: Dice" in out
+    # No mirror images and no shared stage 1: no fold model trained on a frame it is scored on.
+    assert run_script("evaluate", run, "--out", tmp_path / "res") == 0
+    assert read_json(tmp_path / "res" / "summary.json")["experiments"][0]["trained_on_test_frames"] is None
+
+
 def test_vunet_run_folder_holds_every_file(vunet_run):
     run = vunet_run["dir"]
     assert vunet_run["codes"] == [0, 0]
@@ -254,7 +280,8 @@ def test_a_bare_model_needs_a_test_set(vunet_run, tmp_path, capsys):
 
 def test_test_list_scores_named_frames_of_the_pool_and_flags_contamination(vunet_run, tmp_path):
     splits = read_json(vunet_run["dir"] / "splits.json")
-    fold_1_train = set(splits["folds"][0]["train"])
+    # Fold 1 fine-tuned the stage-1 model: it trained on stage 1's frames as well as its own.
+    fold_1_train = set(splits["folds"][0]["train"]) | set(splits["stage1"]["train"])
     listed = ["lung_pos2_5", "lung_pos3_10_flipped", "lung_pos2_15_flipped", "lung_pos3_20"]
     csv_path = tmp_path / "Default_testset.csv"
     csv_path.write_text(",filename,mask\n" + "".join(
@@ -333,6 +360,24 @@ def test_per_image_csv_holds_each_held_out_frame_once_per_run(results):
     dice = [float(row["dice"]) for row in rows if row["experiment"] == "v" and row["dice"] != "nan"]
     assert v["per_image"]["metrics"]["dice"]["count"] == len(dice)
     assert v["per_image_dice_mean"] == pytest.approx(np.mean(dice))
+
+
+def test_held_out_scores_say_which_frames_a_fold_model_trained_on(results, vunet_run, xunet_run):
+    """The paper's split puts a frame and its mirror image on both sides, and V-Unet's folds all
+    fine-tune one stage 1 trained on most of their held-out frames: both are counted."""
+    evaluated = {e["experiment"]: e for e in read_json(results["out"] / "summary.json")["experiments"]}
+    mirror = lambda n: n[:-8] if n.endswith("_flipped") else n + "_flipped"  # noqa: E731
+    for label, run in (("v", vunet_run), ("x", xunet_run)):
+        splits = read_json(run["dir"] / "splits.json")
+        shared = set(splits["stage1"]["train"]) if label == "v" else set()  # X-Unet's is salient objects
+        expected = {}
+        for k, fold in enumerate(splits["folds"], 1):
+            seen = set(fold["train"]) | shared
+            expected[f"fold_{k}"] = sum(1 for n in fold["val"] if n in seen or mirror(n) in seen)
+        assert evaluated[label]["trained_on_test_frames"] == expected
+        assert all(expected.values())  # with 8 held-out frames a fold, some mirror images are in training
+    cells = {row["experiment"]: row["test frames trained on"] for row in table_rows(results["out"] / "results.md")}
+    assert cells["v"] == ", ".join(f"{fold} {n}" for fold, n in evaluated["v"]["trained_on_test_frames"].items())
 
 
 def test_evaluation_gives_the_fold_dice_training_recorded(results, vunet_run, xunet_run):

@@ -82,6 +82,16 @@ def quiet_retracing():
         logger.setLevel(level)
 
 
+def _training_names(splits, fold):
+    """The frames of the run's pool that the model ``fold`` trained on: its fold's training
+    part and, for a V-Unet whose folds all fine-tune one stage 1 (``--stage1-scope pool``),
+    stage 1's training part too, which holds most of every fold's held-out frames."""
+    stage1 = splits["stage1"]["train"] if "stage1" in splits else []
+    if fold == "stage1":
+        return stage1
+    return splits["folds"][int(fold.split("_")[1]) - 1]["train"] + stage1
+
+
 def _load_scored_model(paths, options):
     """The model a row is scored with: one fold model, or the ensemble, with TTA as asked."""
     from lungseg.inference import ensemble  # Keras: only once a model is scored
@@ -116,9 +126,10 @@ def _score_model(scored, source, fold, path, expected, splits, batch_size, resol
     # A test list is batched as the notebooks drew it; other frames in the order scored.
     order = notebook_order(len(frames)) if source.test_names else None
     scores = score_frames(model, frames, batch_size, order=order)
-    if splits and source.test_names and fold != "ensemble":
-        part = splits["stage1"] if fold == "stage1" else splits["folds"][int(fold.split("_")[1]) - 1]
-        scored.trained_on_test[fold] = trained_on(frames.names, part["train"])
+    if splits and fold != "ensemble" and (source.test_names or not source.fixed()):
+        seen = trained_on(frames.names, _training_names(splits, fold))
+        if seen or source.test_names:  # a fold's own held-out frames: only when stage 1 saw them
+            scored.trained_on_test[fold] = seen
     if fold == "stage1":
         scored.stage1_metrics = scores.metrics
         log(f"{experiment.display_name} stage 1: {len(frames)} frames, Dice {scores.metrics['dice']:.4f}")

@@ -157,7 +157,8 @@ def results_table(summaries, scored_on, resolution="native", spacing=None):
         ("stage-1 Dice", "V-Unet's decoder stage scored on the test frames when there are some, else on its "
          "hold-out; X-Unet's on its pre-training set's hold-out (salient objects by default)"),
         ("test frames trained on", "per fold model, how many of the scored frames it trained on as the frame "
-         "itself or its mirror image: such a score is contaminated (optimistic)"),
+         "itself or its mirror image, in its fold or in a V-Unet stage 1 shared by every fold "
+         "(--stage1-scope pool): such a score is contaminated (optimistic)"),
     )]
     lines += ["", EMPTY_MASK_RULE, ""]
     return "\n".join(lines)
