@@ -8,7 +8,8 @@
 #     PHANTOM=/path/to/phantom OUT=/tmp/real bash docs/real_phantom.sh      # all 8 rows
 #     ROWS="xunet-sound-rib_shadow" FOLDS="1 2" ... bash docs/real_phantom.sh  # some of them
 #
-# About an hour of CPU per row on 2 cores (X-Unet, float32). Each fold is its own job, so a
+# About an hour of CPU per X-Unet row on 2 cores (float32), 20 min of wall time per V-Unet row
+# (mixed bfloat16 where the CPU has it). Each fold is its own job, so a
 # killed script loses at most one fold; run it again to go on. OUT holds the run folders and
 # results (nothing is written in the repository).
 set -euo pipefail
