@@ -517,7 +517,9 @@ def _run_training(config, root, cluster, fold, overwrite):
     # Everything that can fail on the user's input fails here, before the run folder changes.
     lus, selection = run_frames.lus_frames(run, keep_generated=True)
     pretrained = None if is_vunet or not config.pretrained else transfer.pretrained_source(config.pretrained)
-    stage1_frames = lus if is_vunet else None
+    # The frames of a stage 1 shared by the folds: V-Unet's LUS pool (unless each fold trains
+    # its own), X-Unet's pre-training set (read below).
+    stage1_frames = lus if is_vunet and not run.stage1_per_fold else None
     stage1_to_train = overwrite or not run.is_done(run.stage1)
     if pretrained is not None and pretrained["model"]:
         load_model_for_finetuning(pretrained["model"], config)
@@ -525,7 +527,7 @@ def _run_training(config, root, cluster, fold, overwrite):
         stage1_frames = run_frames.salient_frames(run, keep_generated=True)
     if is_vunet and stage1_to_train and transfer.is_run_model(config.encoder_weights):
         transfer.check_encoder_source(config.encoder_weights)
-    planned = plan_splits(config, run.stage1, lus, None if run.stage1_per_fold else stage1_frames, selection)
+    planned = plan_splits(config, run.stage1, lus, stage1_frames, selection)
     protected = [getattr(config, name) for name in PATH_FIELDS
                  if name not in GROUP_FIELDS or Path(getattr(config, name) or "").is_file()]
     run.create(overwrite, protected)
@@ -595,7 +597,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
             make_model,
             training,
             validation,
-            lus_stage(config, config.finetune, len(part["train"]), label),
+            lus_stage(config, config.finetune, len(training), label),
             config,
             frozen=config.freeze,
             augment=config.augment,
@@ -682,8 +684,8 @@ def summarize_run(run):
     folds = {name: run.read_metrics(name) for name in run.fold_names() if run.is_done(name)}
     missing = [k for k, name in enumerate(run.fold_names(), 1) if name not in folds]
     stage1 = run.read_metrics(run.stage1)
-    own_stage1 = {run.fold_stage1(k): run.read_metrics(run.fold_stage1(k)) for k in range(1, config.folds + 1)
-                  if run.stage1_per_fold and run.is_done(run.fold_stage1(k))}
+    own_names = [run.fold_stage1(k) for k in range(1, config.folds + 1)] if run.stage1_per_fold else []
+    own_stage1 = {name: run.read_metrics(name) for name in own_names if run.is_done(name)}
     encoder = next((m.get("encoder_weights_used") for m in [stage1 or {}, *own_stage1.values()]
                     if m.get("encoder_weights_used")), None)
     summary = {

@@ -126,9 +126,9 @@ def _score_model(scored, source, fold, path, expected, splits, batch_size, resol
     # A test list is batched as the notebooks drew it; other frames in the order scored.
     order = notebook_order(len(frames)) if source.test_names else None
     scores = score_frames(model, frames, batch_size, order=order)
-    if splits and fold != "ensemble" and (source.test_names or not source.fixed()):
+    if splits and fold != "ensemble" and not source.test:  # frames of the run's own pool
         seen = trained_on(frames.names, _training_names(splits, fold))
-        if seen or source.test_names:  # a fold's own held-out frames: only when stage 1 saw them
+        if seen or source.test_names:  # a fold's held-out frames: only when some were trained on
             scored.trained_on_test[fold] = seen
     if fold == "stage1":
         scored.stage1_metrics = scores.metrics
