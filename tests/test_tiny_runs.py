@@ -139,7 +139,14 @@ def test_each_fold_can_train_its_own_stage1_and_is_then_scored_uncontaminated(ti
     assert "stage1_fold_2: Dice" in out
     # No mirror images and no shared stage 1: no fold model trained on a frame it is scored on.
     assert run_script("evaluate", run, "--out", tmp_path / "res") == 0
-    assert read_json(tmp_path / "res" / "summary.json")["experiments"][0]["trained_on_test_frames"] is None
+    experiment = read_json(tmp_path / "res" / "summary.json")["experiments"][0]
+    assert experiment["trained_on_test_frames"] is None
+    # Its stage-1 Dice is the mean of the folds' own stage 1s, each on its fold's hold-out.
+    own = [summary["stage1_per_fold"][f"stage1_fold_{k}"]["dice"] for k in (1, 2)]
+    assert experiment["stage1_dice"] == pytest.approx((own[0] + own[1]) / 2)
+    assert experiment["stage1_scored_on"] == "each fold's hold-out, mean of 2 stage 1s"
+    (header, (row,)), = gfm_tables((tmp_path / "res" / "results.md").read_text())
+    assert dict(zip(header, row))["stage-1 Dice"] == f"{experiment['stage1_dice']:.4f} (mean of 2)"
 
 
 def test_vunet_run_folder_holds_every_file(vunet_run):

@@ -28,11 +28,15 @@ def experiment_summary(scored):
     metrics = per_image["metrics"]
     across = {m: aggregate_folds({f: v[m] for f, v in scored.fold_metrics.items()}) for m in SCORES}
     stage1 = training.get("stage1") or training.get("pretrain") or {}
-    stage1_scored_on = "its hold-out" if stage1 else None
+    stage1_dice, stage1_scored_on = stage1.get("dice"), "its hold-out" if stage1 else None
+    own_stage1 = training.get("stage1_per_fold") or {}  # --stage1-scope fold: one stage 1 a fold
     if scored.stage1_metrics:
-        stage1, stage1_scored_on = scored.stage1_metrics, "the test frames"
+        stage1_dice, stage1_scored_on = scored.stage1_metrics["dice"], "the test frames"
     elif training.get("pretrain"):
         stage1_scored_on = "pre-training set's hold-out"
+    elif own_stage1:
+        stage1_dice = float(np.mean([m["dice"] for m in own_stage1.values()]))
+        stage1_scored_on = f"each fold's hold-out, mean of {len(own_stage1)} stage 1s"
     return {
         "experiment": scored.label,
         "model": scored.display_name.rsplit(" (", 1)[0],
@@ -40,8 +44,9 @@ def experiment_summary(scored):
         "training_frames": _training_frames(scored),
         "fine_tuning": _fine_tuning(scored),
         "starting_weights": starting_weights(training, scored.config) if scored.model != "masks" else "-",
-        "stage1_dice": stage1.get("dice"),
+        "stage1_dice": stage1_dice,
         "stage1_scored_on": stage1_scored_on,
+        "stage1_models": len(own_stage1) or (1 if stage1_dice is not None else 0),
         "fold_metrics": scored.fold_metrics,
         "fold_dice": {fold: m["dice"] for fold, m in scored.fold_metrics.items()},
         "across_folds": across,
@@ -91,6 +96,11 @@ def _number(value, digits=4):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _stage1_cell(summary):
+    models = summary.get("stage1_models", 1)
+    return _number(summary["stage1_dice"]) + (f" (mean of {models})" if models > 1 else "")
+
+
 def _contamination(summary):
     trained = summary["trained_on_test_frames"]
     return "-" if trained is None else ", ".join(f"{fold} {n}" for fold, n in trained.items())
@@ -105,7 +115,7 @@ def result_columns(millimetres=False):
         ("training frames", lambda s: s["training_frames"] or "-"),
         ("fine-tuning", lambda s: s["fine_tuning"]),
         ("starting weights", lambda s: s.get("starting_weights", "-")),
-        ("stage-1 Dice", lambda s: _number(s["stage1_dice"])),
+        ("stage-1 Dice", _stage1_cell),
         ("fold Dice (mean ± SD)", lambda s: f"{_number(s['fold_dice_mean'])} ± {_number(s['fold_dice_sd'])}"),
         ("SD as the paper (np.std)", lambda s: _number(s["fold_dice_sd_paper"])),
         ("best fold", lambda s: f"{s['best_fold']} ({_number(s['best_fold_dice'])})"),
@@ -155,7 +165,8 @@ def results_table(summaries, scored_on, resolution="native", spacing=None):
          "model of an earlier run it fine-tuned (--pretrained); a run's model is named run/stage with "
          "the first 8 hex digits of the SHA-256 of that run's config.json, and what that run started from"),
         ("stage-1 Dice", "V-Unet's decoder stage scored on the test frames when there are some, else on its "
-         "hold-out; X-Unet's on its pre-training set's hold-out (salient objects by default)"),
+         "hold-out (with --stage1-scope fold, each fold's own stage 1 on its fold's hold-out, the mean of "
+         "them); X-Unet's on its pre-training set's hold-out (salient objects by default)"),
         ("test frames trained on", "per fold model, how many of the scored frames it trained on as the frame "
          "itself or its mirror image, in its fold or in a V-Unet stage 1 shared by every fold "
          "(--stage1-scope pool): such a score is contaminated (optimistic)"),
