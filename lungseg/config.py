@@ -195,6 +195,9 @@ class RunConfig:
     loss: str = option(  # dice (the paper's) or dice_bce
         "dice", choices=LOSSES, help="training loss: dice, the paper's; dice_bce, Dice plus binary "
         "cross-entropy, which keeps thin targets from collapsing to all background")
+    bce_weight: float = option(  # dice_bce's cross-entropy weight; Dice's is 1
+        1.0, kind="positive_float", metavar="W", presets=False, help="weight of the cross-entropy "
+        "in --loss dice_bce, the Dice term's being 1 (nnU-Net weighs both 1)")
     stop_on_collapse: bool = option(  # end a stage whose predictions collapsed for a few epochs
         False, action="store_true", presets=False,
         help="end a stage early when its validation predictions have been empty (or full) on "
@@ -323,6 +326,11 @@ class RunConfig:
                 f"{option_flag('image_size')} sides must be at least 32 for V-Unet (VGG16's five poolings), "
                 f"got {'x'.join(map(str, self.image_size))}"
             )
+        if self.bce_weight != 1 and self.loss != "dice_bce":
+            raise ConfigError(f"{option_flag('bce_weight')} weighs the cross-entropy of --loss dice_bce, "
+                              f"not of --loss {self.loss}")
+        if not 0 < self.bce_weight < float("inf"):
+            raise ConfigError(f"{option_flag('bce_weight')} must be positive and finite, got {self.bce_weight}")
         if self.stage1_scope not in STAGE1_SCOPES or (self.model == "xunet" and self.stage1_scope != "pool"):
             raise ConfigError(f"{option_flag('stage1_scope')} must be one of {', '.join(STAGE1_SCOPES)} "
                               f"(fold: V-Unet only), got {self.stage1_scope!r} for {self.model}")

@@ -6,12 +6,13 @@ Written with ``keras.ops`` only and registered, so a compiled model saved to ``.
 loads in a fresh process (safe mode on) once this module is imported (before or after
 Keras); ``lungseg.model_files.load_model`` imports it itself.
 ``LOSS_FUNCTIONS``
-maps the names of ``config.LOSSES`` (``--loss``) to the functions.
+maps the names of ``config.LOSSES`` (``--loss``) to the functions; ``training_loss`` adds the
+cross-entropy weight (``--bce-weight``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 from keras import ops
@@ -77,6 +78,20 @@ def dice_bce_loss(y_true: Tensor, y_pred: Tensor) -> Tensor:
 
 
 LOSS_FUNCTIONS = {"dice": dice_loss, "dice_bce": dice_bce_loss}
+
+
+def training_loss(name: str, bce_weight: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss ``--loss name`` trains with; ``dice_bce`` with its cross-entropy weighted by
+    ``bce_weight`` (``--bce-weight``), the Dice term by 1."""
+    if bce_weight == 1:
+        return LOSS_FUNCTIONS[name]
+    if name != "dice_bce":
+        raise ValueError(f"a cross-entropy weight applies to dice_bce, not {name}")
+
+    def weighted_dice_bce_loss(y_true: Tensor, y_pred: Tensor) -> Tensor:
+        return bce_weight * binary_crossentropy(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+    return weighted_dice_bce_loss
 
 
 class _FrameShare(keras.metrics.Metric):

@@ -37,7 +37,7 @@ from lungseg.distribute import (
 from lungseg.errors import ConfigError, LungsegError, WeightsUnavailableError
 from lungseg.evaluation import aggregate_folds
 from lungseg.files import atomic_path, is_within, read_json, write_json, write_text
-from lungseg.losses import LOSS_FUNCTIONS, EmptyOnRibs, FullPredictions, dice_coef, iou
+from lungseg.losses import EmptyOnRibs, FullPredictions, dice_coef, iou, training_loss
 from lungseg.models import build_vunet, build_xunet, freeze, inference_copy, part_layers, unfreeze, with_policy
 from lungseg.precision import choose_precision
 from lungseg.model_files import load_model  # the one safe loader (safe mode, checked input)
@@ -285,7 +285,7 @@ def _compiled_model(strategy, make_model, frozen, stage, config, checkpoint):
         counts = freeze(model, list(frozen))
         model.compile(
             optimizer=keras.optimizers.Adam(stage.learning_rate),
-            loss=replica_share(LOSS_FUNCTIONS[config.loss], strategy.num_replicas_in_sync),
+            loss=replica_share(training_loss(config.loss, config.bce_weight), strategy.num_replicas_in_sync),
             metrics=[dice_coef, iou, "binary_accuracy", EmptyOnRibs(), FullPredictions()],
             jit_compile=config.jit_compile,
         )
@@ -304,6 +304,7 @@ def _log_stage_start(label, counts, train, val, stage, config, augment, steps_pe
         f"{len(train)} training and {len(val)} validation frames; {stage.epochs} epochs "
         f"({steps}), batch {stage.batch_size}, Adam {stage.learning_rate:g}"
         + (f", loss {config.loss}" if config.loss != "dice" else "")
+        + (f" (cross-entropy x {config.bce_weight:g})" if config.bce_weight != 1 else "")
         + (f", augmented ({config.augment_policy + ', ' if config.augment_policy != 'paper' else ''}"
            f"{config.augment_interpolation} resampling)" if augment else "")
     )

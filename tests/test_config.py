@@ -175,6 +175,15 @@ def test_recipe_options_reach_the_config_and_its_json():
                                  ("loss", "focal", "--loss must be one of dice, dice_bce")):
         with pytest.raises(ConfigError, match=words):
             make_config("vunet", "v", **{option: value})
+    args = parser.parse_args(["--preset", "sound", "--bce-weight", "0.5"])
+    config = config_from_args("xunet", args, parser)
+    assert (config.loss, config.bce_weight, json.loads(config.to_json())["bce_weight"]) == ("dice_bce", 0.5, 0.5)
+    with pytest.raises(ConfigError, match="--bce-weight weighs the cross-entropy of --loss dice_bce, not of --loss dice"):
+        make_config("xunet", "x", bce_weight=0.5)
+    with pytest.raises(ConfigError, match="--bce-weight must be positive and finite, got 0"):
+        make_config("xunet", "x", "sound", bce_weight=0)
+    with pytest.raises(SystemExit):  # argparse refuses it before any config is made
+        parser.parse_args(["--bce-weight", "-1"])
 
 
 def test_a_run_written_before_the_recipe_options_still_resumes(tmp_path):

@@ -11,6 +11,7 @@ from lungseg.losses import (
     FullPredictions,
     binary_crossentropy,
     dice_bce_loss,
+    training_loss,
 )
 
 
@@ -78,6 +79,17 @@ def test_dice_bce_by_hand():
     assert value(binary_crossentropy, T, wrong) == pytest.approx(expected, rel=1e-5)
     assert np.isfinite(value(dice_bce_loss, T, wrong))
     assert set(LOSS_FUNCTIONS) == set(__import__("lungseg.config").config.LOSSES)
+
+
+def test_the_cross_entropy_weight_scales_only_the_cross_entropy():
+    t = [[1, 1], [0, 0]]
+    p = [[0.5, 0.75], [0.25, 0.5]]
+    # As above: cross-entropy ln(8/3) / 2, Dice 0.7; --bce-weight 0.5 halves the first term only.
+    assert value(training_loss("dice_bce", 0.5), t, p) == pytest.approx(np.log(8 / 3) / 4 - 0.7, rel=1e-5)
+    assert value(training_loss("dice_bce", 3), t, p) == pytest.approx(3 * np.log(8 / 3) / 2 - 0.7, rel=1e-5)
+    assert training_loss("dice_bce") is dice_bce_loss and training_loss("dice") is dice_loss
+    with pytest.raises(ValueError, match="applies to dice_bce, not dice"):
+        training_loss("dice", 0.5)
 
 
 def test_dice_bce_keeps_a_gradient_on_a_saturated_empty_prediction_of_a_thin_target():

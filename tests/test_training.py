@@ -171,7 +171,7 @@ def test_collapse_watch_counts_stalled_collapsed_epochs_and_on_from_a_resumed_hi
 
 def test_a_small_training_part_trains_as_long_as_the_budget_frames(narrow_pretrained, tiny_lus, tmp_path, capsys):
     """``--budget-frames 10`` with 4 training frames a fold and 1 epoch: ceil(1 x 10 / 4) = 3
-    epochs, said in the log and run (history.csv, metrics)."""
+    epochs, said in the log and run (history.csv, metrics); the loss's weights said with them."""
     import csv
 
     from lungseg.config import StageConfig, make_config
@@ -179,11 +179,12 @@ def test_a_small_training_part_trains_as_long_as_the_budget_frames(narrow_pretra
 
     assert run_script("train_xunet", "--data", tiny_lus, "--pretrained", narrow_pretrained, "--out", tmp_path,
                       "--name", "budget", "--epochs", "1", "--fold", "1", *TINY, "--lus-frames", "8",
-                      "--budget-frames", "10") == 0
+                      "--budget-frames", "10", "--loss", "dice_bce", "--bce-weight", "0.25") == 0
     out = capsys.readouterr().out
     assert ("fold 1/2] 3 epochs instead of 1: 4 training frames, trained as long as 10 would be "
             "(--budget-frames)") in out
-    assert "4 training and 4 validation frames; 3 epochs (one pass per epoch)" in out
+    assert ("4 training and 4 validation frames; 3 epochs (one pass per epoch), batch 4, Adam 0.001, "
+            "loss dice_bce (cross-entropy x 0.25)") in out
     fold = tmp_path / "budget" / "fold_1"
     assert read_json(fold / "metrics.json")["epochs"] == 3
     with open(fold / "history.csv", newline="") as handle:
