@@ -20,7 +20,8 @@ def test_dice_against_frames_figure_when_runs_differ_in_size(tmp_path):
         mask[2:5, 2:6] = 1
         experiments.append(Scored(experiment, predictions={"f": (rng.integers(0, 255, (8, 8)), mask, mask)},
                                   rows=[{"dice": 1.0, "spurious": 0}]))
-        summaries.append({"model": model, "across_folds": {"dice": aggregate_folds({"fold_1": 0.8, "fold_2": 0.82})}})
+        summaries.append({"model": model, "pool_frames": n,
+                          "across_folds": {"dice": aggregate_folds({"fold_1": 0.8, "fold_2": 0.82})}})
     built = make_figures(experiments, summaries)
     assert set(built) == {"overlays", "boxplots", "dice_vs_frames"}
     line_axes = built["dice_vs_frames"].axes[0]

@@ -25,6 +25,7 @@ def experiment_summary(scored):
     the per-image summary."""
     training = scored.training or {}
     per_image = summarize(scored.rows)
+    pool, training_frames = _training_frames(scored)
     metrics = per_image["metrics"]
     across = {m: aggregate_folds({f: v[m] for f, v in scored.fold_metrics.items()}) for m in SCORES}
     stage1 = training.get("stage1") or training.get("pretrain") or {}
@@ -41,7 +42,8 @@ def experiment_summary(scored):
         "experiment": scored.label,
         "model": scored.display_name.rsplit(" (", 1)[0],
         "encoder_weights_used": training.get("encoder_weights_used"),
-        "training_frames": _training_frames(scored),
+        "pool_frames": pool,
+        "training_frames": training_frames,
         "fine_tuning": _fine_tuning(scored),
         "starting_weights": starting_weights(training, scored.config) if scored.model != "masks" else "-",
         "stage1_dice": stage1_dice,
@@ -68,18 +70,16 @@ def experiment_summary(scored):
 
 
 def _training_frames(experiment):
-    """``"<pool>[ (with flips)]; <n>/<m> per fold model"``, or None without a run folder."""
+    """``(pool, "<pool>[ (with flips)]; <n>/<m> per fold model")``: how many LUS frames the run
+    trained on (its folds' pool, mirror images included) and in words; Nones without a run folder."""
     config = experiment.config
     if config is None:
-        return None
-    per_fold = sorted({len(fold["train"]) for fold in experiment.run.read_splits()["folds"]})
-    return (f"{pool_size(config, experiment.run)}" + (" (with flips)" if config.flips else "")
-            + f"; {'/'.join(map(str, per_fold))} per fold model")
-
-
-def pool_size(config, run):
-    """How many LUS frames a run trained on (its folds' pool, mirror images included)."""
-    return len(run.read_splits()["lus_frames"]) if config.lus_frames == ALL_FRAMES else config.lus_frames
+        return None, None
+    splits = experiment.run.read_splits()
+    pool = len(splits["lus_frames"]) if config.lus_frames == ALL_FRAMES else config.lus_frames
+    per_fold = sorted({len(fold["train"]) for fold in splits["folds"]})
+    return pool, (f"{pool}" + (" (with flips)" if config.flips else "")
+                  + f"; {'/'.join(map(str, per_fold))} per fold model")
 
 
 def _fine_tuning(experiment):
@@ -253,7 +253,7 @@ def make_figures(experiments, summaries, n_frames=4):
         if e.config is not None and not e.options.active:
             dice = s["across_folds"]["dice"]
             sd = dice["sd"] if dice["sd"] is not None else float("nan")
-            points.setdefault(s["model"], []).append((pool_size(e.config, e.run), dice["mean"], sd))
+            points.setdefault(s["model"], []).append((s["pool_frames"], dice["mean"], sd))
     if any(len({n for n, _, _ in p}) > 1 for p in points.values()):
         result["dice_vs_frames"] = figures.dice_vs_frames(points)
     return result
