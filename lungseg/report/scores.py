@@ -31,6 +31,7 @@ class Scored:
     fold_metrics: dict = field(default_factory=dict)  # fold name -> lungseg.scoring metrics
     trained_on_test: dict = field(default_factory=dict)  # fold name -> test frames it trained on
     stage1_metrics: dict = None  # stage 1 scored on the test frames, when there are some
+    splits: dict = None  # the run's splits.json, read once (None without a run folder)
     predictions: dict = field(default_factory=dict)  # frame name -> (image, reference, mask)
     masks: dict = field(default_factory=dict)  # (fold, frame name) -> predicted mask
     groups: dict = field(default_factory=dict)  # frame name -> its group (for the figure)
@@ -48,7 +49,7 @@ def score(experiment, source, batch_size=DEFAULT_BATCH_SIZE, resolution="native"
         return score_mask_folder(experiment, source, spacing)
     expected = tuple(experiment.config.image_size) if experiment.config else None
     splits = experiment.run.read_splits() if experiment.run else None
-    scored = Scored(experiment)
+    scored = Scored(experiment, splits=splits)
     with quiet_retracing():
         for fold, path in _models_to_score(experiment, source).items():
             _score_model(scored, source, fold, path, expected, splits, batch_size, resolution, spacing)

@@ -29,15 +29,17 @@ def experiment_summary(scored):
     metrics = per_image["metrics"]
     across = {m: aggregate_folds({f: v[m] for f, v in scored.fold_metrics.items()}) for m in SCORES}
     stage1 = training.get("stage1") or training.get("pretrain") or {}
-    stage1_dice, stage1_scored_on = stage1.get("dice"), "its hold-out" if stage1 else None
     own_stage1 = training.get("stage1_per_fold") or {}  # --stage1-scope fold: one stage 1 a fold
+    stage1_dice, stage1_models = stage1.get("dice"), 1 if stage1 else 0
+    stage1_scored_on = "its hold-out" if stage1 else None
     if scored.stage1_metrics:
-        stage1_dice, stage1_scored_on = scored.stage1_metrics["dice"], "the test frames"
+        stage1_dice, stage1_models, stage1_scored_on = scored.stage1_metrics["dice"], 1, "the test frames"
     elif training.get("pretrain"):
         stage1_scored_on = "pre-training set's hold-out"
     elif own_stage1:
         stage1_dice = float(np.mean([m["dice"] for m in own_stage1.values()]))
-        stage1_scored_on = f"each fold's hold-out, mean of {len(own_stage1)} stage 1s"
+        stage1_models = len(own_stage1)
+        stage1_scored_on = f"each fold's hold-out, mean of {stage1_models} stage 1s"
     return {
         "experiment": scored.label,
         "model": scored.display_name.rsplit(" (", 1)[0],
@@ -48,7 +50,7 @@ def experiment_summary(scored):
         "starting_weights": starting_weights(training, scored.config) if scored.model != "masks" else "-",
         "stage1_dice": stage1_dice,
         "stage1_scored_on": stage1_scored_on,
-        "stage1_models": len(own_stage1) or (1 if stage1_dice is not None else 0),
+        "stage1_models": stage1_models,
         "fold_metrics": scored.fold_metrics,
         "fold_dice": {fold: m["dice"] for fold, m in scored.fold_metrics.items()},
         "across_folds": across,
@@ -75,7 +77,7 @@ def _training_frames(experiment):
     config = experiment.config
     if config is None:
         return None, None
-    splits = experiment.run.read_splits()
+    splits = experiment.splits
     pool = len(splits["lus_frames"]) if config.lus_frames == ALL_FRAMES else config.lus_frames
     per_fold = sorted({len(fold["train"]) for fold in splits["folds"]})
     return pool, (f"{pool}" + (" (with flips)" if config.flips else "")
