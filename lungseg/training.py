@@ -574,10 +574,8 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
     splits = make_splits(run, planned)
     if pretrained is None and not run.stage1_per_fold:
         lock = run.stage1_lock(fold) if not run.is_done(run.stage1) and cluster is None else contextlib.nullcontext()
-        part = splits[run.stage1]
         with lock:
-            _train_stage1(run, run.stage1, stage1_frames.subset(part["train"]), stage1_frames.subset(part["val"]),
-                          len(stage1_frames))
+            _train_stage1(run, run.stage1, stage1_frames, splits[run.stage1])
     if not run.stage1_per_fold:
         make_model, record = _fine_tuning_start(run, pretrained)
     for k in [fold] if fold else range(1, config.folds + 1):
@@ -589,7 +587,7 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
         training, validation = lus.subset(part["train"]), lus.subset(part["val"])
         if run.stage1_per_fold:  # V-Unet's decoder trained on this fold's frames only
             stage1 = run.fold_stage1(k)
-            _train_stage1(run, stage1, training, validation, len(lus), f"fold {k}/{config.folds}")
+            _train_stage1(run, stage1, lus, part, f"fold {k}/{config.folds}")
             make_model, record = _fine_tuning_start(run, pretrained, stage1)
         label = f"{display_name(config.model)} fold {k}/{config.folds}"
         train_stage(
@@ -644,14 +642,16 @@ def lus_stage(config, stage, training_frames, label):
     return dataclasses.replace(stage, epochs=epochs)
 
 
-def _train_stage1(run, stage, training, validation, pool_size, part_label=None):
-    """V-Unet's decoder stage or X-Unet's pre-training into the stage folder ``stage``,
-    trained on ``training`` and selected on ``validation`` (of a pool of ``pool_size``
-    frames), unless it is done already. ``part_label`` names a fold's own stage 1."""
+def _train_stage1(run, stage, frames, part, part_label=None):
+    """V-Unet's decoder stage or X-Unet's pre-training into the stage folder ``stage``, trained
+    on the frames of ``part["train"]`` and selected on those of ``part["val"]``, unless it is
+    done already: then ``frames`` may be None (a resumed X-Unet run does not read its
+    pre-training set again). ``part_label`` names a fold's own stage 1."""
     config = run.config
     if run.is_done(stage):
         log(f"{stage} already done: {run.model_path(stage)}")
         return
+    training, validation, pool_size = frames.subset(part["train"]), frames.subset(part["val"]), len(frames)
     is_vunet = config.model == "vunet"
     record = {} if is_vunet else {
         "pretraining_set": transfer.pretraining_set(config, pool_size, len(validation))}

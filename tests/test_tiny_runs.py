@@ -82,13 +82,16 @@ def vunet_run(module_tmp, tiny_lus, vgg_weights):
 
 @pytest.fixture(scope="module")
 def xunet_run(module_tmp, tiny_lus, tiny_salient):
-    """A tiny narrow X-Unet run (conftest.narrow_models): pre-training, then two folds."""
+    """A tiny narrow X-Unet run (conftest.narrow_models): pre-training and fold 1, then fold 2
+    resuming it (the pre-trained model kept, its set not read again)."""
     out = module_tmp / "x_runs"
     argv = ["--data", tiny_lus, "--salient", tiny_salient, "--out", out, "--name", "x",
             "--epochs", "1", "--freeze", "bottleneck", *TINY]
     with narrow_models():
-        code = run_script("train_xunet", *argv)
-    return {"dir": out / "x", "argv": argv, "code": code}
+        codes = [run_script("train_xunet", *argv, "--fold", "1")]
+        pretrained = snapshot(out / "x" / "pretrain")
+        codes.append(run_script("train_xunet", *argv, "--fold", "2"))
+    return {"dir": out / "x", "argv": argv, "codes": codes, "pretrained_after_fold_1": pretrained}
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +313,10 @@ def test_test_list_scores_named_frames_of_the_pool_and_flags_contamination(vunet
 
 def test_xunet_pretrains_then_finetunes_with_frozen_bottleneck(xunet_run):
     run = xunet_run["dir"]
-    assert xunet_run["code"] == 0
+    assert xunet_run["codes"] == [0, 0]
+    assert snapshot(run / "pretrain") == xunet_run["pretrained_after_fold_1"]  # not trained again
+    log = (run / "train.log").read_text()
+    assert log.count("[X-Unet pre-training] epoch 1/1") == 1 and "pretrain already done" in log
     for stage in ("pretrain", "fold_1", "fold_2"):
         for name in STAGE_FILES:
             assert (run / stage / name).is_file()
