@@ -521,7 +521,9 @@ def _run_training(config, root, cluster, fold, overwrite):
     # The frames of a stage 1 shared by the folds: V-Unet's LUS pool (unless each fold trains
     # its own), X-Unet's pre-training set (read below).
     stage1_frames = lus if is_vunet and not run.stage1_per_fold else None
-    stage1_to_train = overwrite or not run.is_done(run.stage1)
+    stage1s = ([run.fold_stage1(k) for k in ([fold] if fold else range(1, config.folds + 1))]
+               if run.stage1_per_fold else [run.stage1])  # the stage 1s this call may train
+    stage1_to_train = overwrite or not all(map(run.is_done, stage1s))
     if pretrained is not None and pretrained["model"]:
         load_model_for_finetuning(pretrained["model"], config)
     elif not is_vunet and stage1_to_train and pretrained is None:  # --pretrained none: no pre-training set

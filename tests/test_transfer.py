@@ -7,6 +7,7 @@ The trainings build narrow models (conftest.narrow_models): what is checked here
 weights came from and what the run records, not the model's size."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -185,6 +186,24 @@ def test_vunet_starts_from_the_encoder_of_another_vunet_run(tiny_lus, tmp_path):
     assert summary["display_name"] == "V-Unet"
     assert run_script("evaluate", tmp_path / "v", "--out", tmp_path / "res", "--allow-partial") == 0
     assert f"| VGG16 of phantom_vunet/fold_1 (config {digest[:8]}) |" in (tmp_path / "res" / "results.md").read_text()
+
+
+def test_a_run_with_each_folds_stage1_resumes_without_its_encoder_source(tiny_lus, tmp_path, capsys):
+    import lungseg.models as models
+
+    keras.utils.set_random_seed(3)
+    with narrow_models():
+        source = fake_run(tmp_path / "phantom_vunet", models.build_vunet((64, 32, 1), encoder_weights=None), "vunet")
+        argv = ["--data", tiny_lus, "--encoder-weights", source / "fold_1", "--stage1-scope", "fold", "--out",
+                tmp_path, "--name", "v", "--epochs", "1", *TINY, "--lus-frames", "8"]
+        assert run_script("train_vunet", *argv, "--fold", "1") == 0
+        shutil.rmtree(source)  # fold 1 and its stage 1 are done: the source is not needed again
+        assert run_script("train_vunet", *argv, "--fold", "1") == 0
+        resumed = capsys.readouterr().out
+        assert run_script("train_vunet", *argv, "--fold", "2") == 2  # stage1_fold_2 needs it
+    assert f"{source.resolve() / 'fold_1'}: does not exist" in capsys.readouterr().err
+    assert "resuming the unfinished run" in resumed and "fold_1 already done" in resumed
+    assert "start: VGG16 of phantom_vunet/fold_1" in resumed  # as recorded when it trained
 
 
 @pytest.fixture(scope="module")
