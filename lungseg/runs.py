@@ -205,6 +205,13 @@ class RunFolder:
         """Fold ``k``'s own stage 1 (``--stage1-scope fold``): ``stage1_fold_k``."""
         return f"{self.stage1}_{fold_name(k)}"
 
+    def stage1_names(self, fold=None):
+        """The stage 1s that training fold ``fold`` (every fold when None) trains first: each
+        fold's own with ``--stage1-scope fold``, else the one the folds share."""
+        if not self.stage1_per_fold:
+            return [self.stage1]
+        return [self.fold_stage1(k) for k in ([fold] if fold else range(1, self.config.folds + 1))]
+
     def stages(self):
         """Every stage of the protocol in order (stage 1 only when it is trained here; with
         ``--stage1-scope fold`` each fold's own stage 1 just before the fold)."""

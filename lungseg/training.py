@@ -521,9 +521,7 @@ def _run_training(config, root, cluster, fold, overwrite):
     # The frames of a stage 1 shared by the folds: V-Unet's LUS pool (unless each fold trains
     # its own), X-Unet's pre-training set (read below).
     stage1_frames = lus if is_vunet and not run.stage1_per_fold else None
-    stage1s = ([run.fold_stage1(k) for k in ([fold] if fold else range(1, config.folds + 1))]
-               if run.stage1_per_fold else [run.stage1])  # the stage 1s this call may train
-    stage1_to_train = overwrite or not all(map(run.is_done, stage1s))
+    stage1_to_train = overwrite or not all(map(run.is_done, run.stage1_names(fold)))
     if pretrained is not None and pretrained["model"]:
         load_model_for_finetuning(pretrained["model"], config)
     elif not is_vunet and stage1_to_train and pretrained is None:  # --pretrained none: no pre-training set
@@ -586,11 +584,11 @@ def _train_run(run, cluster, fold, lus, selection, planned, stage1_frames, pretr
             log(f"{name} already done: {run.model_path(name)}")
             continue
         part = splits["folds"][k - 1]
-        training, validation = lus.subset(part["train"]), lus.subset(part["val"])
         if run.stage1_per_fold:  # V-Unet's decoder trained on this fold's frames only
             stage1 = run.fold_stage1(k)
             _train_stage1(run, stage1, lus, part, f"fold {k}/{config.folds}")
             make_model, record = _fine_tuning_start(run, pretrained, stage1)
+        training, validation = lus.subset(part["train"]), lus.subset(part["val"])  # stage 1 copied them too, freed by now
         label = f"{display_name(config.model)} fold {k}/{config.folds}"
         train_stage(
             label,
@@ -687,7 +685,7 @@ def summarize_run(run):
     folds = {name: run.read_metrics(name) for name in run.fold_names() if run.is_done(name)}
     missing = [k for k, name in enumerate(run.fold_names(), 1) if name not in folds]
     stage1 = run.read_metrics(run.stage1)
-    own_names = [run.fold_stage1(k) for k in range(1, config.folds + 1)] if run.stage1_per_fold else []
+    own_names = run.stage1_names() if run.stage1_per_fold else []
     own_stage1 = {name: run.read_metrics(name) for name in own_names if run.is_done(name)}
     encoder = next((m.get("encoder_weights_used") for m in [stage1 or {}, *own_stage1.values()]
                     if m.get("encoder_weights_used")), None)
